@@ -1,0 +1,124 @@
+"""fastai callbacks of wsml, one concern each."""
+
+from __future__ import annotations
+
+import csv
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from fastai.callback.core import Callback
+from fastai.callback.fp16 import MixedPrecision
+from fastai.callback.tracker import TrackerCallback
+
+
+class ItemIndexCallback(Callback):
+    """Take the item index off the batch so losses and metrics see one target; keep it for other callbacks."""
+
+    order = -20
+
+    def before_batch(self) -> None:
+        if len(self.learn.yb) == 2:
+            self.learn.item_index = self.learn.yb[1]
+            self.learn.yb = self.learn.yb[:1]
+
+
+class DeviceMixedPrecision(MixedPrecision):
+    """fastai's mixed precision with autocast on the model's device type (fastai's is CUDA-only)."""
+
+    def before_fit(self) -> None:
+        super().before_fit()
+        device_type = next(self.learn.model.parameters()).device.type
+        dtype = torch.bfloat16 if self.amp_mode.value == "bf16" else torch.float16
+        self.autocast = torch.autocast(device_type, dtype=dtype)
+
+
+class SaveBestCallback(TrackerCallback):
+    """Keep the weights of the best epoch so far (by valid mAP) across every fit of the run; reload at the end.
+
+    Unlike fastai's SaveModelCallback it prints nothing (the run log reports the best epoch) and never
+    saves during `lr_find`.
+    """
+
+    order = TrackerCallback.order + 1
+
+    def __init__(self, fname: str, monitor: str = "valid_map") -> None:
+        super().__init__(monitor=monitor, comp=np.greater, reset_on_fit=False)
+        self.fname = fname
+
+    def after_epoch(self) -> None:
+        super().after_epoch()
+        if self.new_best and not hasattr(self.learn, "lr_finder"):
+            self.learn.save(self.fname, with_opt=False)
+
+    def after_fit(self) -> None:
+        if (
+            not hasattr(self.learn, "lr_finder")
+            and (self.learn.path / self.learn.model_dir / f"{self.fname}.pth").exists()
+        ):
+            self.learn.load(self.fname, with_opt=False)
+
+
+class RunLogCallback(Callback):
+    """One row per epoch into metrics.csv, and one printed line per epoch when there is no progress bar.
+
+    Other callbacks add columns by filling `learn.epoch_extras` during the epoch. Epochs are counted across
+    every `fit` of the run, so a two-stage training keeps one numbering.
+    """
+
+    order = 70  # after the Recorder (50) has its epoch values
+    run_valid = False
+
+    def __init__(self, path: Path, say: Callable[..., None], print_lines: bool) -> None:
+        self.path, self.say, self.print_lines = Path(path), say, print_lines
+        self.rows: list[dict] = []
+        self.start = 0.0
+
+    def before_fit(self) -> None:
+        self.in_lr_find = hasattr(self.learn, "lr_finder")
+
+    def before_epoch(self) -> None:
+        self.start = time.perf_counter()
+        self.learn.epoch_extras = {}
+
+    def after_epoch(self) -> None:
+        if self.in_lr_find:
+            return
+        names = self.learn.recorder.metric_names[1:-1]  # without 'epoch' and 'time'
+        values = self.learn.recorder.log[1 : 1 + len(names)]
+        row = {"epoch": len(self.rows) + 1, **{n: _number(v) for n, v in zip(names, values, strict=True)}}
+        row["seconds"] = round(time.perf_counter() - self.start, 2)
+        row["lr"] = float(self.learn.opt.hypers[-1]["lr"])
+        row.update(self.learn.epoch_extras)
+        self.rows.append(row)
+        self._write()
+        line = "  ".join(_fmt(k, v) for k, v in row.items())
+        self.say(line, console=self.print_lines)
+
+    def _write(self) -> None:
+        columns = list(dict.fromkeys(k for row in self.rows for k in row))
+        with self.path.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(self.rows)
+
+    def best(self, monitor: str = "valid_map") -> dict:
+        """The first epoch with the highest `monitor` (fastai's SaveModelCallback keeps the same one)."""
+        scores = [row.get(monitor, float("nan")) for row in self.rows]
+        return self.rows[int(np.nanargmax(scores))] if not np.all(np.isnan(scores)) else self.rows[-1]
+
+
+def _number(value) -> float:
+    return float(value) if value is not None else float("nan")
+
+
+def _fmt(name: str, value) -> str:
+    if name == "seconds":
+        return f"{value:.1f}s"
+    if name == "lr":
+        return f"lr {value:.2e}"
+    if "map" in name or "precision" in name:
+        return f"{name} {value:.2f}"
+    return f"{name} {value:.4f}" if isinstance(value, float) else f"{name} {value}"

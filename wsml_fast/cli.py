@@ -1,0 +1,175 @@
+"""The `wsml` command line. Heavy libraries are imported inside commands so `wsml --help` is instant."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from wsml_fast.errors import WsmlError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Weakly supervised multi-label image classification: train, evaluate and predict from partial labels.",
+)
+
+
+def friendly(command):
+    """Turn a WsmlError into one line on stderr and exit code 2."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except WsmlError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def _absolute(path: str | None) -> str | None:
+    return str(Path(path).expanduser().resolve()) if path else None
+
+
+DataOpt = Annotated[str | None, typer.Option("--data", help="Dataset folder: images/, observed.csv[, truth.csv].")]
+CsvOpt = Annotated[str | None, typer.Option("--csv", help="A label CSV (with --images).")]
+ImagesOpt = Annotated[str | None, typer.Option("--images", help="Folder the CSV's image paths are relative to.")]
+
+
+@app.command()
+@friendly
+def train(
+    dataset: Annotated[
+        str | None, typer.Option(help="Prepared dataset under $WSML_HOME/data (default: the built-in demo).")
+    ] = None,
+    data: DataOpt = None,
+    csv: CsvOpt = None,
+    images: ImagesOpt = None,
+    recipe: Annotated[str | None, typer.Option(help="Recipe YAML (default: the recipe named like --dataset).")] = None,
+    scheme: Annotated[str | None, typer.Option(help="Loss scheme: an (assume negative), bce (full labels).")] = None,
+    backbone: Annotated[str | None, typer.Option(help="Any timm model name.")] = None,
+    pretrained: Annotated[bool | None, typer.Option("--pretrained/--no-pretrained")] = None,
+    weights: Annotated[str | None, typer.Option(help="Local backbone state dict (.pth or .safetensors).")] = None,
+    epochs: Annotated[int | None, typer.Option()] = None,
+    bs: Annotated[int | None, typer.Option(help="Batch size.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Learning rate (of the backbone).")] = None,
+    opt: Annotated[str | None, typer.Option(help="adam (no weight decay) or sgd (momentum 0.9, wd 1e-3).")] = None,
+    schedule: Annotated[str | None, typer.Option(help="one-cycle or constant.")] = None,
+    head_lr_mult: Annotated[float | None, typer.Option(help="Head learning rate = lr x this.")] = None,
+    img_size: Annotated[int | None, typer.Option(help="Square input size (default: the backbone's).")] = None,
+    hflip: Annotated[bool | None, typer.Option("--hflip/--no-hflip", help="Random horizontal flips.")] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+    workers: Annotated[int | None, typer.Option(help="DataLoader workers (default: from the CPU count).")] = None,
+    precision: Annotated[str | None, typer.Option(help="auto, fp32, fp16 or bf16.")] = None,
+    map_convention: Annotated[str | None, typer.Option(help="skip or paper (classes without positives).")] = None,
+    out: Annotated[str | None, typer.Option(help="Run folder (default runs/<dataset>-<scheme>-<time>).")] = None,
+) -> None:
+    """Train a multi-label classifier from partial labels and write a run folder."""
+    options = dict(locals())  # exactly the parameters above: the command-line layer of the config
+    from wsml_fast.config import resolve
+    from wsml_fast.recipes import find_recipe
+    from wsml_fast.sources import resolve_source
+
+    options.pop("recipe")
+    implied = {} if dataset or data or csv else {"dataset": "demo"}
+    options.update(data=_absolute(data), csv=_absolute(csv), images=_absolute(images))
+    values, recipe_name = find_recipe(recipe, dataset or implied.get("dataset"))
+    config = resolve(values, recipe_name, options, implied)
+    source = resolve_source(config.dataset, config.data, config.csv, config.images)
+    from wsml_fast.train import train as run_training
+
+    run_training(config, source)
+
+
+def _source_for_eval(run, data: str | None, csv: str | None, images: str | None):
+    from wsml_fast.sources import resolve_source
+
+    if data or csv:
+        return resolve_source(None, data, csv, images)
+    config = run.config()
+    return resolve_source(config.dataset, config.data, config.csv, config.images)
+
+
+@app.command("eval")
+@friendly
+def evaluate(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder written by `wsml train`.")],
+    data: DataOpt = None,
+    csv: CsvOpt = None,
+    images: ImagesOpt = None,
+    split: Annotated[str, typer.Option(help="train, valid or test.")] = "test",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON: map, per_class, skipped.")] = False,
+    map_convention: Annotated[
+        str | None, typer.Option(help="skip (default) or paper: classes without positives count as AP 0.")
+    ] = None,
+) -> None:
+    """mAP and per-class AP of a run's best weights (on the run's own data unless told otherwise)."""
+    from wsml_fast.evaluate import evaluate as run_eval
+    from wsml_fast.metrics import CONVENTIONS
+    from wsml_fast.runfolder import RunFolder
+
+    run = RunFolder.open(run_dir)
+    convention = map_convention or run.config().map_convention
+    if convention not in CONVENTIONS:
+        raise WsmlError(f"--map-convention {convention!r} is not one of: {', '.join(CONVENTIONS)}")
+    if split not in ("train", "valid", "test"):
+        raise WsmlError(f"--split {split!r} is not one of: train, valid, test")
+    result = run_eval(run, _source_for_eval(run, data, csv, images), split, convention)
+    if as_json:
+        typer.echo(json.dumps(result.to_dict()))
+        return
+    width = max(len(c) for c in [*result.per_class, *result.skipped, "class"])
+    for name, ap in result.per_class.items():
+        typer.echo(f"{name:<{width}}  AP {ap:6.2f}")
+    if result.skipped:
+        typer.echo(f"skipped (no positive or no negative labelled): {', '.join(result.skipped)}")
+    typer.echo(f"{split} mAP {result.map:.2f} over {len(result.per_class)} classes ({convention} convention)")
+
+
+@app.command()
+@friendly
+def predict(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder written by `wsml train`.")],
+    paths: Annotated[list[Path], typer.Argument(help="Images, or folders of images.")],
+    out: Annotated[Path, typer.Option(help="CSV of probabilities: image + one column per class.")] = Path("preds.csv"),
+    threshold: Annotated[float, typer.Option(help="Probability at which a label is predicted.")] = 0.5,
+) -> None:
+    """Class probabilities for new images; prints the labels at or above the threshold."""
+    from wsml_fast.predict import predict as run_predict
+    from wsml_fast.runfolder import RunFolder
+
+    if not 0 <= threshold <= 1:
+        raise WsmlError(f"--threshold must be between 0 and 1 (got {threshold})")
+    frame = run_predict(RunFolder.open(run_dir), paths)
+    frame.to_csv(out, index=False, float_format="%.6f")
+    classes = frame.columns[1:]
+    for image, row in zip(frame["image"], frame[classes].to_numpy(), strict=True):
+        labels = [f"{c} ({p:.2f})" for c, p in zip(classes, row, strict=True) if p >= threshold]
+        typer.echo(f"{image}: {', '.join(labels) if labels else '(none)'}")
+    typer.echo(f"wrote {len(frame)} rows to {out}")
+
+
+@app.command()
+def recipes() -> None:
+    """List the recipes that ship with wsml."""
+    from wsml_fast.recipes import load_recipe, shipped_recipes
+
+    for name, path in sorted(shipped_recipes().items()):
+        settings = load_recipe(path)
+        description = settings.pop("description", "")
+        typer.echo(f"{name}: {description}\n    " + ", ".join(f"{k}={v}" for k, v in settings.items()))
+
+
+def main() -> None:  # pragma: no cover - console entry for `python -m wsml_fast.cli`
+    app(sys.argv[1:])
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

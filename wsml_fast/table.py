@@ -1,0 +1,97 @@
+"""A dataset's labels in memory: observed and (optional) true labels, split per row, checked against the files."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from wsml_fast.errors import WsmlError
+from wsml_fast.labels import align_truth, read_label_csv
+from wsml_fast.sources import DataSource
+
+
+@dataclass
+class PartialLabelTable:
+    """Rows are images; `observed` holds 1 / 0 / -1 (unobserved), `truth` (if known) holds 1 / 0."""
+
+    source: DataSource
+    images: list[str]
+    splits: np.ndarray
+    classes: list[str]
+    observed: np.ndarray
+    truth: np.ndarray | None
+    notes: list[str] = field(default_factory=list)
+
+    def rows(self, split: str) -> np.ndarray:
+        return np.flatnonzero(self.splits == split)
+
+    def eval_labels(self, split: str) -> np.ndarray:
+        """Labels to score `split` against: the full truth when known, else the observed entries only."""
+        labels = self.truth if self.truth is not None else self.observed
+        return labels[self.rows(split)]
+
+    def train_labels(self, full: bool) -> np.ndarray:
+        """Training targets: the observed labels, or the full truth for the full-label upper bound."""
+        if full and self.truth is None:
+            raise WsmlError(
+                f"scheme needs full labels but {self.source.observed_csv.parent} has no truth.csv; "
+                "use --scheme an (or another partial-label scheme)"
+            )
+        labels = self.truth if full else self.observed
+        return labels[self.rows("train")]
+
+
+def _hold_out_valid(splits: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    train = np.flatnonzero(splits == "train")
+    n_valid = round(fraction * len(train))
+    if n_valid < 1 or n_valid >= len(train):
+        raise WsmlError(f"only {len(train)} train rows: too few to hold out a validation part; add valid rows")
+    chosen = np.random.default_rng(seed).permutation(train)[:n_valid]
+    splits = splits.copy()
+    splits[chosen] = "valid"
+    return splits
+
+
+def load_table(source: DataSource, valid_fraction: float = 0.2, seed: int = 0) -> PartialLabelTable:
+    """Read the label files of `source`, align the truth and settle the splits."""
+    observed = read_label_csv(source.observed_csv)
+    truth = None
+    if source.truth_csv is not None:
+        truth = align_truth(observed, read_label_csv(source.truth_csv, complete=True))
+    notes = []
+    splits = observed.splits
+    if splits is None:
+        splits = np.full(len(observed.images), "train", dtype=object)
+        notes.append(f"{source.observed_csv.name} has no split column: every row is used for training")
+    if not (splits == "train").any():
+        raise WsmlError(f"{source.observed_csv}: no rows with split 'train'; there is nothing to train on")
+    if not (splits == "valid").any():
+        splits = _hold_out_valid(splits, valid_fraction, seed)
+        notes.append(f"no valid rows: held out {valid_fraction:.0%} of train as valid (seed {seed})")
+    return PartialLabelTable(source, observed.images, splits, observed.classes, observed.matrix, truth, notes)
+
+
+def check_images(root: Path, images: list[str], csv: Path) -> None:
+    """Every listed image must exist and have a readable header, before any training starts."""
+    from PIL import Image, UnidentifiedImageError
+
+    missing, unreadable = [], []
+    for name in images:
+        path = root / name
+        if not path.is_file():
+            missing.append(name)
+            continue
+        try:
+            with Image.open(path):  # parses the header only: cheap enough for every image
+                pass
+        except (UnidentifiedImageError, OSError):
+            unreadable.append(name)
+    for problem, names in (("missing", missing), ("unreadable", unreadable)):
+        if names:
+            first = ", ".join(names[:3])
+            raise WsmlError(
+                f"{csv}: {len(names)} of {len(images)} listed images are {problem} under {root} "
+                f"(first: {first}); fix the paths or remove those rows"
+            )

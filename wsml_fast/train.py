@@ -1,0 +1,171 @@
+"""`wsml train`: CSV -> dataset -> DataLoaders -> Learner(+callbacks) -> run folder."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from functools import partial
+from pathlib import Path
+
+import fastai.callback.schedule  # noqa: F401 - adds Learner.fit_one_cycle
+import numpy as np
+import torch
+from fastai.callback.progress import ProgressCallback
+from fastai.data.core import DataLoaders
+from fastai.learner import Learner
+from fastai.metrics import AccumMetric, ActivationType
+from fastai.optimizer import SGD, Adam
+from fastai.torch_core import params, set_seed
+
+from wsml_fast.callbacks import DeviceMixedPrecision, ItemIndexCallback, RunLogCallback, SaveBestCallback
+from wsml_fast.config import TrainConfig
+from wsml_fast.data import ImageLabelDataset, default_workers, make_loader, make_transform
+from wsml_fast.errors import WsmlError
+from wsml_fast.inference import AMP_DTYPES, pick_device, predict_scores, resolve_precision
+from wsml_fast.losses import FULL_LABEL_SCHEMES, make_loss
+from wsml_fast.metrics import mean_average_precision
+from wsml_fast.model import build_model
+from wsml_fast.runfolder import CONFIG, LOG, METRICS, WEIGHTS, Reporter, RunFolder, default_run_dir
+from wsml_fast.sources import DataSource
+from wsml_fast.table import PartialLabelTable, check_images, load_table
+
+OPTIMIZERS = {  # what the reference implementations used, in fastai's optimizer
+    "adam": partial(Adam, mom=0.9, sqr_mom=0.999, eps=1e-8, wd=0.0),
+    "sgd": partial(SGD, mom=0.9, wd=1e-3, decouple_wd=False),
+}
+
+
+def map_metric(convention: str) -> AccumMetric:
+    """Validation mAP over the epoch's gathered scores (fastai's APScoreMulti cannot skip unlabelled)."""
+
+    def valid_map(scores: np.ndarray, labels: np.ndarray) -> float:
+        return mean_average_precision(scores, labels, convention=convention).map
+
+    return AccumMetric(valid_map, activation=ActivationType.Sigmoid, flatten=False, to_np=True)
+
+
+def body_head_split(model: torch.nn.Module) -> list:
+    return [params(model.body), params(model.head)]
+
+
+def _resolved(config: TrainConfig, **values) -> TrainConfig:
+    """Fill in values the run decided itself (input size, workers, output folder) and say so."""
+    unset = {k: v for k, v in values.items() if getattr(config, k) is None}
+    updated = dataclasses.replace(config, **unset)
+    updated.sources = {**config.sources, **{k: "resolved" for k in unset}}
+    return updated
+
+
+def _describe(table: PartialLabelTable, say: Reporter) -> None:
+    counts = {s: len(table.rows(s)) for s in ("train", "valid", "test")}
+    train = table.observed[table.rows("train")]
+    say(
+        f"data: {table.source.observed_csv.parent} | {len(table.classes)} classes | "
+        + ", ".join(f"{n} {s}" for s, n in counts.items())
+        + f" | observed per train image: {(train == 1).sum(1).mean():.2f} positive, "
+        f"{(train == 0).sum(1).mean():.2f} negative | truth.csv: {'yes' if table.truth is not None else 'no'}"
+    )
+    for note in table.notes:
+        say(f"note: {note}")
+
+
+def _prepare_run_dir(config: TrainConfig, dataset_name: str) -> RunFolder:
+    path = Path(config.out) if config.out else default_run_dir(dataset_name, config.scheme)
+    if (path / WEIGHTS).exists() or (path / CONFIG).exists():
+        raise WsmlError(f"--out {path}: already holds a run; choose another folder")
+    path.mkdir(parents=True, exist_ok=True)
+    (path / LOG).unlink(missing_ok=True)
+    return RunFolder(path)
+
+
+def train(config: TrainConfig, source: DataSource) -> RunFolder:
+    """Train, keep the best epoch's weights, evaluate the test split, and write the run folder."""
+    started = time.perf_counter()
+    table = load_table(source, config.valid_fraction, config.seed)
+    check_images(source.images_root, table.images, source.observed_csv)
+    train_labels = table.train_labels(full=config.scheme in FULL_LABEL_SCHEMES)
+    device = pick_device()
+    precision = resolve_precision(config.precision, device)
+
+    run = _prepare_run_dir(config, source.name)
+    say = Reporter(run.file(LOG))
+    set_seed(config.seed, reproducible=True)
+    model, size, origin = build_model(
+        config.backbone, len(table.classes), config.pretrained, config.weights, config.img_size
+    )
+    config = _resolved(config, img_size=size, workers=default_workers(), out=str(run.path))
+    config.to_yaml(run.file(CONFIG))
+    _describe(table, say)
+    say(f"model: {config.backbone} ({origin}) at {size}px | scheme {config.scheme} | {device.type} {precision}")
+    say(f"run folder: {run.path}")
+
+    def dataset(rows: np.ndarray, labels: np.ndarray, is_train: bool) -> ImageLabelDataset:
+        transform = make_transform(size, is_train, config.hflip, config.seed)
+        return ImageLabelDataset(source.images_root, [table.images[i] for i in rows], labels, transform)
+
+    train_ds = dataset(table.rows("train"), train_labels, True)
+    valid_ds = dataset(table.rows("valid"), table.eval_labels("valid"), False)
+    loaders = [
+        make_loader(ds, config.bs, is_train, config.workers, device)
+        for ds, is_train in ((train_ds, True), (valid_ds, False))
+    ]
+    if device.type == "cuda" and precision in AMP_DTYPES:
+        model = model.use_channels_last()
+    on_terminal = sys.stdout.isatty()
+    run_log = RunLogCallback(run.file(METRICS), say, print_lines=not on_terminal)
+    callbacks = [
+        ItemIndexCallback(),
+        run_log,
+        SaveBestCallback(Path(WEIGHTS).stem),
+    ]
+    if precision in AMP_DTYPES:
+        callbacks.append(DeviceMixedPrecision(amp_mode=precision))
+    learn = Learner(
+        DataLoaders(*loaders, device=device),
+        model,
+        loss_func=make_loss(config.scheme),
+        opt_func=OPTIMIZERS[config.opt],
+        splitter=body_head_split,
+        metrics=[map_metric(config.map_convention)],
+        path=run.path,
+        model_dir=".",
+        cbs=callbacks,
+    )
+    if not on_terminal:
+        learn.remove_cb(ProgressCallback)
+        learn.logger = lambda *_: None
+    lr = slice(config.lr, config.lr * config.head_lr_mult) if config.head_lr_mult != 1 else config.lr
+    if config.schedule == "one-cycle":
+        learn.fit_one_cycle(config.epochs, lr)
+    else:
+        learn.fit(config.epochs, lr)
+
+    best = run_log.best("valid_map")
+    results = {
+        "best_epoch": best["epoch"],
+        "valid_map": best.get("valid_map"),
+        "test_map": None,
+        "map_convention": config.map_convention,
+        "classes": table.classes,
+        "img_size": size,
+        "weights_origin": origin,
+        "device": device.type,
+        "precision": precision,
+        "train_seconds": round(time.perf_counter() - started, 1),
+    }
+    if len(table.rows("test")):
+        test_ds = dataset(table.rows("test"), table.eval_labels("test"), False)
+        test_loader = make_loader(test_ds, config.bs * 2, False, config.workers, device)
+        scores = predict_scores(learn.model, test_loader, precision, device)
+        test = mean_average_precision(scores, test_ds.labels, table.classes, config.map_convention)
+        results.update(test_map=test.map, test_per_class=test.per_class, test_skipped=test.skipped)
+    else:
+        say("note: no test rows: test mAP not computed")
+    run.write_results(results)
+    test_text = f"{results['test_map']:.2f}" if results["test_map"] is not None else "n/a"
+    say(
+        f"done in {results['train_seconds']:.0f}s | best epoch {best['epoch']} | "
+        f"valid mAP {best.get('valid_map', float('nan')):.2f} | test mAP {test_text} | run folder {run.path}"
+    )
+    return run
