@@ -1,0 +1,80 @@
+"""MS-COCO 2014 object categories as image labels.
+
+Layout: ROOT/annotations/instances_{train,val}2014.json (images[{id,file_name}],
+annotations[{image_id,category_id}], categories[{id,name}]) and images in ROOT/{train,val}2014/.
+Official train -> train/valid, official val -> test. Images with no annotation are dropped, as in the
+reference, and rows are ordered by image id compared as strings (the reference's order).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from wsml_fast.errors import WsmlError
+from wsml_fast.prepare.source import Part, Source
+from wsml_fast.prepare.textfiles import need
+
+LAYOUT = "ROOT/annotations/instances_{train,val}2014.json and images in ROOT/{train,val}2014/"
+
+
+def _load(path: Path) -> dict:
+    try:
+        with need(path, LAYOUT).open() as handle:
+            data = json.load(handle)
+        return {key: data[key] for key in ("images", "annotations", "categories")}
+    except json.JSONDecodeError as exc:
+        raise WsmlError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    except (KeyError, TypeError) as exc:
+        raise WsmlError(f"{path}: no '{exc.args[0]}' list; expected a COCO instances file") from None
+
+
+def _field(path: Path, items: list, key: str, what: str) -> list:
+    try:
+        return [item[key] for item in items]
+    except (KeyError, TypeError):
+        raise WsmlError(f"{path}: an entry of '{what}' has no '{key}'") from None
+
+
+def _part(path: Path, folder: str, data: dict, category_ids: list) -> tuple[Part, int]:
+    """The labels of one annotation file, and how many of its images had no annotation."""
+    file_names = dict(
+        zip(
+            map(str, _field(path, data["images"], "id", "images")),
+            _field(path, data["images"], "file_name", "images"),
+            strict=True,
+        )
+    )
+    image_ids = [str(i) for i in _field(path, data["annotations"], "image_id", "annotations")]
+    categories = _field(path, data["annotations"], "category_id", "annotations")
+    rows = sorted(set(image_ids))
+    unknown = [r for r in rows if r not in file_names]
+    if unknown:
+        raise WsmlError(f"{path}: annotations refer to image id {unknown[0]}, which is not in 'images'")
+    col_of = {c: i for i, c in enumerate(category_ids)}
+    bad = [c for c in categories if c not in col_of]
+    if bad:
+        raise WsmlError(f"{path}: annotations refer to category id {bad[0]}, which is not in 'categories'")
+    row_of = {r: i for i, r in enumerate(rows)}
+    truth = np.zeros((len(rows), len(category_ids)), dtype=np.float32)
+    truth[[row_of[i] for i in image_ids], [col_of[c] for c in categories]] = 1.0
+    return Part([f"{folder}/{file_names[r]}" for r in rows], truth=truth), len(file_names) - len(rows)
+
+
+def read(root: Path, image_root: Path | None) -> Source:
+    """Parse both instance files; their category lists must agree."""
+    parts, notes, classes = {}, [], None
+    for split, folder in (("train", "train2014"), ("test", "val2014")):
+        path = root / "annotations" / f"instances_{folder}.json"
+        data = _load(path)
+        categories = data["categories"]
+        names = _field(path, categories, "name", "categories")
+        if classes is not None and names != classes:
+            raise WsmlError(f"{path}: its categories differ from those of instances_train2014.json")
+        classes = names
+        parts[split], dropped = _part(path, folder, data, _field(path, categories, "id", "categories"))
+        notes.append(f"{path.name}: dropped {dropped} images without annotations")
+    links = {folder: (image_root or root) / folder for folder in ("train2014", "val2014")}
+    return Source(classes, links, parts, notes)

@@ -1,0 +1,35 @@
+"""A user's own fully labelled table, to simulate partial labels on it.
+
+Layout: ROOT is the CSV file (or a folder holding labels.csv): column `image` (path relative to the image
+root, default the CSV's folder), optional `split` (train, valid or test), then one 0/1 column per class.
+Rows without a split column are all official train. `train` rows are divided 80/20 into train/valid
+unless the table has `valid` rows of its own.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from wsml_fast.errors import WsmlError
+from wsml_fast.labels import SPLITS, read_label_csv
+from wsml_fast.prepare.source import Part, Source
+
+
+def read(root: Path, image_root: Path | None) -> Source:
+    """Read the table as complete truth and group its rows by split."""
+    path = root / "labels.csv" if root.is_dir() else root
+    if not path.is_file():
+        raise WsmlError(
+            f"{path}: not found; expected a CSV file (or a folder holding labels.csv) "
+            "with columns image,[split,]class..."
+        )
+    table = read_label_csv(path, complete=True)
+    splits = table.splits if table.splits is not None else np.full(len(table.images), "train", dtype=object)
+    parts = {
+        split: Part([table.images[i] for i in index], truth=table.matrix[index])
+        for split in SPLITS
+        if (index := np.flatnonzero(splits == split)).size
+    }
+    return Source(table.classes, {"": image_root or path.parent}, parts)
