@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from fastai.callback.core import Callback
+from fastai.callback.core import Callback, CancelFitException
 from fastai.callback.fp16 import MixedPrecision
 from fastai.callback.tracker import TrackerCallback
 
@@ -59,6 +59,24 @@ class SaveBestCallback(TrackerCallback):
             and (self.learn.path / self.learn.model_dir / f"{self.fname}.pth").exists()
         ):
             self.learn.load(self.fname, with_opt=False)
+
+
+class EarlyStopCallback(Callback):
+    """Stop training when valid mAP falls more than `drop` points below the best so far (the reference's rule)."""
+
+    order = 80  # after the run log has written the epoch
+
+    def __init__(self, drop: float = 3.0, monitor: str = "valid_map") -> None:
+        self.drop, self.monitor, self.best = drop, monitor, -float("inf")
+
+    def after_epoch(self) -> None:
+        if hasattr(self.learn, "lr_finder"):
+            return
+        value = self.learn.recorder.log[self.learn.recorder.metric_names.index(self.monitor)]
+        self.best = max(self.best, value)
+        if value < self.best - self.drop:
+            self.learn.early_stopped = f"valid mAP {value:.2f} fell over {self.drop:g} points below {self.best:.2f}"
+            raise CancelFitException()
 
 
 class RunLogCallback(Callback):

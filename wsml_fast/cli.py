@@ -5,12 +5,16 @@ from __future__ import annotations
 import functools
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from wsml_fast.errors import WsmlError
+
+# Deprecation notices of the libraries we build on say nothing a user can act on.
+warnings.filterwarnings("ignore", category=FutureWarning, module=r"(torch|fastai|timm|albumentations)\.")
 
 app = typer.Typer(
     add_completion=False,
@@ -63,6 +67,16 @@ def train(
     opt: Annotated[str | None, typer.Option(help="adam (no weight decay) or sgd (momentum 0.9, wd 1e-3).")] = None,
     schedule: Annotated[str | None, typer.Option(help="one-cycle or constant.")] = None,
     head_lr_mult: Annotated[float | None, typer.Option(help="Head learning rate = lr x this.")] = None,
+    mode: Annotated[str | None, typer.Option(help="end-to-end, linear (frozen backbone) or linear-init.")] = None,
+    linear_epochs: Annotated[int | None, typer.Option(help="Linear epochs before end-to-end (linear-init).")] = None,
+    early_stop: Annotated[
+        bool | None, typer.Option("--early-stop/--no-early-stop", help="Stop when valid mAP falls 3 points below best.")
+    ] = None,
+    delta_rel: Annotated[float | None, typer.Option(help="Large-loss schemes: Delta in percent (0.1 to 0.5).")] = None,
+    expected_positives: Annotated[float | None, typer.Option(help="epr/role: expected positives per image.")] = None,
+    track_memorization: Annotated[
+        bool | None, typer.Option("--track-memorization", help="Record losses of sampled unobserved entries.")
+    ] = None,
     img_size: Annotated[int | None, typer.Option(help="Square input size (default: the backbone's).")] = None,
     hflip: Annotated[bool | None, typer.Option("--hflip/--no-hflip", help="Random horizontal flips.")] = None,
     seed: Annotated[int | None, typer.Option()] = None,
@@ -80,7 +94,7 @@ def train(
     options.pop("recipe")
     implied = {} if dataset or data or csv else {"dataset": "demo"}
     options.update(data=_absolute(data), csv=_absolute(csv), images=_absolute(images))
-    values, recipe_name = find_recipe(recipe, dataset or implied.get("dataset"))
+    values, recipe_name = find_recipe(recipe, dataset or implied.get("dataset"), scheme)
     config = resolve(values, recipe_name, options, implied)
     source = resolve_source(config.dataset, config.data, config.csv, config.images)
     from wsml_fast.train import train as run_training
@@ -154,6 +168,45 @@ def predict(
         labels = [f"{c} ({p:.2f})" for c, p in zip(classes, row, strict=True) if p >= threshold]
         typer.echo(f"{image}: {', '.join(labels) if labels else '(none)'}")
     typer.echo(f"wrote {len(frame)} rows to {out}")
+
+
+@app.command()
+@friendly
+def prepare(
+    name: Annotated[str, typer.Argument(help="Format: voc, coco, nuswide, cub, openimages, npy or csv.")],
+    root: Annotated[Path, typer.Option(help="The raw download (or the folder/file of the npy/csv formats).")],
+    out: Annotated[Path | None, typer.Option(help="Dataset folder to write (default $WSML_HOME/data/NAME).")] = None,
+    observed: Annotated[
+        str, typer.Option(help="single-positive, pos:K,neg:M or fraction:P (labels kept per train image).")
+    ] = "single-positive",
+    seed: Annotated[int, typer.Option(help="Seed of the 80/20 split and of the observed labels.")] = 1200,
+    protocol: Annotated[str, typer.Option(help="wsml, or reference: the reference code's exact draws.")] = "wsml",
+    image_root: Annotated[Path | None, typer.Option(help="Image folder, where it is not the standard one.")] = None,
+    allow_missing: Annotated[
+        bool, typer.Option(help="Drop listed images that are missing instead of failing.")
+    ] = False,
+    copy_images: Annotated[bool, typer.Option(help="Copy images instead of linking to them.")] = False,
+) -> None:
+    """Turn a benchmark download or a fully labelled CSV into a partial-label dataset folder."""
+    from wsml_fast.prepare import prepare_dataset
+    from wsml_fast.sources import data_home
+
+    target = out or data_home() / name
+    prepare_dataset(
+        name,
+        root,
+        target,
+        observed=observed,
+        seed=seed,
+        protocol=protocol,
+        allow_missing=allow_missing,
+        copy_images=copy_images,
+        image_root=image_root,
+        log=typer.echo,
+    )
+    typer.echo(
+        f"train on it with: wsml train --data {target}" if out else f"train on it with: wsml train --dataset {name}"
+    )
 
 
 @app.command()

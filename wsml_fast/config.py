@@ -15,7 +15,9 @@ import yaml
 
 from wsml_fast.errors import WsmlError
 
-SCHEMES = ("an", "bce")
+SCHEMES = ("an", "an-ls", "wan", "epr", "role", "iu", "iun", "bce", "bce-ls", "llr", "llct", "llcp")
+LARGE_LOSS_SCHEMES = ("llr", "llct", "llcp")
+MODES = ("end-to-end", "linear", "linear-init")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("one-cycle", "constant")
@@ -40,6 +42,12 @@ class TrainConfig:
     opt: str = "adam"
     schedule: str = "one-cycle"
     head_lr_mult: float = 1.0
+    mode: str = "end-to-end"  # or "linear" (frozen backbone), "linear-init" (linear epochs, then end-to-end)
+    linear_epochs: int = 1  # the linear part of linear-init
+    early_stop: bool = False  # stop when valid mAP falls more than 3 points below the best
+    delta_rel: float | None = None  # large-loss schemes: Delta in percent (typical 0.1 to 0.5)
+    expected_positives: float | None = None  # epr / role: expected positives per image
+    track_memorization: bool = False
     img_size: int | None = None  # None: the backbone's default input size
     hflip: bool = True
     valid_fraction: float = 0.2  # held out of train when there are no valid rows
@@ -57,6 +65,7 @@ class TrainConfig:
             "precision": PRECISIONS,
             "opt": OPTIMIZERS,
             "schedule": SCHEDULES,
+            "mode": MODES,
             "map_convention": MAP_CONVENTIONS,
         }
         for name, allowed in choices.items():
@@ -71,6 +80,8 @@ class TrainConfig:
             raise WsmlError(f"--img-size must be at least 8 pixels (got {self.img_size})")
         if not 0 < self.valid_fraction < 1:
             raise WsmlError(f"valid_fraction must be between 0 and 1 (got {self.valid_fraction})")
+        if self.scheme in LARGE_LOSS_SCHEMES and (self.delta_rel is None or not 0 < self.delta_rel < 100):
+            raise WsmlError(f"--scheme {self.scheme} needs --delta-rel, in percent (typical 0.1 to 0.5)")
         if self.workers is not None and self.workers < 0:
             raise WsmlError(f"--workers must be 0 or more (got {self.workers})")
         return self

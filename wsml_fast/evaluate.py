@@ -14,7 +14,7 @@ from wsml_fast.table import check_images, load_table
 def evaluate(run: RunFolder, source: DataSource, split: str, convention: str) -> MapResult:
     """mAP and per-class AP of the run's model on `split` of `source` (truth when known, else observed)."""
     config, results = run.config(), run.results()
-    table = load_table(source, config.valid_fraction, config.seed)
+    table = load_table(source, config.valid_fraction, config.seed, for_training=False)
     if table.classes != results["classes"]:
         raise WsmlError(
             f"{source.observed_csv}: class columns differ from the run's ({len(table.classes)} vs "

@@ -29,8 +29,14 @@ def load_recipe(path: Path) -> dict[str, Any]:
     return values
 
 
-def find_recipe(recipe_file: str | None, dataset: str | None) -> tuple[dict[str, Any] | None, str | None]:
-    """The recipe to use: `--recipe FILE` if given, else the shipped recipe named like the dataset, if any."""
+def find_recipe(
+    recipe_file: str | None, dataset: str | None, scheme: str | None = None
+) -> tuple[dict[str, Any] | None, str | None]:
+    """The recipe to use: `--recipe FILE` if given, else the shipped recipe named like the dataset, if any.
+
+    A recipe's `schemes:` section holds per-scheme settings (Delta differs per scheme); the section of the
+    scheme in use (the command line's, else the recipe's, else `an`) is merged into the rest.
+    """
     if recipe_file:
         path, name = Path(recipe_file), recipe_file
     elif dataset in shipped_recipes():
@@ -39,4 +45,8 @@ def find_recipe(recipe_file: str | None, dataset: str | None) -> tuple[dict[str,
         return None, None
     values = load_recipe(path)
     values.pop("description", None)
+    per_scheme = values.pop("schemes", None) or {}
+    if not isinstance(per_scheme, dict):
+        raise WsmlError(f"{path}: 'schemes' must map scheme names to settings")
+    values.update(per_scheme.get(scheme or values.get("scheme", "an")) or {})
     return values, name

@@ -54,8 +54,13 @@ def _hold_out_valid(splits: np.ndarray, fraction: float, seed: int) -> np.ndarra
     return splits
 
 
-def load_table(source: DataSource, valid_fraction: float = 0.2, seed: int = 0) -> PartialLabelTable:
-    """Read the label files of `source`, align the truth and settle the splits."""
+def load_table(
+    source: DataSource, valid_fraction: float = 0.2, seed: int = 0, for_training: bool = True
+) -> PartialLabelTable:
+    """Read the label files of `source`, align the truth and settle the splits.
+
+    Training needs train rows; evaluation data may hold any splits (the same hold-out is redone when it can be).
+    """
     observed = read_label_csv(source.observed_csv)
     truth = None
     if source.truth_csv is not None:
@@ -65,9 +70,9 @@ def load_table(source: DataSource, valid_fraction: float = 0.2, seed: int = 0) -
     if splits is None:
         splits = np.full(len(observed.images), "train", dtype=object)
         notes.append(f"{source.observed_csv.name} has no split column: every row is used for training")
-    if not (splits == "train").any():
+    if for_training and not (splits == "train").any():
         raise WsmlError(f"{source.observed_csv}: no rows with split 'train'; there is nothing to train on")
-    if not (splits == "valid").any():
+    if not (splits == "valid").any() and (for_training or (splits == "train").sum() > 1):
         splits = _hold_out_valid(splits, valid_fraction, seed)
         notes.append(f"no valid rows: held out {valid_fraction:.0%} of train as valid (seed {seed})")
     return PartialLabelTable(source, observed.images, splits, observed.classes, observed.matrix, truth, notes)

@@ -1,0 +1,30 @@
+"""Shared fixtures: a small demo dataset made once per session, and a private data home."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from wsml_fast.demo import make_demo_dataset
+
+SMALL = {"train": 48, "valid": 16, "test": 16}
+
+
+@pytest.fixture(scope="session")
+def demo_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A demo dataset folder with few images (same code path as the full one)."""
+    return make_demo_dataset(tmp_path_factory.mktemp("data") / "demo-small", seed=1, sizes=SMALL)
+
+
+@pytest.fixture(autouse=True)
+def private_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Never touch the user's ~/.cache/wsml from a test."""
+    monkeypatch.setenv("WSML_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path

@@ -1,0 +1,117 @@
+"""The whole path through the command line: train -> eval -> predict, and the one-line errors."""
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from conftest import write
+from typer.testing import CliRunner
+
+from wsml_fast.cli import app
+
+TINY = ["--backbone", "test_efficientnet", "--no-pretrained", "--img-size", "32", "--bs", "16", "--epochs", "2"]
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def trained_run(demo_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "an"
+    result = invoke("train", "--data", demo_folder, *TINY, "--out", out)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_train_writes_a_complete_run_folder(trained_run: Path, demo_folder: Path) -> None:
+    assert {p.name for p in trained_run.iterdir()} >= {
+        "config.yaml",
+        "metrics.csv",
+        "results.json",
+        "model.pth",
+        "train.log",
+    }
+    metrics = pd.read_csv(trained_run / "metrics.csv")
+    assert list(metrics["epoch"]) == [1, 2]
+    assert {"train_loss", "valid_map", "seconds"} <= set(metrics.columns)
+    results = json.loads((trained_run / "results.json").read_text())
+    assert results["best_epoch"] == int(metrics.loc[metrics["valid_map"].idxmax(), "epoch"])
+    assert results["classes"][:2] == ["zero", "one"] and 0 <= results["test_map"] <= 100
+    config = yaml.safe_load((trained_run / "config.yaml").read_text())
+    assert config["config"]["backbone"] == "test_efficientnet" and config["sources"]["backbone"] == "cli"
+    assert config["config"]["data"] == str(demo_folder.resolve())
+    log = (trained_run / "train.log").read_text()
+    assert "epoch 2" in log and "test mAP" in log
+
+
+def test_eval_reproduces_the_test_map_and_prints_json(trained_run: Path) -> None:
+    result = invoke("eval", trained_run, "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    results = json.loads((trained_run / "results.json").read_text())
+    assert report["map"] == pytest.approx(results["test_map"], abs=1e-4)
+    assert set(report["per_class"]) | set(report["skipped"]) == set(results["classes"])
+    text = invoke("eval", trained_run, "--split", "valid", "--map-convention", "paper")
+    assert text.exit_code == 0 and "valid mAP" in text.output and "paper convention" in text.output
+
+
+def test_predict_writes_probabilities_for_files_and_folders(
+    trained_run: Path, demo_folder: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "preds.csv"
+    one = demo_folder / "images" / "test" / "00000.png"
+    result = invoke("predict", trained_run, one, demo_folder / "images" / "valid", "--out", out, "--threshold", "0")
+    assert result.exit_code == 0, result.output
+    frame = pd.read_csv(out)
+    assert list(frame.columns[:3]) == ["image", "zero", "one"] and len(frame) == 17
+    assert frame.iloc[:, 1:].to_numpy().min() >= 0 and frame.iloc[:, 1:].to_numpy().max() <= 1
+    assert f"{one}: zero (" in result.output  # threshold 0: every label printed
+
+
+def test_full_label_scheme_trains_on_truth(demo_folder: Path, tmp_path: Path) -> None:
+    result = invoke("train", "--data", demo_folder, *TINY, "--epochs", "1", "--scheme", "bce", "--out", tmp_path / "r")
+    assert result.exit_code == 0, result.output
+    assert "scheme bce" in (tmp_path / "r" / "train.log").read_text()
+
+
+def error_of(*args: str) -> str:
+    result = invoke(*args)
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    return lines[0]
+
+
+def test_bad_input_gets_one_line_errors(tmp_path: Path, trained_run: Path, demo_folder: Path) -> None:
+    images = tmp_path / "images"
+    images.mkdir()
+    no_image = write(tmp_path / "a.csv", "file,cat\nx.png,1\n")
+    assert "no 'image' column" in error_of("train", "--csv", no_image, "--images", images)
+    missing = write(tmp_path / "b.csv", "image,split,cat\nx.png,train,1\ny.png,train,0\nz.png,valid,1\n")
+    assert "3 of 3 listed images are missing" in error_of("train", "--csv", missing, "--images", images, *TINY)
+    assert "not a timm model; did you mean" in error_of("train", "--data", demo_folder, "--backbone", "resnet5")
+    assert "--scheme 'nope' is not one of" in error_of("train", "--scheme", "nope")
+    assert "not a finished wsml run folder" in error_of("eval", tmp_path)
+    assert "run folder not found" in error_of("predict", tmp_path / "none", one_file(demo_folder))
+    assert "no such file or folder" in error_of("predict", trained_run, tmp_path / "ghost.png")
+    truth_dir = tmp_path / "other"
+    (truth_dir / "images").mkdir(parents=True)
+    write(truth_dir / "observed.csv", "image,split,cat\nx.png,test,1\n")
+    assert "class columns differ from the run's" in error_of("eval", trained_run, "--data", truth_dir)
+    assert "already holds a run" in error_of("train", "--data", demo_folder, *TINY, "--out", trained_run)
+    bad_weights = write(tmp_path / "w.pth", "garbage")
+    assert "not a readable state dict" in error_of("train", "--data", demo_folder, *TINY, "--weights", bad_weights)
+
+
+def one_file(folder: Path) -> Path:
+    return folder / "images" / "test" / "00000.png"
+
+
+def test_help_lists_the_commands() -> None:
+    result = invoke("--help")
+    assert result.exit_code == 0
+    for command in ("train", "eval", "predict", "recipes"):
+        assert command in result.output

@@ -1,0 +1,75 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import write
+
+from wsml_fast.data import ImageLabelDataset, make_loader, make_transform
+from wsml_fast.errors import WsmlError
+from wsml_fast.sources import from_csv, from_folder, resolve_source
+from wsml_fast.table import check_images, load_table
+
+
+def test_dataset_yields_uint8_image_target_with_unobserved_and_index(demo_folder: Path) -> None:
+    table = load_table(from_folder(demo_folder))
+    rows = table.rows("train")
+    ds = ImageLabelDataset(
+        demo_folder / "images", [table.images[i] for i in rows], table.observed[rows], make_transform(32, True, True)
+    )
+    image, target, index = ds[3]
+    assert image.dtype == torch.uint8 and image.shape == (3, 32, 32)
+    assert index == 3
+    assert target.tolist() == table.observed[rows[3]].tolist()
+    assert (target == 1).sum() == 1 and (target == -1).sum() == 9  # one observed positive, rest unobserved
+
+
+def test_loader_batches_carry_the_item_index(demo_folder: Path) -> None:
+    table = load_table(from_folder(demo_folder))
+    rows = table.rows("valid")
+    ds = ImageLabelDataset(
+        demo_folder / "images", [table.images[i] for i in rows], table.truth[rows], make_transform(32, False, False)
+    )
+    images, targets, index = next(iter(make_loader(ds, 8, False, 0, torch.device("cpu"))))
+    assert images.shape == (8, 3, 32, 32) and targets.shape == (8, 10)
+    assert index.tolist() == list(range(8))
+
+
+def test_split_is_held_out_when_missing(tmp_path: Path) -> None:
+    rows = "".join(f"{i}.png,{i % 2},\n" for i in range(10))
+    csv = write(tmp_path / "labels.csv", "image,cat,dog\n" + rows)
+    (tmp_path / "img").mkdir()
+    table = load_table(from_csv(csv, tmp_path / "img"), valid_fraction=0.2, seed=0)
+    assert sorted(table.splits) == ["train"] * 8 + ["valid"] * 2
+    assert any("no split column" in note for note in table.notes)
+    again = load_table(from_csv(csv, tmp_path / "img"), valid_fraction=0.2, seed=0)
+    assert list(again.splits) == list(table.splits)
+
+
+def test_missing_and_unreadable_images_are_counted_before_training(tmp_path: Path) -> None:
+    root = tmp_path / "images"
+    write(root / "bad.png", "not an image")
+    with pytest.raises(WsmlError, match=r"2 of 3 listed images are missing .*\(first: a.png, b.png\)"):
+        check_images(root, ["a.png", "b.png", "bad.png"], tmp_path / "observed.csv")
+    with pytest.raises(WsmlError, match=r"1 of 1 listed images are unreadable .*bad.png"):
+        check_images(root, ["bad.png"], tmp_path / "observed.csv")
+
+
+def test_source_options_are_checked(tmp_path: Path) -> None:
+    with pytest.raises(WsmlError, match="--data .*folder not found"):
+        resolve_source(None, str(tmp_path / "nope"), None, None)
+    with pytest.raises(WsmlError, match="--csv needs --images"):
+        resolve_source(None, None, str(write(tmp_path / "a.csv", "image,x\n")), None)
+    with pytest.raises(WsmlError, match="--dataset and --data name two data sources"):
+        resolve_source("demo", str(tmp_path), None, None)
+    with pytest.raises(WsmlError, match="run `wsml prepare cub"):
+        resolve_source("cub", None, None, None)
+
+
+def test_demo_dataset_is_genuinely_multilabel(demo_folder: Path) -> None:
+    table = load_table(from_folder(demo_folder))
+    positives = table.truth.sum(1)
+    assert positives.min() >= 1 and positives.max() <= 4 and positives.mean() > 1.5
+    train = table.observed[table.rows("train")]
+    assert np.all((train == 1).sum(1) == 1)
+    assert np.all(table.truth[table.rows("train")][train == 1] == 1)  # the kept positive is a true one
