@@ -71,7 +71,7 @@ def main() -> None:
     load_s = timed(lambda: next(iterator), args.batches)
 
     model, _, _ = build_model(args.backbone, len(table.classes), pretrained=False, img_size=args.img_size)
-    loss_func = make_loss("an")
+    loss_func = make_loss("an", len(table.classes))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     images, targets, _ = next(iter(loader))
     model.train()

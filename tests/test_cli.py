@@ -115,3 +115,60 @@ def test_help_lists_the_commands() -> None:
     assert result.exit_code == 0
     for command in ("train", "eval", "predict", "recipes"):
         assert command in result.output
+
+
+def test_linear_mode_caches_features_and_saves_the_whole_classifier(
+    demo_folder: Path, tmp_path: Path, private_home: Path
+) -> None:
+    args = ["train", "--data", demo_folder, *TINY, "--mode", "linear", "--lr", "0.01"]
+    first = invoke(*args, "--out", tmp_path / "a")
+    assert first.exit_code == 0, first.output
+    assert "extracted, cached" in first.output
+    cached = list((private_home / "cache" / "features").glob("*.pt"))
+    assert len(cached) == 2  # train and valid
+    second = invoke(*args, "--out", tmp_path / "b")
+    assert second.exit_code == 0 and "from cache" in second.output
+    report = invoke("eval", tmp_path / "b", "--json")  # model.pth holds body and head
+    assert report.exit_code == 0, report.output
+    assert json.loads(report.output)["map"] == pytest.approx(
+        json.loads((tmp_path / "b" / "results.json").read_text())["test_map"], abs=1e-4
+    )
+
+
+def test_linear_init_freezes_the_body_first_then_trains_it(demo_folder: Path, tmp_path: Path) -> None:
+    result = invoke(
+        "train", "--data", demo_folder, *TINY, "--mode", "linear-init", "--linear-epochs", "1", "--out", tmp_path / "r"
+    )
+    assert result.exit_code == 0, result.output
+    metrics = pd.read_csv(tmp_path / "r" / "metrics.csv")
+    assert list(metrics["epoch"]) == [1, 2]  # one numbering across the two fits
+
+
+def test_frozen_epochs_leave_the_body_and_its_batchnorm_statistics_untouched(demo_folder: Path, tmp_path: Path) -> None:
+    import torch
+    from fastai.torch_core import set_seed
+
+    from wsml_fast.model import build_model
+
+    result = invoke(
+        "train",
+        "--data",
+        demo_folder,
+        *TINY,
+        "--epochs",
+        "1",
+        "--mode",
+        "linear-init",
+        "--linear-epochs",
+        "1",
+        "--out",
+        tmp_path / "r",
+    )
+    assert result.exit_code == 0, result.output
+    set_seed(0, reproducible=True)  # what `wsml train --seed 0` does before building the model
+    initial, _, _ = build_model("test_efficientnet", 10, pretrained=False, img_size=32)
+    trained = torch.load(tmp_path / "r" / "model.pth", weights_only=True)
+    for key, value in initial.state_dict().items():
+        if key.startswith("body."):
+            assert torch.equal(trained[key], value), key
+    assert not torch.equal(trained["head.weight"], initial.state_dict()["head.weight"])

@@ -61,6 +61,17 @@ class SaveBestCallback(TrackerCallback):
             self.learn.load(self.fname, with_opt=False)
 
 
+class FrozenBodyCallback(Callback):
+    """While the body is frozen (linear training), keep it in eval mode so its batch-norm statistics stay fixed."""
+
+    order = 1  # after fastai's TrainEvalCallback has put the whole model in train mode
+
+    def before_train(self) -> None:
+        body = self.learn.model.body
+        if not any(p.requires_grad for p in body.parameters()):
+            body.eval()
+
+
 class EarlyStopCallback(Callback):
     """Stop training when valid mAP falls more than `drop` points below the best so far (the reference's rule)."""
 

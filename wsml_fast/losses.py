@@ -68,5 +68,5 @@ LOSSES: dict[str, type[PartialLabelLoss]] = {"an": AssumeNegativeLoss, "bce": Fu
 FULL_LABEL_SCHEMES = {"bce"}
 
 
-def make_loss(scheme: str) -> PartialLabelLoss:
+def make_loss(scheme: str, num_classes: int, expected_positives: float | None = None) -> PartialLabelLoss:
     return LOSSES[scheme]()

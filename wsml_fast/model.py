@@ -41,11 +41,14 @@ class Classifier(nn.Module):
         self.channels_last = True
         return self.to(memory_format=torch.channels_last)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Pooled body features of uint8 images (what the head sees)."""
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        x = (images.float() - self.mean) / self.std
-        return self.head(self.body(x))
+        return self.body((images.float() - self.mean) / self.std)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(images))
 
 
 def _check_name(name: str) -> None:
@@ -153,16 +156,24 @@ def packaged_state_dict(name: str) -> dict[str, torch.Tensor] | None:
     return renamed
 
 
-def create_body(name: str, pretrained: bool, weights: str | None) -> tuple[nn.Module, str]:
-    """The backbone without classifier, and a line saying where its weights came from."""
+def _timm_body(name: str, pretrained: bool, img_size: int | None) -> nn.Module:
+    """timm's model without classifier; models with a fixed input size (ViTs) are built for `img_size`."""
     import timm
 
+    body = timm.create_model(name, pretrained=pretrained, num_classes=0)
+    fixed = body.pretrained_cfg.get("fixed_input_size", False)
+    if fixed and img_size and img_size != body.pretrained_cfg["input_size"][-1]:
+        body = timm.create_model(name, pretrained=pretrained, num_classes=0, img_size=img_size)
+    return body
+
+
+def create_body(name: str, pretrained: bool, weights: str | None, img_size: int | None = None) -> tuple[nn.Module, str]:
+    """The backbone without classifier, and a line saying where its weights came from."""
     _check_name(name)
+    body = _timm_body(name, False, img_size)
     if weights:
-        body = timm.create_model(name, pretrained=False, num_classes=0)
         load_into_body(body, read_state_dict(Path(weights)), f"--weights {weights}")
         return body, f"weights from {weights}"
-    body = timm.create_model(name, pretrained=False, num_classes=0)
     if not pretrained:
         return body, "random initialization (--no-pretrained)"
     architecture = name.split(".")[0]
@@ -173,7 +184,7 @@ def create_body(name: str, pretrained: bool, weights: str | None) -> tuple[nn.Mo
     if not _hub_reachable():
         _go_offline()
     try:
-        body = timm.create_model(name, pretrained=True, num_classes=0)
+        body = _timm_body(name, True, img_size)
     except Exception as exc:  # noqa: BLE001 - hub, cache and URL failures all leave us without weights
         raise WsmlError(
             f"--backbone {name}: pretrained weights could not be fetched or found in the cache "
@@ -192,7 +203,7 @@ def build_model(
     name: str, num_classes: int, pretrained: bool = True, weights: str | None = None, img_size: int | None = None
 ) -> tuple[Classifier, int, str]:
     """The classifier, the input size to train at, and where the body's weights came from."""
-    body, origin = create_body(name, pretrained, weights)
+    body, origin = create_body(name, pretrained, weights, img_size)
     cfg = data_config(body)
     size = img_size or int(cfg["input_size"][-1])
     return Classifier(body, num_classes, tuple(cfg["mean"]), tuple(cfg["std"])), size, origin

@@ -77,7 +77,7 @@ class RunFolder:
         from wsml_fast.model import build_model
 
         config, results = self.config(), self.results()
-        model, _, _ = build_model(config.backbone, len(results["classes"]), pretrained=False)
+        model, _, _ = build_model(config.backbone, len(results["classes"]), False, img_size=results["img_size"])
         state = torch.load(self.file(WEIGHTS), map_location="cpu", weights_only=True)
         model.load_state_dict(state)
         return model.to(device).eval()

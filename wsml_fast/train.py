@@ -18,15 +18,23 @@ from fastai.metrics import AccumMetric, ActivationType
 from fastai.optimizer import SGD, Adam
 from fastai.torch_core import params, set_seed
 
-from wsml_fast.callbacks import DeviceMixedPrecision, ItemIndexCallback, RunLogCallback, SaveBestCallback
+from wsml_fast.callbacks import (
+    DeviceMixedPrecision,
+    EarlyStopCallback,
+    FrozenBodyCallback,
+    ItemIndexCallback,
+    RunLogCallback,
+    SaveBestCallback,
+)
 from wsml_fast.config import TrainConfig
 from wsml_fast.data import ImageLabelDataset, default_workers, make_loader, make_transform
 from wsml_fast.errors import WsmlError
+from wsml_fast.features import FeatureDataset, cache_key, cached_features
 from wsml_fast.inference import AMP_DTYPES, pick_device, predict_scores, resolve_precision
-from wsml_fast.losses import FULL_LABEL_SCHEMES, make_loss
 from wsml_fast.metrics import mean_average_precision
 from wsml_fast.model import build_model
 from wsml_fast.runfolder import CONFIG, LOG, METRICS, WEIGHTS, Reporter, RunFolder, default_run_dir
+from wsml_fast.schemes import scheme_parts
 from wsml_fast.sources import DataSource
 from wsml_fast.table import PartialLabelTable, check_images, load_table
 
@@ -79,12 +87,36 @@ def _prepare_run_dir(config: TrainConfig, dataset_name: str) -> RunFolder:
     return RunFolder(path)
 
 
+def stages(config: TrainConfig) -> list[tuple[int, bool]]:
+    """(epochs, backbone frozen) per fit: linear-init trains the head alone for its first `linear_epochs`.
+
+    In linear mode the Learner holds the head alone (on cached features): nothing there to freeze.
+    """
+    if config.mode == "linear-init":
+        linear = min(config.linear_epochs, config.epochs)
+        return [(n, frozen) for n, frozen in ((linear, True), (config.epochs - linear, False)) if n > 0]
+    return [(config.epochs, False)]
+
+
+def _fit_stages(learn: Learner, config: TrainConfig, say: Reporter) -> None:
+    lr = slice(config.lr, config.lr * config.head_lr_mult) if config.head_lr_mult != 1 else config.lr
+    for epochs, frozen in stages(config):
+        learn.freeze() if frozen else learn.unfreeze()
+        if config.schedule == "one-cycle":
+            learn.fit_one_cycle(epochs, lr)
+        else:
+            learn.fit(epochs, lr)
+        if getattr(learn, "early_stopped", None):
+            say(f"early stop: {learn.early_stopped}")
+            return
+
+
 def train(config: TrainConfig, source: DataSource) -> RunFolder:
     """Train, keep the best epoch's weights, evaluate the test split, and write the run folder."""
     started = time.perf_counter()
     table = load_table(source, config.valid_fraction, config.seed)
     check_images(source.images_root, table.images, source.observed_csv)
-    train_labels = table.train_labels(full=config.scheme in FULL_LABEL_SCHEMES)
+    train_labels = table.train_labels(config.scheme)
     device = pick_device()
     precision = resolve_precision(config.precision, device)
 
@@ -106,40 +138,60 @@ def train(config: TrainConfig, source: DataSource) -> RunFolder:
 
     train_ds = dataset(table.rows("train"), train_labels, True)
     valid_ds = dataset(table.rows("valid"), table.eval_labels("valid"), False)
+    model = model.to(device)
+    if device.type == "cuda" and precision in AMP_DTYPES:
+        model = model.use_channels_last()
+    linear = config.mode == "linear"
+    if linear:  # train the head alone on cached features of the frozen body
+        stamp = str(source.observed_csv.stat().st_mtime_ns)
+        train_ds, valid_ds = (
+            FeatureDataset(
+                cached_features(
+                    model,
+                    dataset(ds_rows, ds.labels, False),
+                    cache_key(config.backbone, origin, size, ds, stamp),
+                    config.bs * 2,
+                    config.workers,
+                    precision,
+                    device,
+                    say,
+                ),
+                ds.labels,
+            )
+            for ds, ds_rows in ((train_ds, table.rows("train")), (valid_ds, table.rows("valid")))
+        )
     loaders = [
         make_loader(ds, config.bs, is_train, config.workers, device)
         for ds, is_train in ((train_ds, True), (valid_ds, False))
     ]
-    if device.type == "cuda" and precision in AMP_DTYPES:
-        model = model.use_channels_last()
     on_terminal = sys.stdout.isatty()
     run_log = RunLogCallback(run.file(METRICS), say, print_lines=not on_terminal)
-    callbacks = [
-        ItemIndexCallback(),
-        run_log,
-        SaveBestCallback(Path(WEIGHTS).stem),
-    ]
+    callbacks = [ItemIndexCallback(), run_log, SaveBestCallback(Path(WEIGHTS).stem)]
     if precision in AMP_DTYPES:
         callbacks.append(DeviceMixedPrecision(amp_mode=precision))
+    if config.early_stop:
+        callbacks.append(EarlyStopCallback(drop=3.0))
+    if config.mode == "linear-init":
+        callbacks.append(FrozenBodyCallback())
+    loss, scheme_callbacks = scheme_parts(config, table, train_labels, run, say)
     learn = Learner(
         DataLoaders(*loaders, device=device),
-        model,
-        loss_func=make_loss(config.scheme),
+        model.head if linear else model,
+        loss_func=loss,
         opt_func=OPTIMIZERS[config.opt],
-        splitter=body_head_split,
+        splitter=(lambda head: [params(head)]) if linear else body_head_split,
         metrics=[map_metric(config.map_convention)],
         path=run.path,
         model_dir=".",
-        cbs=callbacks,
+        cbs=callbacks + scheme_callbacks,
+        train_bn=False,
     )
     if not on_terminal:
         learn.remove_cb(ProgressCallback)
         learn.logger = lambda *_: None
-    lr = slice(config.lr, config.lr * config.head_lr_mult) if config.head_lr_mult != 1 else config.lr
-    if config.schedule == "one-cycle":
-        learn.fit_one_cycle(config.epochs, lr)
-    else:
-        learn.fit(config.epochs, lr)
+    _fit_stages(learn, config, say)
+    if linear:  # the best head is back in `model`; the run folder keeps the whole classifier
+        torch.save(model.state_dict(), run.file(WEIGHTS))
 
     best = run_log.best("valid_map")
     results = {
@@ -157,7 +209,7 @@ def train(config: TrainConfig, source: DataSource) -> RunFolder:
     if len(table.rows("test")):
         test_ds = dataset(table.rows("test"), table.eval_labels("test"), False)
         test_loader = make_loader(test_ds, config.bs * 2, False, config.workers, device)
-        scores = predict_scores(learn.model, test_loader, precision, device)
+        scores = predict_scores(model, test_loader, precision, device)
         test = mean_average_precision(scores, test_ds.labels, table.classes, config.map_convention)
         results.update(test_map=test.map, test_per_class=test.per_class, test_skipped=test.skipped)
     else:

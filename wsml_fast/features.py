@@ -1,0 +1,81 @@
+"""Frozen-backbone features, extracted once and cached on disk: the fast path of `--mode linear`.
+
+The cache key covers everything the features depend on (backbone, its weights, input size, the image list and
+the label file's content stamp), so a cached file is reused only when it would be recomputed identically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from wsml_fast.data import ImageLabelDataset, make_loader
+from wsml_fast.inference import autocast
+from wsml_fast.model import Classifier
+
+
+def feature_cache_dir() -> Path:
+    from wsml_fast.sources import data_home
+
+    return data_home().parent / "cache" / "features"
+
+
+def cache_key(backbone: str, weights_origin: str, img_size: int, dataset: ImageLabelDataset, stamp: str) -> str:
+    text = json.dumps([backbone, weights_origin, img_size, str(dataset.root), dataset.images, stamp])
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+@torch.inference_mode()
+def extract_features(
+    model: Classifier, dataset: ImageLabelDataset, bs: int, workers: int, precision: str, device: torch.device
+) -> torch.Tensor:
+    """Pooled body features (N, F) of every image, in dataset order, computed without augmentation."""
+    model.eval()
+    features = torch.zeros(len(dataset), model.body.num_features)
+    for images, _, index in make_loader(dataset, bs, False, workers, device):
+        with autocast(precision, device):
+            out = model.features(images)
+        features[index.cpu()] = out.float().cpu()
+    return features
+
+
+def cached_features(
+    model: Classifier,
+    dataset: ImageLabelDataset,
+    key: str,
+    bs: int,
+    workers: int,
+    precision: str,
+    device: torch.device,
+    say,
+) -> torch.Tensor:
+    path = feature_cache_dir() / f"{key}.pt"
+    if path.is_file():
+        say(f"features: {len(dataset)} from cache {path}")
+        return torch.load(path, weights_only=True)
+    features = extract_features(model, dataset, bs, workers, precision, device)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(features, path)
+    say(f"features: {len(dataset)} extracted, cached in {path}")
+    return features
+
+
+class FeatureDataset(Dataset):
+    """Row i: (feature vector, label row, i), the same item shape as ImageLabelDataset."""
+
+    def __init__(self, features: torch.Tensor, labels: np.ndarray) -> None:
+        self.features, self.labels = features, np.ascontiguousarray(labels, dtype=np.float32)
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        return self.features[i], torch.from_numpy(self.labels[i]), i
+
+    def reseed(self, seed: int) -> None:  # nothing random here; the loader's worker hook calls it
+        pass
