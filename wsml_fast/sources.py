@@ -8,6 +8,13 @@ from pathlib import Path
 
 from wsml_fast.errors import WsmlError
 
+DOWNLOADS = {  # where the raw benchmark data comes from, for the "not prepared yet" message
+    "voc": "PASCAL VOC 2012 trainval tar (VOCtrainval_11-May-2012.tar) from the PASCAL VOC site",
+    "coco": "COCO 2014 train/val images and annotations_trainval2014.zip from cocodataset.org",
+    "nuswide": "NUS-WIDE images, Groundtruth and ImageList from the NUS-WIDE page of NUS LMS",
+    "cub": "CUB_200_2011.tgz from the Caltech-UCSD Birds-200-2011 page",
+    "openimages": "the human-verified image-level labels and class descriptions of Open Images",
+}
 OBSERVED = "observed.csv"
 TRUTH = "truth.csv"
 
@@ -64,9 +71,10 @@ def from_dataset(name: str) -> DataSource:
 
         make_demo_dataset(folder)
     if not folder.is_dir():
+        where = f" (raw data: {DOWNLOADS[name]})" if name in DOWNLOADS else ""
         raise WsmlError(
             f"--dataset {name}: not prepared under {data_home()}; run `wsml prepare {name} --root RAW_DIR` "
-            "first, or pass --data DIR"
+            f"first{where}, or pass --data DIR"
         )
     return from_folder(folder, name)
 
