@@ -2,14 +2,20 @@
 
 Targets carry 1 (positive), 0 (observed negative) and -1 (unobserved); fastai's BCE would read -1 as a
 target value, so every scheme here decides itself what an unobserved entry means. Losses are computed in
-fp32 whatever the autocast dtype, so mixed precision cannot change them.
+fp32 whatever the autocast dtype, so mixed precision cannot change them. Every mean runs over all B*C
+entries, also for entries a scheme ignores, as both reference implementations (Cole et al. 2021,
+Kim et al. 2022) divide by B*C.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+LABEL_SMOOTHING = 0.1  # Cole et al.'s `ls_coef`
 
 
 def positive_term(logits: torch.Tensor) -> torch.Tensor:
@@ -22,10 +28,30 @@ def negative_term(logits: torch.Tensor) -> torch.Tensor:
     return F.softplus(logits)
 
 
-class PartialLabelLoss(nn.Module):
-    """Base class: subclasses give the loss of each entry; reduction follows fastai's conventions.
+def soft_bce(logits: torch.Tensor, target_probs: torch.Tensor) -> torch.Tensor:
+    """BCE against a probability target y: y * -log(p) + (1 - y) * -log(1 - p)."""
+    return target_probs * positive_term(logits) + (1 - target_probs) * negative_term(logits)
 
-    `reduction='none'` (set by fastai's `get_preds(with_loss=True)`) returns one loss per image.
+
+def smoothed_bce(logits: torch.Tensor, positive: torch.Tensor, smoothing: float) -> torch.Tensor:
+    """BCE against 1 - eps where `positive`, else eps.
+
+    Cole et al.'s code weighs the wrong-side term by eps = `ls_coef` (0.1): targets 0.9 / 0.1, not the
+    1 - eps/2 / eps/2 of their paper's (1 - eps) y + eps/2; we follow the code.
+    """
+    return soft_bce(logits, torch.where(positive, 1.0 - smoothing, smoothing))
+
+
+def expected_positive_penalty(probs: torch.Tensor, expected_positives: float) -> torch.Tensor:
+    """((mean over the batch of the predicted positives per image) - k)^2 / C^2: Cole et al.'s R_k."""
+    return ((probs.sum(dim=1).mean() - expected_positives) / probs.shape[1]) ** 2
+
+
+class PartialLabelLoss(nn.Module):
+    """Base class: subclasses give the loss of each entry, and optionally a batch-level term.
+
+    `reduction='none'` (set by fastai's `get_preds(with_loss=True)`) returns one loss per image; a batch
+    term is added to each image's loss so that their mean stays the batch loss.
     """
 
     def __init__(self) -> None:
@@ -35,11 +61,19 @@ class PartialLabelLoss(nn.Module):
     def entry_losses(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def batch_term(self, logits: torch.Tensor) -> torch.Tensor:
+        """A loss on the whole batch (EPR's regularizer) added to the mean entry loss; none by default."""
+        return logits.new_zeros(())
+
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        losses = self.entry_losses(logits.float(), targets)
+        logits = logits.float()
+        losses = self.entry_losses(logits, targets)
+        extra = self.batch_term(logits)
         if self.reduction == "none":
-            return losses.mean(dim=1)
-        return losses.sum() if self.reduction == "sum" else losses.mean()
+            return losses.mean(dim=1) + extra
+        if self.reduction == "sum":
+            return losses.sum() + extra * losses.numel()
+        return losses.mean() + extra
 
     def activation(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(logits)
@@ -49,24 +83,75 @@ class PartialLabelLoss(nn.Module):
 
 
 class AssumeNegativeLoss(PartialLabelLoss):
-    """AN: observed positives are positives, everything else (observed negative or unobserved) negative."""
+    """AN: observed positives are positives, everything else (observed negative or unobserved) negative.
+
+    `smoothing` gives AN-LS; `unobserved_weight` < 1 gives WAN, which weighs the negative term of the
+    *unobserved* entries only (observed negatives are true negatives and keep weight 1).
+    """
+
+    def __init__(self, smoothing: float = 0.0, unobserved_weight: float = 1.0) -> None:
+        super().__init__()
+        self.smoothing, self.unobserved_weight = smoothing, unobserved_weight
 
     def entry_losses(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        positive = targets == 1
-        return torch.where(positive, positive_term(logits), negative_term(logits))
+        losses = smoothed_bce(logits, targets == 1, self.smoothing)
+        if self.unobserved_weight == 1.0:
+            return losses
+        return torch.where(targets == -1, losses * self.unobserved_weight, losses)
 
 
-class FullLabelLoss(PartialLabelLoss):
-    """BCE against known labels; any unknown entry (-1) contributes 0 but stays in the denominator."""
+class KnownLabelLoss(PartialLabelLoss):
+    """BCE on the known entries only; an unknown entry (-1) contributes 0 but stays in the denominator.
+
+    With full labels this is BCE (`bce`, `bce-ls` with smoothing); with observed labels it is IU; with the
+    observed positives plus truth.csv's negatives it is IUN. (Cole et al.'s IUN compares the 0/1 truth
+    against -1 and so drops every negative term; here the caller's targets decide.)
+    """
+
+    def __init__(self, smoothing: float = 0.0) -> None:
+        super().__init__()
+        self.smoothing = smoothing
 
     def entry_losses(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        losses = torch.where(targets == 1, positive_term(logits), negative_term(logits))
-        return losses * (targets >= 0)
+        return smoothed_bce(logits, targets == 1, self.smoothing) * (targets >= 0)
 
 
-LOSSES: dict[str, type[PartialLabelLoss]] = {"an": AssumeNegativeLoss, "bce": FullLabelLoss}
-FULL_LABEL_SCHEMES = {"bce"}
+class ExpectedPositiveLoss(PartialLabelLoss):
+    """EPR: the positive term on observed positives, plus the expected-positive penalty on the batch."""
+
+    def __init__(self, expected_positives: float) -> None:
+        super().__init__()
+        self.expected_positives = expected_positives
+
+    def entry_losses(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return positive_term(logits) * (targets == 1)
+
+    def batch_term(self, logits: torch.Tensor) -> torch.Tensor:
+        return expected_positive_penalty(torch.sigmoid(logits), self.expected_positives)
+
+
+def _expected(expected_positives: float | None) -> float:
+    if expected_positives is None:
+        raise ValueError("this scheme needs --expected-positives (the expected positives per image)")
+    return expected_positives
+
+
+LossFactory = Callable[[int, float | None], PartialLabelLoss]  # (num_classes, expected positives) -> loss
+
+LOSSES: dict[str, LossFactory] = {
+    "bce": lambda num_classes, k: KnownLabelLoss(),
+    "bce-ls": lambda num_classes, k: KnownLabelLoss(smoothing=LABEL_SMOOTHING),
+    "an": lambda num_classes, k: AssumeNegativeLoss(),
+    "an-ls": lambda num_classes, k: AssumeNegativeLoss(smoothing=LABEL_SMOOTHING),
+    "wan": lambda num_classes, k: AssumeNegativeLoss(unobserved_weight=1 / (num_classes - 1)),
+    "epr": lambda num_classes, k: ExpectedPositiveLoss(_expected(k)),
+    "iu": lambda num_classes, k: KnownLabelLoss(),
+    "iun": lambda num_classes, k: KnownLabelLoss(),
+}
 
 
 def make_loss(scheme: str, num_classes: int, expected_positives: float | None = None) -> PartialLabelLoss:
-    return LOSSES[scheme]()
+    """The loss of `scheme` (large-loss schemes and ROLE train on `an` plus their callback)."""
+    if scheme not in LOSSES:
+        raise ValueError(f"no loss for scheme {scheme!r}; known: {', '.join(LOSSES)}")
+    return LOSSES[scheme](num_classes, expected_positives)

@@ -1,0 +1,122 @@
+"""ROLE (Cole et al., CVPR 2021): learn a label estimate for every training entry together with the classifier.
+
+The estimates are a free N x C matrix of logits (Cole et al.'s `LabelEstimator`), trained by their own Adam at
+10x the classifier's learning rate on the same loss. Each side learns from the other with the other's side
+detached, plus the observed positives and the expected-positive regularizer:
+
+    L'(F | Y) = mean over B*C of [BCE(f, sg(y)) + 1[z = 1] * -log f] + ((mean_b sum_c f - k) / C)^2
+    L_ROLE    = (L'(F | Y) + L'(Y | F)) / 2
+
+which is the reference's `loss_role` term by term (its 0.5 * (pos_1 + pos_2) + 0.5 * (cross_1 + cross_2) over
+B*C, plus 0.5 * (reg_1 + reg_2)). Differences: -log is computed from logits (the reference adds 1e-5 inside
+the log of probabilities), and observed negatives (which the reference's single-positive data never had)
+enter only through the estimates' start value 0.005, as the reference's estimator initialisation has it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from fastai.callback.core import Callback
+
+from wsml_fast.callbacks import ItemIndexCallback
+from wsml_fast.losses import ExpectedPositiveLoss, soft_bce
+
+START_POSITIVE, START_NEGATIVE = 0.995, 0.005  # the reference's start values for observed labels
+START_UNOBSERVED = (0.4, 0.6)  # unobserved entries start uniformly in this probability range
+
+
+def _logit(p: float) -> float:
+    return math.log(p / (1 - p))
+
+
+def initial_estimates(train_labels: np.ndarray, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Start logits of the estimates: near-certain where observed, undecided (0.4 to 0.6) where not."""
+    labels = torch.as_tensor(np.asarray(train_labels, dtype=np.float32))
+    low, high = START_UNOBSERVED
+    probs = low + (high - low) * torch.rand(labels.shape, generator=generator)
+    logits = torch.log(probs / (1 - probs))
+    logits[labels == 1] = _logit(START_POSITIVE)
+    logits[labels == 0] = _logit(START_NEGATIVE)
+    return logits
+
+
+def role_loss(
+    logits: torch.Tensor, estimate_logits: torch.Tensor, targets: torch.Tensor, expected_positives: float
+) -> torch.Tensor:
+    """L_ROLE of one batch: classifier and estimates each fit the other (detached) and the observed positives."""
+    epr = ExpectedPositiveLoss(expected_positives)
+
+    def one_side(learner: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        return soft_bce(learner, torch.sigmoid(teacher).detach()).mean() + epr(learner, targets)
+
+    return (one_side(logits, estimate_logits) + one_side(estimate_logits, logits)) / 2
+
+
+class RoleCallback(Callback):
+    """Replace the training loss by L_ROLE and step the label estimates with every step of the model.
+
+    The estimates' learning rate follows the learner's schedule: `lr_mult` times the current learning rate
+    of its first parameter group (the base `lr`; Cole et al. use 10 x lr). `lr_find` trains nothing here.
+    Under fp16 the estimates are stepped through fastai's GradScaler like a second optimizer.
+    """
+
+    order = ItemIndexCallback.order + 1  # needs `learn.item_index`; must precede GradientAccumulation (6)
+
+    def __init__(
+        self,
+        train_labels: np.ndarray,
+        expected_positives: float | None,
+        lr_mult: float = 10.0,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        if expected_positives is None:
+            raise ValueError("--scheme role needs --expected-positives (the expected positives per image)")
+        self.expected_positives, self.lr_mult = expected_positives, lr_mult
+        self.estimate_logits = torch.nn.Parameter(initial_estimates(train_labels, generator))
+        self.estimate_opt: torch.optim.Adam | None = None
+        self.in_lr_find = False
+
+    @property
+    def estimates(self) -> torch.Tensor:
+        """Current label estimates as probabilities (N x C)."""
+        return torch.sigmoid(self.estimate_logits.detach())
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"estimate_logits": self.estimate_logits.detach().cpu()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        saved = state["estimate_logits"]
+        if saved.shape != self.estimate_logits.shape:
+            expected = tuple(self.estimate_logits.shape)
+            raise ValueError(f"label estimates of shape {tuple(saved.shape)}, expected {expected}")
+        with torch.no_grad():
+            self.estimate_logits.copy_(saved)
+
+    def before_fit(self) -> None:
+        self.in_lr_find = hasattr(self.learn, "lr_finder")
+        device = next(self.learn.model.parameters()).device
+        if self.estimate_opt is None:  # the optimizer, and its moments, live across every fit of the Learner
+            self.estimate_logits.data = self.estimate_logits.data.to(device)
+            self.estimate_opt = torch.optim.Adam([self.estimate_logits])
+        self.estimate_opt.zero_grad()
+
+    def after_loss(self) -> None:
+        if not self.learn.training:
+            return
+        estimate_logits = self.estimate_logits[self.learn.item_index]
+        loss = role_loss(self.learn.pred.float(), estimate_logits, self.learn.yb[0], self.expected_positives)
+        self.learn.loss_grad, self.learn.loss = loss, loss.detach().clone()
+
+    def after_step(self) -> None:
+        if not self.in_lr_find:
+            for group in self.estimate_opt.param_groups:
+                group["lr"] = self.lr_mult * self.learn.opt.hypers[0]["lr"]
+            scaler = getattr(self.learn, "scaler", None)  # set by fastai's MixedPrecision during its fits
+            if scaler is not None:
+                scaler.step(self.estimate_opt)
+            else:
+                self.estimate_opt.step()
+        self.estimate_opt.zero_grad()
