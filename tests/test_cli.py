@@ -172,3 +172,48 @@ def test_frozen_epochs_leave_the_body_and_its_batchnorm_statistics_untouched(dem
         if key.startswith("body."):
             assert torch.equal(trained[key], value), key
     assert not torch.equal(trained["head.weight"], initial.state_dict()["head.weight"])
+
+
+def test_llcp_run_records_corrections_diagnostics_and_checkpointed_labels(demo_folder: Path, tmp_path: Path) -> None:
+    import torch
+
+    out = tmp_path / "llcp"
+    result = invoke(
+        "train",
+        "--data",
+        demo_folder,
+        *TINY,
+        "--epochs",
+        "3",
+        "--scheme",
+        "llcp",
+        "--delta-rel",
+        "0.5",
+        "--track-memorization",
+        "--out",
+        out,
+    )
+    assert result.exit_code == 0, result.output
+    metrics = pd.read_csv(out / "metrics.csv")
+    # B=16, C=10, Delta=0.5%: k = ceil(0.8) = 1 per batch from epoch 2 on; 48 train images make 3 batches
+    assert list(metrics["ll_selected"]) == [0, 3, 3]
+    assert list(metrics["ll_corrections"]) == [0, 3, 6]
+    assert metrics["train_recovery_map"].between(0, 100).all()
+    corrections = pd.read_csv(out / "corrected_labels.csv")
+    assert len(corrections) == 6 and set(corrections["epoch"]) == {2, 3}
+    state = torch.load(out / "scheme_state.pt", weights_only=True)["LargeLossCallback"]
+    best = int(json.loads((out / "results.json").read_text())["best_epoch"])
+    assert int((state["labels"] == 1).sum()) == 48 + int(metrics.loc[best - 1, "ll_corrections"])
+    memorization = pd.read_csv(out / "memorization.csv")
+    assert set(memorization["kind"]) == {"false_negative", "true_negative"}
+    assert (out / "memorization.png").stat().st_size > 1000
+
+
+def test_role_saves_its_label_estimates_with_the_weights(demo_folder: Path, tmp_path: Path) -> None:
+    import torch
+
+    result = invoke("train", "--data", demo_folder, *TINY, "--scheme", "role", "--out", tmp_path / "role")
+    assert result.exit_code == 0, result.output
+    assert "expected-positives not given" in result.output
+    state = torch.load(tmp_path / "role" / "scheme_state.pt", weights_only=True)["RoleCallback"]
+    assert state["estimate_logits"].shape == (48, 10)

@@ -13,6 +13,8 @@ from fastai.callback.core import Callback, CancelFitException
 from fastai.callback.fp16 import MixedPrecision
 from fastai.callback.tracker import TrackerCallback
 
+from wsml_fast.metrics import mean_average_precision
+
 
 class ItemIndexCallback(Callback):
     """Take the item index off the batch so losses and metrics see one target; keep it for other callbacks."""
@@ -35,23 +37,33 @@ class DeviceMixedPrecision(MixedPrecision):
         self.autocast = torch.autocast(device_type, dtype=dtype)
 
 
+class CheckpointedState:
+    """Marks a callback whose state (stored labels, label estimates) belongs in the checkpoint with the weights."""
+
+    def state_dict(self) -> dict:
+        raise NotImplementedError
+
+
 class SaveBestCallback(TrackerCallback):
     """Keep the weights of the best epoch so far (by valid mAP) across every fit of the run; reload at the end.
 
     Unlike fastai's SaveModelCallback it prints nothing (the run log reports the best epoch) and never
-    saves during `lr_find`.
+    saves during `lr_find`. The state of CheckpointedState callbacks is saved beside the weights.
     """
 
     order = TrackerCallback.order + 1
 
-    def __init__(self, fname: str, monitor: str = "valid_map") -> None:
+    def __init__(self, fname: str, monitor: str = "valid_map", state_file: str = "scheme_state.pt") -> None:
         super().__init__(monitor=monitor, comp=np.greater, reset_on_fit=False)
-        self.fname = fname
+        self.fname, self.state_file = fname, state_file
 
     def after_epoch(self) -> None:
         super().after_epoch()
         if self.new_best and not hasattr(self.learn, "lr_finder"):
             self.learn.save(self.fname, with_opt=False)
+            states = {type(cb).__name__: cb.state_dict() for cb in self.learn.cbs if isinstance(cb, CheckpointedState)}
+            if states:
+                torch.save(states, self.learn.path / self.learn.model_dir / self.state_file)
 
     def after_fit(self) -> None:
         if (
@@ -88,6 +100,26 @@ class EarlyStopCallback(Callback):
         if value < self.best - self.drop:
             self.learn.early_stopped = f"valid mAP {value:.2f} fell over {self.drop:g} points below {self.best:.2f}"
             raise CancelFitException()
+
+
+class TrainRecoveryCallback(Callback):
+    """`train_recovery_map`: mAP of the model's scores on (a sample of) the training images against their full
+    truth, after every epoch; how well the unobserved positives are being recovered."""
+
+    order = 65  # before the run log (70) writes the epoch
+
+    def __init__(self, loader, convention: str, precision: str) -> None:
+        self.loader, self.convention, self.precision = loader, convention, precision
+
+    def after_epoch(self) -> None:
+        if hasattr(self.learn, "lr_finder"):
+            return
+        from wsml_fast.inference import predict_scores
+
+        device = next(self.learn.model.parameters()).device
+        scores = predict_scores(self.learn.model, self.loader, self.precision, device)
+        result = mean_average_precision(scores, self.loader.dataset.labels, convention=self.convention)
+        self.learn.epoch_extras["train_recovery_map"] = result.map
 
 
 class RunLogCallback(Callback):

@@ -55,6 +55,9 @@ class ImageLabelDataset(Dataset):
     def reseed(self, seed: int) -> None:
         self.transform.set_random_seed(seed % 2**32)
 
+    def subset(self, rows: np.ndarray) -> ImageLabelDataset:
+        return ImageLabelDataset(self.root, [self.images[i] for i in rows], self.labels[rows], self.transform)
+
 
 def _reseed_worker() -> None:
     """Give each worker, in each epoch, its own augmentation stream (albumentations would repeat them)."""

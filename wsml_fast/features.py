@@ -79,3 +79,6 @@ class FeatureDataset(Dataset):
 
     def reseed(self, seed: int) -> None:  # nothing random here; the loader's worker hook calls it
         pass
+
+    def subset(self, rows: np.ndarray) -> FeatureDataset:
+        return FeatureDataset(self.features[rows], self.labels[rows])

@@ -33,11 +33,14 @@ def autocast(precision: str, device: torch.device) -> contextlib.AbstractContext
 
 @torch.inference_mode()
 def predict_scores(model: torch.nn.Module, loader, precision: str, device: torch.device) -> np.ndarray:
-    """Sigmoid scores (N, C) for every item of `loader`, in dataset order."""
+    """Sigmoid scores (N, C) for every item of `loader` (images, or features for a bare head), in dataset order."""
     model.eval()
-    scores = np.zeros((len(loader.dataset), model.head.out_features), dtype=np.float32)
-    for images, _, index in loader:
+    scores, order = [], []
+    for inputs, _, index in loader:
         with autocast(precision, device):
-            logits = model(images.to(device, non_blocking=True))
-        scores[index.cpu().numpy()] = torch.sigmoid(logits.float()).cpu().numpy()
-    return scores
+            logits = model(inputs.to(device, non_blocking=True))
+        scores.append(torch.sigmoid(logits.float()).cpu())
+        order.append(index.cpu())
+    result = np.zeros((len(loader.dataset), scores[0].shape[1]), dtype=np.float32)
+    result[torch.cat(order).numpy()] = torch.cat(scores).numpy()
+    return result

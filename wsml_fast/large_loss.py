@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from fastai.callback.core import Callback
 
-from wsml_fast.callbacks import ItemIndexCallback
+from wsml_fast.callbacks import CheckpointedState, ItemIndexCallback
 from wsml_fast.config import LARGE_LOSS_SCHEMES
 from wsml_fast.losses import AssumeNegativeLoss, positive_term
 
@@ -74,7 +74,7 @@ def large_loss_losses(
     return apply_large_loss(an_losses, positive_term(logits), selected, scheme), selected
 
 
-class LargeLossCallback(Callback):
+class LargeLossCallback(Callback, CheckpointedState):
     """Replace the training loss by LL-R / LL-Ct / LL-Cp and keep the training labels for LL-Cp.
 
     The label matrix lives here, on the model's device, and every training batch reads its targets from it
@@ -104,6 +104,10 @@ class LargeLossCallback(Callback):
         self.corrected_in = torch.zeros(self.labels.shape, dtype=torch.int16) if scheme == "llcp" else None
         self.t = 0
         self.in_lr_find = False
+
+    def state_dict(self) -> dict:
+        """The stored training labels (LL-Cp's corrections included) and the epoch counter."""
+        return {"labels": self.labels.cpu(), "epoch": self.t}
 
     def before_fit(self) -> None:
         self.in_lr_find = hasattr(self.learn, "lr_finder")

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from fastai.callback.core import Callback
 
-from wsml_fast.callbacks import ItemIndexCallback
+from wsml_fast.callbacks import CheckpointedState, ItemIndexCallback
 from wsml_fast.losses import ExpectedPositiveLoss, soft_bce
 
 START_POSITIVE, START_NEGATIVE = 0.995, 0.005  # the reference's start values for observed labels
@@ -55,7 +55,7 @@ def role_loss(
     return (one_side(logits, estimate_logits) + one_side(estimate_logits, logits)) / 2
 
 
-class RoleCallback(Callback):
+class RoleCallback(Callback, CheckpointedState):
     """Replace the training loss by L_ROLE and step the label estimates with every step of the model.
 
     The estimates' learning rate follows the learner's schedule: `lr_mult` times the current learning rate

@@ -25,12 +25,14 @@ from wsml_fast.callbacks import (
     ItemIndexCallback,
     RunLogCallback,
     SaveBestCallback,
+    TrainRecoveryCallback,
 )
 from wsml_fast.config import TrainConfig
 from wsml_fast.data import ImageLabelDataset, default_workers, make_loader, make_transform
 from wsml_fast.errors import WsmlError
 from wsml_fast.features import FeatureDataset, cache_key, cached_features
 from wsml_fast.inference import AMP_DTYPES, pick_device, predict_scores, resolve_precision
+from wsml_fast.memorization import MemorizationCallback, sample_entries
 from wsml_fast.metrics import mean_average_precision
 from wsml_fast.model import build_model
 from wsml_fast.runfolder import CONFIG, LOG, METRICS, WEIGHTS, Reporter, RunFolder, default_run_dir
@@ -111,6 +113,59 @@ def _fit_stages(learn: Learner, config: TrainConfig, say: Reporter) -> None:
             return
 
 
+def _image_dataset(
+    config: TrainConfig, table: PartialLabelTable, split: str, labels: np.ndarray, augment: bool
+) -> ImageLabelDataset:
+    transform = make_transform(config.img_size, augment, config.hflip, config.seed)
+    images = [table.images[i] for i in table.rows(split)]
+    return ImageLabelDataset(table.source.images_root, images, labels, transform)
+
+
+def _datasets(config, table, train_labels, model, origin, precision, device, say) -> tuple:
+    """Train and valid datasets (images, or in linear mode cached features of the frozen body), and a view of
+    the training set without augmentation that carries its full truth (None without a truth.csv)."""
+    train_ds = _image_dataset(config, table, "train", train_labels, True)
+    valid_ds = _image_dataset(config, table, "valid", table.eval_labels("valid"), False)
+    truth = None if table.truth is None else table.truth[table.rows("train")]
+    train_view = None if truth is None else _image_dataset(config, table, "train", truth, False)
+    if config.mode != "linear":
+        return train_ds, valid_ds, train_view
+    stamp = str(table.source.observed_csv.stat().st_mtime_ns)
+
+    def features(ds: ImageLabelDataset) -> torch.Tensor:
+        key = cache_key(config.backbone, origin, config.img_size, ds, stamp)
+        plain = ImageLabelDataset(ds.root, ds.images, ds.labels, make_transform(config.img_size, False, False))
+        return cached_features(model, plain, key, config.bs * 2, config.workers, precision, device, say)
+
+    train_features = features(train_ds)
+    return (
+        FeatureDataset(train_features, train_labels),
+        FeatureDataset(features(valid_ds), valid_ds.labels),
+        None if truth is None else FeatureDataset(train_features, truth),
+    )
+
+
+RECOVERY_SAMPLE = 1000  # training images scored per epoch for train_recovery_map
+
+
+def _diagnostics(config, table, train_labels, train_view, run, precision, device) -> list:
+    """Callbacks that need the truth of the training set: recovery mAP, and memorization when asked for."""
+    if train_view is None:
+        if config.track_memorization:
+            raise WsmlError("--track-memorization needs truth.csv (the truth of the unobserved training entries)")
+        return []
+    rng = np.random.default_rng(config.seed)
+    sample = np.sort(rng.permutation(len(train_view))[:RECOVERY_SAMPLE])
+    loader = make_loader(train_view.subset(sample), config.bs * 2, False, config.workers, device)
+    callbacks = [TrainRecoveryCallback(loader, config.map_convention, precision)]
+    if config.track_memorization:
+        rows, classes, false_negative = sample_entries(train_labels, train_view.labels, seed=config.seed)
+        inputs = torch.stack([train_view[i][0] for i in rows])
+        every = max(1, len(train_labels) // config.bs // 20)  # about 20 points per epoch
+        callbacks.append(MemorizationCallback(inputs, classes, false_negative, every, run.path))
+    return callbacks
+
+
 def train(config: TrainConfig, source: DataSource) -> RunFolder:
     """Train, keep the best epoch's weights, evaluate the test split, and write the run folder."""
     started = time.perf_counter()
@@ -132,34 +187,11 @@ def train(config: TrainConfig, source: DataSource) -> RunFolder:
     say(f"model: {config.backbone} ({origin}) at {size}px | scheme {config.scheme} | {device.type} {precision}")
     say(f"run folder: {run.path}")
 
-    def dataset(rows: np.ndarray, labels: np.ndarray, is_train: bool) -> ImageLabelDataset:
-        transform = make_transform(size, is_train, config.hflip, config.seed)
-        return ImageLabelDataset(source.images_root, [table.images[i] for i in rows], labels, transform)
-
-    train_ds = dataset(table.rows("train"), train_labels, True)
-    valid_ds = dataset(table.rows("valid"), table.eval_labels("valid"), False)
     model = model.to(device)
     if device.type == "cuda" and precision in AMP_DTYPES:
         model = model.use_channels_last()
     linear = config.mode == "linear"
-    if linear:  # train the head alone on cached features of the frozen body
-        stamp = str(source.observed_csv.stat().st_mtime_ns)
-        train_ds, valid_ds = (
-            FeatureDataset(
-                cached_features(
-                    model,
-                    dataset(ds_rows, ds.labels, False),
-                    cache_key(config.backbone, origin, size, ds, stamp),
-                    config.bs * 2,
-                    config.workers,
-                    precision,
-                    device,
-                    say,
-                ),
-                ds.labels,
-            )
-            for ds, ds_rows in ((train_ds, table.rows("train")), (valid_ds, table.rows("valid")))
-        )
+    train_ds, valid_ds, train_view = _datasets(config, table, train_labels, model, origin, precision, device, say)
     loaders = [
         make_loader(ds, config.bs, is_train, config.workers, device)
         for ds, is_train in ((train_ds, True), (valid_ds, False))
@@ -173,6 +205,7 @@ def train(config: TrainConfig, source: DataSource) -> RunFolder:
         callbacks.append(EarlyStopCallback(drop=3.0))
     if config.mode == "linear-init":
         callbacks.append(FrozenBodyCallback())
+    callbacks += _diagnostics(config, table, train_labels, train_view, run, precision, device)
     loss, scheme_callbacks = scheme_parts(config, table, train_labels, run, say)
     learn = Learner(
         DataLoaders(*loaders, device=device),
@@ -207,7 +240,7 @@ def train(config: TrainConfig, source: DataSource) -> RunFolder:
         "train_seconds": round(time.perf_counter() - started, 1),
     }
     if len(table.rows("test")):
-        test_ds = dataset(table.rows("test"), table.eval_labels("test"), False)
+        test_ds = _image_dataset(config, table, "test", table.eval_labels("test"), False)
         test_loader = make_loader(test_ds, config.bs * 2, False, config.workers, device)
         scores = predict_scores(model, test_loader, precision, device)
         test = mean_average_precision(scores, test_ds.labels, table.classes, config.map_convention)

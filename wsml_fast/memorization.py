@@ -1,0 +1,100 @@
+"""`--track-memorization`: the losses of a fixed sample of unobserved training entries, iteration by iteration.
+
+Large Loss Matters' key figure: under assume-negative training the loss of a false negative (an unobserved
+true positive, labelled 0) first rises, then falls to zero as the network memorizes the wrong label, while
+a true negative's loss falls from the start. This callback records both kinds and draws that figure.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import torch
+from fastai.callback.core import Callback
+
+from wsml_fast.losses import negative_term
+
+
+def sample_entries(
+    train_labels: np.ndarray, truth: np.ndarray, per_kind: int = 16, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(image rows, classes, is false negative) of up to `per_kind` unobserved false and true negatives."""
+    rng = np.random.default_rng(seed)
+    unobserved = train_labels == -1
+    picks = []
+    for kind in (1, 0):
+        rows, cols = np.nonzero(unobserved & (truth == kind))
+        chosen = rng.choice(len(rows), size=min(per_kind, len(rows)), replace=False)
+        picks.append((rows[chosen], cols[chosen], np.full(len(chosen), kind == 1)))
+    rows, cols, false_negative = (np.concatenate(parts) for parts in zip(*picks, strict=True))
+    return rows, cols, false_negative
+
+
+class MemorizationCallback(Callback):
+    """Every `every` training iterations, score the sampled images in eval mode and record the AN loss of each
+    sampled entry (target 0); write `memorization.csv` and `memorization.png` at the end of each fit."""
+
+    order = 66
+
+    def __init__(
+        self, inputs: torch.Tensor, classes: np.ndarray, false_negative: np.ndarray, every: int, out_dir: Path
+    ) -> None:
+        self.inputs, self.every, self.out_dir = inputs, max(1, every), Path(out_dir)
+        self.classes = torch.as_tensor(classes)
+        self.false_negative = np.asarray(false_negative, dtype=bool)
+        self.iteration, self.records = 0, []
+
+    def after_batch(self) -> None:
+        if not self.learn.training or hasattr(self.learn, "lr_finder"):
+            return
+        if self.iteration % self.every == 0:
+            model = self.learn.model
+            device = next(model.parameters()).device
+            model.eval()
+            with torch.no_grad():
+                logits = model(self.inputs.to(device)).float()
+            model.train()
+            entry = torch.arange(len(self.classes), device=device)
+            losses = negative_term(logits[entry, self.classes.to(device)])
+            self.records.append((self.iteration, losses.cpu().numpy()))
+        self.iteration += 1
+
+    def after_fit(self) -> None:
+        if hasattr(self.learn, "lr_finder") or not self.records:
+            return
+        self._write_csv(self.out_dir / "memorization.csv")
+        self._plot(self.out_dir / "memorization.png")
+
+    def _write_csv(self, path: Path) -> None:
+        with path.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["iteration", "entry", "kind", "loss"])
+            for iteration, losses in self.records:
+                for entry, (loss, fn) in enumerate(zip(losses, self.false_negative, strict=True)):
+                    writer.writerow([iteration, entry, "false_negative" if fn else "true_negative", f"{loss:.5f}"])
+
+    def _plot(self, path: Path) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        iterations = np.array([i for i, _ in self.records])
+        losses = np.stack([values for _, values in self.records])
+        figure, axis = plt.subplots(figsize=(7, 4))
+        for fn, color, name in ((True, "tab:red", "false negatives"), (False, "tab:blue", "true negatives")):
+            kind = losses[:, self.false_negative == fn]
+            if kind.size:
+                axis.plot(iterations, kind, color=color, alpha=0.15, linewidth=0.8)
+                axis.plot(
+                    iterations, kind.mean(1), color=color, linewidth=2.5, label=f"{name} (mean of {kind.shape[1]})"
+                )
+        axis.set_xlabel("training iteration")
+        axis.set_ylabel("loss against the assumed-negative label")
+        axis.set_title("Memorization of unobserved labels")
+        axis.legend()
+        figure.tight_layout()
+        figure.savefig(path, dpi=120)
+        plt.close(figure)
