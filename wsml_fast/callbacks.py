@@ -144,6 +144,12 @@ class RunLogCallback(Callback):
         self.start = time.perf_counter()
         self.learn.epoch_extras = {}
 
+    def before_train(self) -> None:
+        self.train_start = time.perf_counter()
+
+    def after_train(self) -> None:
+        self.train_seconds = time.perf_counter() - self.train_start
+
     def after_epoch(self) -> None:
         if self.in_lr_find:
             return
@@ -151,6 +157,7 @@ class RunLogCallback(Callback):
         values = self.learn.recorder.log[1 : 1 + len(names)]
         row = {"epoch": len(self.rows) + 1, **{n: _number(v) for n, v in zip(names, values, strict=True)}}
         row["seconds"] = round(time.perf_counter() - self.start, 2)
+        row["train_seconds"] = round(self.train_seconds, 3)
         row["lr"] = float(self.learn.opt.hypers[-1]["lr"])
         row.update(self.learn.epoch_extras)
         self.rows.append(row)
@@ -178,6 +185,8 @@ def _number(value) -> float:
 def _fmt(name: str, value) -> str:
     if name == "seconds":
         return f"{value:.1f}s"
+    if name == "train_seconds":
+        return f"(train {value:.1f}s)"
     if name == "lr":
         return f"lr {value:.2e}"
     if "map" in name or "precision" in name:
