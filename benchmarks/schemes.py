@@ -33,6 +33,7 @@ def run_scheme(scheme: str, seed: int, args: argparse.Namespace, out_root: Path)
         "mode": args.mode,
         "epochs": args.epochs,
         "backbone": args.backbone,
+        "lr": args.lr,
         "out": str(out_root / f"{scheme}-{seed}"),
     }
     config = resolve(recipe, name, options)

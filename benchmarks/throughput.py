@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import time
 
+import numpy as np
 import torch
 from fastai.callback.core import Callback
 from fastai.callback.progress import ProgressCallback
@@ -19,7 +20,7 @@ from fastai.data.core import DataLoaders
 from fastai.learner import Learner
 
 from wsml_fast.callbacks import ItemIndexCallback
-from wsml_fast.data import ImageLabelDataset, make_loader, make_transform
+from wsml_fast.data import ImageLabelDataset, make_loader
 from wsml_fast.losses import make_loss
 from wsml_fast.model import build_model
 from wsml_fast.sources import resolve_source
@@ -61,7 +62,8 @@ def main() -> None:
         source.images_root,
         [table.images[i] for i in rows],
         table.observed[rows],
-        make_transform(args.img_size, True, True),
+        args.img_size,
+        augment=True,
     )
     device = torch.device("cpu")
     loader = make_loader(dataset, args.bs, True, args.workers, device)
@@ -86,7 +88,7 @@ def main() -> None:
 
     timer = TrainPhaseTimer()
     one_batch = make_loader(
-        ImageLabelDataset(dataset.root, dataset.images[: args.bs], dataset.labels[: args.bs], dataset.transform),
+        dataset.subset(np.arange(args.bs)),
         args.bs,
         False,
         0,

@@ -5,7 +5,7 @@ import pytest
 import torch
 from conftest import write
 
-from wsml_fast.data import ImageLabelDataset, make_loader, make_transform
+from wsml_fast.data import ImageLabelDataset, make_loader
 from wsml_fast.errors import WsmlError
 from wsml_fast.sources import from_csv, from_folder, resolve_source
 from wsml_fast.table import check_images, load_table
@@ -15,7 +15,7 @@ def test_dataset_yields_uint8_image_target_with_unobserved_and_index(demo_folder
     table = load_table(from_folder(demo_folder))
     rows = table.rows("train")
     ds = ImageLabelDataset(
-        demo_folder / "images", [table.images[i] for i in rows], table.observed[rows], make_transform(32, True, True)
+        demo_folder / "images", [table.images[i] for i in rows], table.observed[rows], 32, augment=True
     )
     image, target, index = ds[3]
     assert image.dtype == torch.uint8 and image.shape == (3, 32, 32)
@@ -27,9 +27,7 @@ def test_dataset_yields_uint8_image_target_with_unobserved_and_index(demo_folder
 def test_loader_batches_carry_the_item_index(demo_folder: Path) -> None:
     table = load_table(from_folder(demo_folder))
     rows = table.rows("valid")
-    ds = ImageLabelDataset(
-        demo_folder / "images", [table.images[i] for i in rows], table.truth[rows], make_transform(32, False, False)
-    )
+    ds = ImageLabelDataset(demo_folder / "images", [table.images[i] for i in rows], table.truth[rows], 32)
     images, targets, index = next(iter(make_loader(ds, 8, False, 0, torch.device("cpu"))))
     assert images.shape == (8, 3, 32, 32) and targets.shape == (8, 10)
     assert index.tolist() == list(range(8))

@@ -26,29 +26,49 @@ def make_transform(size: int, train: bool, hflip: bool, seed: int = 0) -> albume
     return albumentations.Compose(steps, seed=seed)
 
 
-def load_rgb(path: Path) -> np.ndarray:
-    """HxWx3 uint8; a file that cannot be decoded names itself."""
+def load_rgb(path: Path, min_size: int | None = None) -> np.ndarray:
+    """HxWx3 uint8; a file that cannot be decoded names itself.
+
+    A JPEG larger than `min_size` is decoded at reduced scale (DCT scaling, PIL's draft mode): still at least
+    `min_size` on both sides, for a fraction of the decoding work.
+    """
     try:
         with Image.open(path) as image:
+            if min_size and image.format == "JPEG":
+                image.draft("RGB", (min_size, min_size))
             return np.asarray(image.convert("RGB"))
     except OSError as exc:
         raise WsmlError(f"{path}: cannot read image ({exc.__class__.__name__})") from None
 
 
 class ImageLabelDataset(Dataset):
-    """Row i: (image as uint8 CxHxW tensor, float32 label row with -1 for unobserved, i)."""
+    """Row i: (image as uint8 CxHxW tensor, float32 label row with -1 for unobserved, i).
 
-    def __init__(self, root: Path, images: list[str], labels: np.ndarray, transform: albumentations.Compose):
+    Images are decoded no larger than needed and resized to `size` x `size`; `augment` adds random flips.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        images: list[str],
+        labels: np.ndarray,
+        size: int,
+        augment: bool = False,
+        hflip: bool = True,
+        seed: int = 0,
+    ) -> None:
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} label rows")
-        self.root, self.images, self.transform = Path(root), list(images), transform
+        self.root, self.images, self.size = Path(root), list(images), size
+        self.augment, self.hflip, self.seed = augment, hflip, seed
+        self.transform = make_transform(size, augment, hflip, seed)
         self.labels = np.ascontiguousarray(labels, dtype=np.float32)
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-        pixels = self.transform(image=load_rgb(self.root / self.images[i]))["image"]
+        pixels = self.transform(image=load_rgb(self.root / self.images[i], self.size))["image"]
         image = torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
         return image, torch.from_numpy(self.labels[i]), i
 
@@ -56,7 +76,13 @@ class ImageLabelDataset(Dataset):
         self.transform.set_random_seed(seed % 2**32)
 
     def subset(self, rows: np.ndarray) -> ImageLabelDataset:
-        return ImageLabelDataset(self.root, [self.images[i] for i in rows], self.labels[rows], self.transform)
+        images = [self.images[i] for i in rows]
+        return ImageLabelDataset(self.root, images, self.labels[rows], self.size, self.augment, self.hflip, self.seed)
+
+    def without_augmentation(self, labels: np.ndarray | None = None) -> ImageLabelDataset:
+        """The same images, unaugmented (feature extraction, scoring), optionally with other labels."""
+        labels = self.labels if labels is None else labels
+        return ImageLabelDataset(self.root, self.images, labels, self.size, False)
 
 
 def _reseed_worker() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from wsml_fast.data import ImageLabelDataset, make_loader, make_transform
+from wsml_fast.data import ImageLabelDataset, make_loader
 from wsml_fast.errors import WsmlError
 from wsml_fast.inference import pick_device, predict_scores, resolve_precision
 from wsml_fast.metrics import MapResult, mean_average_precision
@@ -26,9 +26,7 @@ def evaluate(run: RunFolder, source: DataSource, split: str, convention: str) ->
     images = [table.images[i] for i in rows]
     check_images(source.images_root, images, source.observed_csv)
     device = pick_device()
-    dataset = ImageLabelDataset(
-        source.images_root, images, table.eval_labels(split), make_transform(results["img_size"], False, False)
-    )
+    dataset = ImageLabelDataset(source.images_root, images, table.eval_labels(split), results["img_size"])
     loader = make_loader(dataset, config.bs * 2, False, config.workers or 0, device)
     scores = predict_scores(run.load_model(device), loader, resolve_precision("auto", device), device)
     return mean_average_precision(scores, dataset.labels, table.classes, convention)

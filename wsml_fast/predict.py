@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from wsml_fast.data import ImageLabelDataset, make_loader, make_transform
+from wsml_fast.data import ImageLabelDataset, make_loader
 from wsml_fast.errors import WsmlError
 from wsml_fast.inference import pick_device, predict_scores, resolve_precision
 from wsml_fast.runfolder import RunFolder
@@ -41,7 +41,7 @@ def predict(run: RunFolder, paths: list[Path], batch_size: int = 64) -> pd.DataF
         Path("."),
         [str(p) for p in images],
         np.full((len(images), len(classes)), -1.0, dtype=np.float32),
-        make_transform(results["img_size"], False, False),
+        results["img_size"],
     )
     loader = make_loader(dataset, batch_size, False, 0, device)
     scores = predict_scores(run.load_model(device), loader, resolve_precision("auto", device), device)

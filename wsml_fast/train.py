@@ -28,7 +28,7 @@ from wsml_fast.callbacks import (
     TrainRecoveryCallback,
 )
 from wsml_fast.config import TrainConfig
-from wsml_fast.data import ImageLabelDataset, default_workers, make_loader, make_transform
+from wsml_fast.data import ImageLabelDataset, default_workers, make_loader
 from wsml_fast.errors import WsmlError
 from wsml_fast.features import FeatureDataset, cache_key, cached_features
 from wsml_fast.inference import AMP_DTYPES, pick_device, predict_scores, resolve_precision
@@ -116,9 +116,10 @@ def _fit_stages(learn: Learner, config: TrainConfig, say: Reporter) -> None:
 def _image_dataset(
     config: TrainConfig, table: PartialLabelTable, split: str, labels: np.ndarray, augment: bool
 ) -> ImageLabelDataset:
-    transform = make_transform(config.img_size, augment, config.hflip, config.seed)
     images = [table.images[i] for i in table.rows(split)]
-    return ImageLabelDataset(table.source.images_root, images, labels, transform)
+    return ImageLabelDataset(
+        table.source.images_root, images, labels, config.img_size, augment, config.hflip, config.seed
+    )
 
 
 def _datasets(config, table, train_labels, model, origin, precision, device, say) -> tuple:
@@ -127,14 +128,14 @@ def _datasets(config, table, train_labels, model, origin, precision, device, say
     train_ds = _image_dataset(config, table, "train", train_labels, True)
     valid_ds = _image_dataset(config, table, "valid", table.eval_labels("valid"), False)
     truth = None if table.truth is None else table.truth[table.rows("train")]
-    train_view = None if truth is None else _image_dataset(config, table, "train", truth, False)
+    train_view = None if truth is None else train_ds.without_augmentation(truth)
     if config.mode != "linear":
         return train_ds, valid_ds, train_view
     stamp = str(table.source.observed_csv.stat().st_mtime_ns)
 
     def features(ds: ImageLabelDataset) -> torch.Tensor:
         key = cache_key(config.backbone, origin, config.img_size, ds, stamp)
-        plain = ImageLabelDataset(ds.root, ds.images, ds.labels, make_transform(config.img_size, False, False))
+        plain = ds.without_augmentation()
         return cached_features(model, plain, key, config.bs * 2, config.workers, precision, device, say)
 
     train_features = features(train_ds)
