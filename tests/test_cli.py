@@ -217,3 +217,16 @@ def test_role_saves_its_label_estimates_with_the_weights(demo_folder: Path, tmp_
     assert "expected-positives not given" in result.output
     state = torch.load(tmp_path / "role" / "scheme_state.pt", weights_only=True)["RoleCallback"]
     assert state["estimate_logits"].shape == (48, 10)
+
+
+def test_compile_failure_falls_back_with_a_message(demo_folder: Path, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(torch, "compile", broken)
+    result = invoke("train", "--data", demo_folder, *TINY, "--epochs", "1", "--compile", "--out", tmp_path / "r")
+    assert result.exit_code == 0, result.output
+    assert "--compile failed (RuntimeError: no compiler here); running uncompiled" in result.output

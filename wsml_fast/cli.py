@@ -82,6 +82,9 @@ def train(
     seed: Annotated[int | None, typer.Option()] = None,
     workers: Annotated[int | None, typer.Option(help="DataLoader workers (default: from the CPU count).")] = None,
     precision: Annotated[str | None, typer.Option(help="auto, fp32, fp16 or bf16.")] = None,
+    compile: Annotated[
+        bool | None, typer.Option("--compile", help="torch.compile the model (falls back if it fails).")
+    ] = None,
     map_convention: Annotated[str | None, typer.Option(help="skip or paper (classes without positives).")] = None,
     out: Annotated[str | None, typer.Option(help="Run folder (default runs/<dataset>-<scheme>-<time>).")] = None,
 ) -> None:

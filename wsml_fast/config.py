@@ -54,6 +54,7 @@ class TrainConfig:
     seed: int = 0
     workers: int | None = None  # None: chosen from the CPU count
     precision: str = "auto"
+    compile: bool = False  # torch.compile the model (falls back, with a message, where it fails)
     map_convention: str = "skip"  # classes without positives: left out ("skip") or AP 0 ("paper")
     out: str | None = None
     sources: dict[str, str] = field(default_factory=dict, compare=False)

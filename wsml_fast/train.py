@@ -167,6 +167,19 @@ def _diagnostics(config, table, train_labels, train_view, run, precision, device
     return callbacks
 
 
+def compile_in_place(model: torch.nn.Module, sample: torch.Tensor, say: Reporter) -> None:
+    """torch.compile the model in place (its state-dict keys stay as they are), after a trial on a sample batch;
+    where compiling fails, say so and train uncompiled."""
+    try:
+        with torch.no_grad():
+            torch.compile(model)(sample)
+    except Exception as exc:  # noqa: BLE001 - compilers fail in many ways; training goes on without
+        say(f"note: --compile failed ({exc.__class__.__name__}: {str(exc).splitlines()[0][:120]}); running uncompiled")
+        return
+    model.compile()
+    say("model compiled with torch.compile")
+
+
 def train(config: TrainConfig, source: DataSource) -> RunFolder:
     """Train, keep the best epoch's weights, evaluate the test split, and write the run folder."""
     started = time.perf_counter()
@@ -178,7 +191,9 @@ def train(config: TrainConfig, source: DataSource) -> RunFolder:
 
     run = _prepare_run_dir(config, source.name)
     say = Reporter(run.file(LOG))
-    set_seed(config.seed, reproducible=True)
+    set_seed(config.seed, reproducible=device.type != "cuda")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # autotuned convolutions: inputs keep one shape all run
     model, size, origin = build_model(
         config.backbone, len(table.classes), config.pretrained, config.weights, config.img_size
     )
@@ -206,6 +221,8 @@ def train(config: TrainConfig, source: DataSource) -> RunFolder:
         callbacks.append(EarlyStopCallback(drop=3.0))
     if config.mode == "linear-init":
         callbacks.append(FrozenBodyCallback())
+    if config.compile and not linear:
+        compile_in_place(model, next(iter(loaders[1]))[0][:2], say)
     callbacks += _diagnostics(config, table, train_labels, train_view, run, precision, device)
     loss, scheme_callbacks = scheme_parts(config, table, train_labels, run, say)
     learn = Learner(
