@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from wsml_fast.config import SCHEMES, resolve
+from wsml_fast.errors import WsmlError
 from wsml_fast.recipes import find_recipe
 from wsml_fast.sources import resolve_source
 from wsml_fast.train import train
@@ -106,15 +107,22 @@ def main() -> None:
     args = parser.parse_args()
 
     rows: dict[str, list[dict]] = {}
+    refused: dict[str, str] = {}
     tmp = Path(tempfile.mkdtemp(prefix="wsml-schemes-"))
     for scheme in args.schemes:
-        rows[scheme] = [run_scheme(scheme, seed, args, tmp) for seed in args.seeds]
+        try:
+            rows[scheme] = [run_scheme(scheme, seed, args, tmp) for seed in args.seeds]
+        except WsmlError as exc:  # e.g. iu without observed negatives: a row that says why
+            refused[scheme] = str(exc)
     command = "python benchmarks/schemes.py " + " ".join(
         f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
         for k, v in vars(args).items()
         if k != "out"
     )
-    report = f"Demo dataset, {args.mode}, {args.epochs} epochs, seeds {args.seeds}, `{command}`\n\n{table(rows)}\n"
+    notes = "".join(f"\n`{scheme}` not run: {why}\n" for scheme, why in refused.items())
+    report = (
+        f"Demo dataset, {args.mode}, {args.epochs} epochs, seeds {args.seeds}, `{command}`\n\n{table(rows)}\n{notes}"
+    )
     args.out.write_text(report)
     print(report)
     if args.timing_repeats:
