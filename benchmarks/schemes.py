@@ -117,7 +117,7 @@ def main() -> None:
     command = "python benchmarks/schemes.py " + " ".join(
         f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
         for k, v in vars(args).items()
-        if k != "out"
+        if k != "out" and v is not None
     )
     notes = "".join(f"\n`{scheme}` not run: {why}\n" for scheme, why in refused.items())
     report = (
@@ -127,7 +127,9 @@ def main() -> None:
     print(report)
     if args.timing_repeats:
         an, llct = step_time_ratio(args, tmp)
-        print(f"training epoch (end-to-end, epochs 2+): an {an:.2f}s, llct {llct:.2f}s, ratio llct/an {llct / an:.3f}")
+        ratio = f"training epoch (end-to-end, epochs 2+): an {an:.2f}s, llct {llct:.2f}s, ratio llct/an {llct / an:.3f}"
+        args.out.write_text(f"{report}\n{ratio}\n")
+        print(ratio)
 
 
 if __name__ == "__main__":

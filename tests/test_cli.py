@@ -85,7 +85,10 @@ def error_of(*args: str) -> str:
     return lines[0]
 
 
-def test_bad_input_gets_one_line_errors(tmp_path: Path, trained_run: Path, demo_folder: Path) -> None:
+def test_bad_input_gets_one_line_errors(
+    tmp_path: Path, trained_run: Path, demo_folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # where default run folders would appear
     images = tmp_path / "images"
     images.mkdir()
     no_image = write(tmp_path / "a.csv", "file,cat\nx.png,1\n")
@@ -104,6 +107,7 @@ def test_bad_input_gets_one_line_errors(tmp_path: Path, trained_run: Path, demo_
     assert "already holds a run" in error_of("train", "--data", demo_folder, *TINY, "--out", trained_run)
     bad_weights = write(tmp_path / "w.pth", "garbage")
     assert "not a readable state dict" in error_of("train", "--data", demo_folder, *TINY, "--weights", bad_weights)
+    assert not (tmp_path / "runs").exists()  # failed runs leave no empty run folders behind
 
 
 def one_file(folder: Path) -> Path:
@@ -219,8 +223,9 @@ def test_role_saves_its_label_estimates_with_the_weights(demo_folder: Path, tmp_
     assert state["estimate_logits"].shape == (48, 10)
 
 
-def test_compile_failure_falls_back_with_a_message(demo_folder: Path, tmp_path: Path,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_compile_failure_falls_back_with_a_message(
+    demo_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import torch
 
     def broken(*args, **kwargs):

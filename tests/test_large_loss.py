@@ -136,9 +136,7 @@ def tiny_learner(
 ) -> Learner:
     """A Learner shaped like wsml's: item indices ride with the batch, ItemIndexCallback takes them off."""
     dataset = TinyDataset(labels)
-    train = DataLoader(
-        dataset, bs=bs, shuffle=shuffle, drop_last=True, num_workers=workers, persistent_workers=workers > 0
-    )
+    train = DataLoader(dataset, bs=bs, shuffle=shuffle, drop_last=True, num_workers=workers)
     valid = DataLoader(dataset, bs=bs, num_workers=0)
     train.n_inp = valid.n_inp = 1
     torch.manual_seed(0)

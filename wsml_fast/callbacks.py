@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,7 +32,9 @@ class DeviceMixedPrecision(MixedPrecision):
     """fastai's mixed precision with autocast on the model's device type (fastai's is CUDA-only)."""
 
     def before_fit(self) -> None:
-        super().before_fit()
+        with warnings.catch_warnings():  # fastai warns that CUDA autocast is off on a CPU; ours replaces it
+            warnings.filterwarnings("ignore", message="CUDA is not available")
+            super().before_fit()
         device_type = next(self.learn.model.parameters()).device.type
         dtype = torch.bfloat16 if self.amp_mode.value == "bf16" else torch.float16
         self.autocast = torch.autocast(device_type, dtype=dtype)
@@ -125,8 +128,9 @@ class TrainRecoveryCallback(Callback):
 class RunLogCallback(Callback):
     """One row per epoch into metrics.csv, and one printed line per epoch when there is no progress bar.
 
-    Other callbacks add columns by filling `learn.epoch_extras` during the epoch. Epochs are counted across
-    every `fit` of the run, so a two-stage training keeps one numbering.
+    Other callbacks add columns by filling `learn.epoch_extras` during the epoch. Epochs are counted from 1
+    across every `fit` of the run, so a two-stage training keeps one numbering, and fastai's progress table on
+    a terminal shows the same numbers.
     """
 
     order = 70  # after the Recorder (50) has its epoch values
@@ -143,6 +147,8 @@ class RunLogCallback(Callback):
     def before_epoch(self) -> None:
         self.start = time.perf_counter()
         self.learn.epoch_extras = {}
+        if not self.in_lr_find:  # fastai's progress table numbers from 0 in each fit; show the run's numbering
+            self.learn.recorder.log[0] = len(self.rows) + 1
 
     def before_train(self) -> None:
         self.train_start = time.perf_counter()

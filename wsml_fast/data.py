@@ -108,7 +108,6 @@ def make_loader(dataset: ImageLabelDataset, bs: int, train: bool, workers: int, 
         drop_last=train and len(dataset) > bs,
         num_workers=workers,
         pin_memory=device.type == "cuda",
-        persistent_workers=workers > 0,
         device=device,
         wif=_reseed_worker,
     )

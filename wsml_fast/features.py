@@ -1,7 +1,7 @@
 """Frozen-backbone features, extracted once and cached on disk: the fast path of `--mode linear`.
 
-The cache key covers everything the features depend on (backbone, its weights, input size, the image list and
-the label file's content stamp), so a cached file is reused only when it would be recomputed identically.
+The cache key covers everything the features depend on (backbone, its weights, input size, precision, the image
+list and the label file's content stamp), so a cached file is reused only when it would be recomputed identically.
 """
 
 from __future__ import annotations
@@ -25,8 +25,10 @@ def feature_cache_dir() -> Path:
     return data_home().parent / "cache" / "features"
 
 
-def cache_key(backbone: str, weights_origin: str, img_size: int, dataset: ImageLabelDataset, stamp: str) -> str:
-    text = json.dumps([backbone, weights_origin, img_size, str(dataset.root), dataset.images, stamp])
+def cache_key(
+    backbone: str, weights_origin: str, img_size: int, precision: str, dataset: ImageLabelDataset, stamp: str
+) -> str:
+    text = json.dumps([backbone, weights_origin, img_size, precision, str(dataset.root), dataset.images, stamp])
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 

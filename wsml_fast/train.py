@@ -80,10 +80,16 @@ def _describe(table: PartialLabelTable, say: Reporter) -> None:
         say(f"note: {note}")
 
 
-def _prepare_run_dir(config: TrainConfig, dataset_name: str) -> RunFolder:
+def _run_path(config: TrainConfig, dataset_name: str) -> Path:
+    """Where the run goes: checked before any work, created only once the model is built (a bad option or
+    weights file leaves no empty run folder behind)."""
     path = Path(config.out) if config.out else default_run_dir(dataset_name, config.scheme)
     if (path / WEIGHTS).exists() or (path / CONFIG).exists():
         raise WsmlError(f"--out {path}: already holds a run; choose another folder")
+    return path
+
+
+def _create_run_dir(path: Path) -> RunFolder:
     path.mkdir(parents=True, exist_ok=True)
     (path / LOG).unlink(missing_ok=True)
     return RunFolder(path)
@@ -134,7 +140,7 @@ def _datasets(config, table, train_labels, model, origin, precision, device, say
     stamp = str(table.source.observed_csv.stat().st_mtime_ns)
 
     def features(ds: ImageLabelDataset) -> torch.Tensor:
-        key = cache_key(config.backbone, origin, config.img_size, ds, stamp)
+        key = cache_key(config.backbone, origin, config.img_size, precision, ds, stamp)
         plain = ds.without_augmentation()
         return cached_features(model, plain, key, config.bs * 2, config.workers, precision, device, say)
 
@@ -189,14 +195,15 @@ def train(config: TrainConfig, source: DataSource) -> RunFolder:
     device = pick_device()
     precision = resolve_precision(config.precision, device)
 
-    run = _prepare_run_dir(config, source.name)
-    say = Reporter(run.file(LOG))
+    run_path = _run_path(config, source.name)
     set_seed(config.seed, reproducible=device.type != "cuda")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # autotuned convolutions: inputs keep one shape all run
     model, size, origin = build_model(
         config.backbone, len(table.classes), config.pretrained, config.weights, config.img_size
     )
+    run = _create_run_dir(run_path)
+    say = Reporter(run.file(LOG))
     config = _resolved(config, img_size=size, workers=default_workers(), out=str(run.path))
     config.to_yaml(run.file(CONFIG))
     _describe(table, say)
