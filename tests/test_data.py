@@ -64,6 +64,17 @@ def test_source_options_are_checked(tmp_path: Path) -> None:
         resolve_source("cub", None, None, None)
 
 
+def test_demo_dataset_is_made_once_in_the_data_home_and_says_so(
+    private_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first = resolve_source(None, None, None, None)
+    assert first.observed_csv == private_home / "data" / "demo" / "observed.csv"
+    assert "demo: making 3000 images" in capsys.readouterr().out
+    assert len(load_table(first).images) == 3000
+    resolve_source("demo", None, None, None)
+    assert capsys.readouterr().out == ""  # made once
+
+
 def test_demo_dataset_is_genuinely_multilabel(demo_folder: Path) -> None:
     table = load_table(from_folder(demo_folder))
     positives = table.truth.sum(1)

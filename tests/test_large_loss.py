@@ -132,7 +132,7 @@ def truth_labels(seed: int = 0) -> np.ndarray:
 
 
 def tiny_learner(
-    cbs: list[Callback], labels: np.ndarray, workers: int = 0, bs: int = BS, shuffle: bool = True
+    cbs: list[Callback], labels: np.ndarray, workers: int = 0, bs: int = BS, shuffle: bool = True, opt_func=SGD
 ) -> Learner:
     """A Learner shaped like wsml's: item indices ride with the batch, ItemIndexCallback takes them off."""
     dataset = TinyDataset(labels)
@@ -142,7 +142,11 @@ def tiny_learner(
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, C))
     learn = Learner(
-        DataLoaders(train, valid), model, loss_func=make_loss("an", C), opt_func=SGD, cbs=[ItemIndexCallback(), *cbs]
+        DataLoaders(train, valid),
+        model,
+        loss_func=make_loss("an", C),
+        opt_func=opt_func,
+        cbs=[ItemIndexCallback(), *cbs],
     )
     learn.remove_cb(ProgressCallback)
     learn.logger = lambda *_: None

@@ -67,8 +67,9 @@ def from_dataset(name: str) -> DataSource:
     """A prepared dataset under the data home; the demo dataset is made on first use."""
     folder = data_home() / name
     if name == "demo" and not (folder / OBSERVED).is_file():
-        from wsml_fast.demo import make_demo_dataset
+        from wsml_fast.demo import SPLIT_IMAGES, make_demo_dataset
 
+        print(f"demo: making {sum(SPLIT_IMAGES.values())} images from MNIST digits into {folder} (once)", flush=True)
         make_demo_dataset(folder)
     if not folder.is_dir():
         where = f" (raw data: {DOWNLOADS[name]})" if name in DOWNLOADS else ""

@@ -15,7 +15,7 @@ from fastai.callback.progress import ProgressCallback
 from fastai.data.core import DataLoaders
 from fastai.learner import Learner
 from fastai.metrics import AccumMetric, ActivationType
-from fastai.optimizer import SGD, Adam
+from fastai.optimizer import OptimWrapper
 from fastai.torch_core import params, set_seed
 
 from wsml_fast.callbacks import (
@@ -40,9 +40,9 @@ from wsml_fast.schemes import scheme_parts
 from wsml_fast.sources import DataSource
 from wsml_fast.table import PartialLabelTable, check_images, load_table
 
-OPTIMIZERS = {  # what the reference implementations used, in fastai's optimizer
-    "adam": partial(Adam, mom=0.9, sqr_mom=0.999, eps=1e-8, wd=0.0),
-    "sgd": partial(SGD, mom=0.9, wd=1e-3, decouple_wd=False),
+OPTIMIZERS = {  # what the reference implementations used: torch's optimizers, driven through fastai's wrapper
+    "adam": partial(OptimWrapper, opt=partial(torch.optim.Adam, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)),
+    "sgd": partial(OptimWrapper, opt=partial(torch.optim.SGD, momentum=0.9, weight_decay=1e-3)),
 }
 
 
