@@ -140,15 +140,21 @@ def test_linear_mode_caches_features_and_saves_the_whole_classifier(
 
 
 def test_linear_init_freezes_the_body_first_then_trains_it(demo_folder: Path, tmp_path: Path) -> None:
+    paper_style = ["--opt", "sgd", "--schedule", "constant", "--lr", "0.01", "--head-lr-mult", "10"]
     result = invoke(
-        "train", "--data", demo_folder, *TINY, "--mode", "linear-init", "--linear-epochs", "1", "--out", tmp_path / "r"
-    )
+        "train", "--data", demo_folder, *TINY, *paper_style, "--mode", "linear-init", "--linear-epochs", "1",
+        "--out", tmp_path / "r",
+    )  # fmt: skip
     assert result.exit_code == 0, result.output
     metrics = pd.read_csv(tmp_path / "r" / "metrics.csv")
     assert list(metrics["epoch"]) == [1, 2]  # one numbering across the two fits
+    assert metrics["lr"].tolist() == pytest.approx([0.1, 0.1])  # the head's rate, constant
 
 
-def test_frozen_epochs_leave_the_body_and_its_batchnorm_statistics_untouched(demo_folder: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("opt", ["adam", "sgd"])  # sgd: weight decay must not reach the frozen body either
+def test_frozen_epochs_leave_the_body_and_its_batchnorm_statistics_untouched(
+    demo_folder: Path, tmp_path: Path, opt: str
+) -> None:
     import torch
     from fastai.torch_core import set_seed
 
@@ -165,6 +171,8 @@ def test_frozen_epochs_leave_the_body_and_its_batchnorm_statistics_untouched(dem
         "linear-init",
         "--linear-epochs",
         "1",
+        "--opt",
+        opt,
         "--out",
         tmp_path / "r",
     )
