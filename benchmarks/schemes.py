@@ -4,8 +4,9 @@
 
 Columns: test mAP (mean and spread over seeds), the large-loss schemes' `ll_fn_precision` (share of the
 selected entries that really are positives) and `train_recovery_map` (mAP on the training images against
-their full truth), both at the best epoch. Afterwards it prints the step-time ratio of `llct` to `an`, both
-timed in one process on the same batches from epoch 2 on, when the large-loss selection is active.
+their full truth), both at the best epoch. Afterwards it prints the step-time ratio of `llct` to `an`: median
+training-step times of two Learners on the same images, fitting short epochs alternately, from epoch 2 on
+(when the large-loss selection is active).
 """
 
 from __future__ import annotations
@@ -14,15 +15,29 @@ import argparse
 import json
 import statistics
 import tempfile
+import time
 from pathlib import Path
 
 import pandas as pd
+import torch
+from fastai.callback.core import Callback
+from fastai.callback.progress import ProgressCallback
+from fastai.data.core import DataLoaders
+from fastai.learner import Learner
+from fastai.torch_core import set_seed
 
+from wsml_fast.callbacks import ItemIndexCallback
 from wsml_fast.config import SCHEMES, resolve
+from wsml_fast.data import ImageLabelDataset, make_loader
 from wsml_fast.errors import WsmlError
+from wsml_fast.inference import pick_device
+from wsml_fast.large_loss import LargeLossCallback
+from wsml_fast.losses import make_loss
+from wsml_fast.model import build_model
 from wsml_fast.recipes import find_recipe
 from wsml_fast.sources import resolve_source
-from wsml_fast.train import train
+from wsml_fast.table import load_table
+from wsml_fast.train import OPTIMIZERS, train
 
 
 def run_scheme(scheme: str, seed: int, args: argparse.Namespace, out_root: Path) -> dict:
@@ -75,23 +90,62 @@ def table(rows: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
-def step_time_ratio(args: argparse.Namespace, out_root: Path) -> tuple[float, float]:
-    """Median training-phase seconds per epoch of `an` and `llct` from epoch 2 on (the selection is active),
-    end-to-end on the demo images, runs alternating in this one process."""
-    epochs: dict[str, list[float]] = {"an": [], "llct": []}
-    for repeat in range(args.timing_repeats):
-        for scheme in epochs:
-            recipe, name = find_recipe(None, "demo", scheme)
-            options = {
-                "dataset": "demo",
-                "scheme": scheme,
-                "epochs": 3,
-                "backbone": args.backbone,
-                "out": str(out_root / f"timing-{scheme}-{repeat}"),
-            }
-            run = train(resolve(recipe, name, options), resolve_source("demo", None, None, None))
-            epochs[scheme] += pd.read_csv(run.file("metrics.csv"))["train_seconds"].iloc[1:].tolist()
-    return statistics.median(epochs["an"]), statistics.median(epochs["llct"])
+class BatchTimer(Callback):
+    """Seconds of each training batch from epoch 2 of the run on: forward, loss (and selection), backward, step."""
+
+    order = 100  # after every other callback's before_batch
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self.epochs = 0
+
+    def before_epoch(self) -> None:
+        self.epochs += 1
+
+    def before_batch(self) -> None:
+        self.start = time.perf_counter()
+
+    def after_batch(self) -> None:
+        if self.training and self.epochs >= 2:  # the large-loss selection is active from epoch 2
+            if self.dls.device.type == "cuda":
+                torch.cuda.synchronize()
+            self.times.append(time.perf_counter() - self.start)
+
+
+def step_time_ratio(args: argparse.Namespace) -> tuple[float, float, int]:
+    """Median seconds of an end-to-end training step under `an` and under `llct` (the real callback, Delta as
+    in the demo recipe), on the same demo images: two Learners fitting one short epoch each, alternately, so
+    that slow drifts of the machine hit both alike."""
+    source = resolve_source("demo", None, None, None)
+    table = load_table(source)
+    recipe, name = find_recipe(None, "demo", "llct")
+    config = resolve(recipe, name, {"dataset": "demo", "scheme": "llct", "backbone": args.backbone})
+    rows = table.rows("train")[: 8 * config.bs]
+    labels = table.train_labels("an")[: len(rows)]
+    dataset = ImageLabelDataset(source.images_root, [table.images[i] for i in rows], labels, config.img_size, True)
+    device = pick_device()
+    learners, timers = {}, {}
+    for scheme in ("an", "llct"):
+        set_seed(0)
+        model, _, _ = build_model(config.backbone, labels.shape[1], config.pretrained, None, config.img_size)
+        callbacks = [ItemIndexCallback(), timers.setdefault(scheme, BatchTimer())]
+        if scheme == "llct":
+            callbacks.append(LargeLossCallback("llct", config.delta_rel, labels, None, [], table.classes, None))
+        loaders = [make_loader(ds, config.bs, train, 0, device) for ds, train in ((dataset, True), (dataset, False))]
+        learners[scheme] = Learner(
+            DataLoaders(*loaders, device=device),
+            model.to(device),
+            loss_func=make_loss("an", labels.shape[1]),
+            opt_func=OPTIMIZERS[config.opt],
+            cbs=callbacks,
+        )
+        learners[scheme].remove_cb(ProgressCallback)
+        learners[scheme].logger = lambda *_: None
+    for _ in range(args.timing_repeats):
+        for learn in learners.values():
+            learn.fit(1, config.lr)
+    an, llct = timers["an"].times, timers["llct"].times
+    return statistics.median(an), statistics.median(llct), min(len(an), len(llct))
 
 
 def main() -> None:
@@ -102,7 +156,12 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=None, help="default: the demo recipe's")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--schemes", nargs="+", default=list(SCHEMES))
-    parser.add_argument("--timing-repeats", type=int, default=2, help="0 skips the step-time ratio")
+    parser.add_argument(
+        "--timing-repeats",
+        type=int,
+        default=12,
+        help="short epochs per scheme, alternated, for the step ratio; 0 skips",
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/schemes.md"))
     args = parser.parse_args()
 
@@ -126,8 +185,11 @@ def main() -> None:
     args.out.write_text(report)
     print(report)
     if args.timing_repeats:
-        an, llct = step_time_ratio(args, tmp)
-        ratio = f"training epoch (end-to-end, epochs 2+): an {an:.2f}s, llct {llct:.2f}s, ratio llct/an {llct / an:.3f}"
+        an, llct, batches = step_time_ratio(args)
+        ratio = (
+            f"training step (end-to-end, epochs 2+, median of {batches} batches each): "
+            f"an {1000 * an:.1f} ms, llct {1000 * llct:.1f} ms, ratio llct/an {llct / an:.3f}"
+        )
         args.out.write_text(f"{report}\n{ratio}\n")
         print(ratio)
 
