@@ -5,8 +5,8 @@
 Columns: test mAP (mean and spread over seeds), the large-loss schemes' `ll_fn_precision` (share of the
 selected entries that really are positives) and `train_recovery_map` (mAP on the training images against
 their full truth), both at the best epoch. Afterwards it prints the step-time ratio of `llct` to `an`: median
-training-step times of two Learners on the same images, fitting short epochs alternately, from epoch 2 on
-(when the large-loss selection is active).
+training-step times of one Learner on the same images, its short epochs alternating between plain `an` and
+`an` with the large-loss callback (active, from its epoch 2 on).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import json
 import statistics
 import tempfile
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import pandas as pd
@@ -91,31 +92,30 @@ def table(rows: dict[str, list[dict]]) -> str:
 
 
 class BatchTimer(Callback):
-    """Seconds of each training batch from epoch 2 of the run on: forward, loss (and selection), backward, step."""
+    """Seconds of each training batch (forward, loss and selection, backward, step), filed under the scheme
+    the current epoch runs."""
 
     order = 100  # after every other callback's before_batch
 
     def __init__(self) -> None:
-        self.times: list[float] = []
-        self.epochs = 0
-
-    def before_epoch(self) -> None:
-        self.epochs += 1
+        self.times: dict[str, list[float]] = defaultdict(list)
+        self.scheme = ""
 
     def before_batch(self) -> None:
         self.start = time.perf_counter()
 
     def after_batch(self) -> None:
-        if self.training and self.epochs >= 2:  # the large-loss selection is active from epoch 2
+        if self.training:
             if self.dls.device.type == "cuda":
                 torch.cuda.synchronize()
-            self.times.append(time.perf_counter() - self.start)
+            self.times[self.scheme].append(time.perf_counter() - self.start)
 
 
 def step_time_ratio(args: argparse.Namespace) -> tuple[float, float, int]:
     """Median seconds of an end-to-end training step under `an` and under `llct` (the real callback, Delta as
-    in the demo recipe), on the same demo images: two Learners fitting one short epoch each, alternately, so
-    that slow drifts of the machine hit both alike."""
+    in the demo recipe): one Learner, one model, the same demo images, short epochs alternating between plain
+    `an` and `an` with the large-loss callback, so that slow drifts of the machine hit both alike. The
+    callback's first epoch (t = 1, no selection yet) is not counted."""
     source = resolve_source("demo", None, None, None)
     table = load_table(source)
     recipe, name = find_recipe(None, "demo", "llct")
@@ -124,27 +124,27 @@ def step_time_ratio(args: argparse.Namespace) -> tuple[float, float, int]:
     labels = table.train_labels("an")[: len(rows)]
     dataset = ImageLabelDataset(source.images_root, [table.images[i] for i in rows], labels, config.img_size, True)
     device = pick_device()
-    learners, timers = {}, {}
-    for scheme in ("an", "llct"):
-        set_seed(0)
-        model, _, _ = build_model(config.backbone, labels.shape[1], config.pretrained, None, config.img_size)
-        callbacks = [ItemIndexCallback(), timers.setdefault(scheme, BatchTimer())]
-        if scheme == "llct":
-            callbacks.append(LargeLossCallback("llct", config.delta_rel, labels, None, [], table.classes, None))
-        loaders = [make_loader(ds, config.bs, train, 0, device) for ds, train in ((dataset, True), (dataset, False))]
-        learners[scheme] = Learner(
-            DataLoaders(*loaders, device=device),
-            model.to(device),
-            loss_func=make_loss("an", labels.shape[1]),
-            opt_func=OPTIMIZERS[config.opt],
-            cbs=callbacks,
-        )
-        learners[scheme].remove_cb(ProgressCallback)
-        learners[scheme].logger = lambda *_: None
+    set_seed(0)
+    model, _, _ = build_model(config.backbone, labels.shape[1], config.pretrained, None, config.img_size)
+    timer = BatchTimer()
+    large_loss = LargeLossCallback("llct", config.delta_rel, labels, None, [], table.classes, None)
+    loaders = [make_loader(ds, config.bs, train, 0, device) for ds, train in ((dataset, True), (dataset, False))]
+    learn = Learner(
+        DataLoaders(*loaders, device=device),
+        model.to(device),
+        loss_func=make_loss("an", labels.shape[1]),
+        opt_func=OPTIMIZERS[config.opt],
+        cbs=[ItemIndexCallback(), timer],
+    )
+    learn.remove_cb(ProgressCallback)
+    learn.logger = lambda *_: None
+    timer.scheme = "warm-up"
+    learn.fit(1, config.lr, cbs=[large_loss])  # the callback's epoch 1: no selection
     for _ in range(args.timing_repeats):
-        for learn in learners.values():
-            learn.fit(1, config.lr)
-    an, llct = timers["an"].times, timers["llct"].times
+        for scheme in ("an", "llct"):
+            timer.scheme = scheme
+            learn.fit(1, config.lr, cbs=[large_loss] if scheme == "llct" else [])
+    an, llct = timer.times["an"], timer.times["llct"]
     return statistics.median(an), statistics.median(llct), min(len(an), len(llct))
 
 
