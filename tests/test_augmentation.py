@@ -17,7 +17,7 @@ def asymmetric_images(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, l
     pixels = np.zeros((16, 16, 3), dtype=np.uint8)
     pixels[:, :4] = 255  # bright left edge: a flip moves it to the right
     Image.fromarray(pixels).save(root / "a.png")
-    return root, ["a.png"] * 64
+    return root, ["a.png"] * 128
 
 
 def flips(loader) -> list[tuple[bool, ...]]:
@@ -28,8 +28,9 @@ def flips(loader) -> list[tuple[bool, ...]]:
 @pytest.mark.parametrize("workers", [0, 2])
 def test_flips_differ_between_batches_workers_and_epochs(asymmetric_images, workers: int) -> None:
     root, images = asymmetric_images
-    dataset = ImageLabelDataset(root, images, np.zeros((64, 1), np.float32), 16, augment=True, seed=0)
-    loader = make_loader(dataset, 8, False, workers, torch.device("cpu"))  # no shuffle: only the flips vary
+    dataset = ImageLabelDataset(root, images, np.zeros((128, 1), np.float32), 16, augment=True, seed=0)
+    # no shuffle: only the flips vary; batches of 32 make a chance repeat of a pattern negligible (6 pairs / 2**32)
+    loader = make_loader(dataset, 32, False, workers, torch.device("cpu"))
     first, second = flips(loader), flips(loader)
     assert first != second  # a new epoch draws new augmentations
     assert len(set(first)) == len(first)  # no two batches (worker 0's and worker 1's included) repeat a pattern
