@@ -172,6 +172,16 @@ def test_coco_errors(tmp_path):
 # ---------------------------------------------------------------- nuswide
 
 
+NUS_IMAGES = [  # ImageList order, the row order the converter must keep
+    "actor/0001_1.jpg",
+    "beach/0002_2.jpg",
+    "beach/0003_3.jpg",
+    "zoo/0004_4.jpg",
+    "sky/0005_5.jpg",
+    "zoo/0006_6.jpg",
+]
+
+
 def _nus_tree(root: Path, concepts_file: bool = True) -> Path:
     if concepts_file:
         _write(root / "Concepts81.txt", "sky\nanimal\nwater\n")
@@ -193,31 +203,14 @@ def _nus_tree(root: Path, concepts_file: bool = True) -> Path:
                 root / "Groundtruth" / "TrainTestLabels" / f"Labels_{concept}_{phase}.txt",
                 "".join(f"{v} \n" for v in values),
             )
-    _touch(
-        root / "Flickr",
-        [
-            "actor/0001_1.jpg",
-            "beach/0002_2.jpg",
-            "beach/0003_3.jpg",
-            "zoo/0004_4.jpg",
-            "sky/0005_5.jpg",
-            "zoo/0006_6.jpg",
-        ],
-    )
+    _touch(root / "Flickr", NUS_IMAGES)
     return root
 
 
 def test_nuswide(tmp_path):
     observed, truth, summary, _ = _convert("nuswide", _nus_tree(tmp_path / "nus"), tmp_path / "out")
     assert observed.classes == ["sky", "animal", "water"]
-    assert observed.images == [
-        "actor/0001_1.jpg",
-        "beach/0002_2.jpg",
-        "beach/0003_3.jpg",
-        "zoo/0004_4.jpg",
-        "sky/0005_5.jpg",
-        "zoo/0006_6.jpg",
-    ]
+    assert observed.images == NUS_IMAGES
     rows = [[0, 0, 0], [1, 0, 1], [1, 0, 0], [0, 1, 0], [1, 0, 0], [0, 1, 0]]
     np.testing.assert_array_equal(truth.matrix, np.array(rows))
     np.testing.assert_array_equal(observed.matrix[[0, 2]], [[E, E, E], [1, E, E]])

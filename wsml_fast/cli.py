@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 
+from wsml_fast.config import SCHEMES
 from wsml_fast.errors import WsmlError
 
 # Deprecation notices of the libraries we build on say nothing a user can act on.
@@ -57,7 +58,9 @@ def train(
     csv: CsvOpt = None,
     images: ImagesOpt = None,
     recipe: Annotated[str | None, typer.Option(help="Recipe YAML (default: the recipe named like --dataset).")] = None,
-    scheme: Annotated[str | None, typer.Option(help="Loss scheme: an (assume negative), bce (full labels).")] = None,
+    scheme: Annotated[
+        str | None, typer.Option(help=f"Loss scheme: {', '.join(SCHEMES)} (README: what each does).")
+    ] = None,
     backbone: Annotated[str | None, typer.Option(help="Any timm model name.")] = None,
     pretrained: Annotated[bool | None, typer.Option("--pretrained/--no-pretrained")] = None,
     weights: Annotated[str | None, typer.Option(help="Local backbone state dict (.pth or .safetensors).")] = None,
