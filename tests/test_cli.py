@@ -97,7 +97,7 @@ def test_bad_input_gets_one_line_errors(
     assert "3 of 3 listed images are missing" in error_of("train", "--csv", missing, "--images", images, *TINY)
     assert "not a timm model; did you mean" in error_of("train", "--data", demo_folder, "--backbone", "resnet5")
     assert "--scheme 'nope' is not one of" in error_of("train", "--scheme", "nope")
-    assert "not a finished wsml run folder" in error_of("eval", tmp_path)
+    assert "not a wsml run folder" in error_of("eval", tmp_path)
     assert "run folder not found" in error_of("predict", tmp_path / "none", one_file(demo_folder))
     assert "no such file or folder" in error_of("predict", trained_run, tmp_path / "ghost.png")
     truth_dir = tmp_path / "other"

@@ -18,7 +18,7 @@ def test_layers_apply_in_order_and_remember_their_source() -> None:
 
 def test_config_round_trips_through_yaml(tmp_path: Path) -> None:
     config = resolve({"epochs": 3}, "demo", {"scheme": "bce"})
-    config.to_yaml(tmp_path / "config.yaml")
+    (tmp_path / "config.yaml").write_text(config.to_yaml())
     again = TrainConfig.from_yaml(tmp_path / "config.yaml")
     assert again == config and again.sources == config.sources
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+from functools import partial
 from pathlib import Path
 
 import fastai.callback.schedule  # noqa: F401 - adds Learner.lr_find
@@ -19,7 +20,8 @@ from fastai.learner import Learner
 from fastai.optimizer import SGD
 from torch.utils.data import Dataset
 
-from wsml_fast.callbacks import ItemIndexCallback
+from wsml_fast.atomic import write_text
+from wsml_fast.callbacks import ItemIndexCallback, RunState
 from wsml_fast.large_loss import (
     LargeLossCallback,
     apply_large_loss,
@@ -146,7 +148,7 @@ def tiny_learner(
         model,
         loss_func=make_loss("an", C),
         opt_func=opt_func,
-        cbs=[ItemIndexCallback(), *cbs],
+        cbs=[RunState(), ItemIndexCallback(), *cbs],
     )
     learn.remove_cb(ProgressCallback)
     learn.logger = lambda *_: None
@@ -154,7 +156,7 @@ def tiny_learner(
 
 
 class EpochLog(Callback):
-    """Keeps each epoch's `epoch_extras` and the positive targets that training batches carried."""
+    """Keeps the values each epoch recorded in the run state, and the positive targets training batches carried."""
 
     order = LargeLossCallback.order + 1
 
@@ -163,7 +165,6 @@ class EpochLog(Callback):
         self.positives_seen: list[int] = []
 
     def before_epoch(self) -> None:
-        self.learn.epoch_extras = {}
         self.positives_seen.append(0)
 
     def before_batch(self) -> None:
@@ -171,15 +172,16 @@ class EpochLog(Callback):
             self.positives_seen[-1] += int((self.learn.yb[0] == 1).sum())
 
     def after_epoch(self) -> None:
-        self.extras.append(dict(self.learn.epoch_extras))
+        if self.run_state.active:
+            self.extras.append(dict(self.run_state.values))
 
 
 def large_loss_run(scheme: str, tmp_path: Path, epochs: int = 3, workers: int = 0, delta: float = 5.0):
     labels, log = observed_labels(), EpochLog()
     tmp_path.mkdir(exist_ok=True)
-    csv_path = tmp_path / "corrections.csv" if scheme == "llcp" else None
+    write = partial(write_text, tmp_path / "corrections.csv") if scheme == "llcp" else None
     names = [f"img{i}.jpg" for i in range(N)]
-    ll = LargeLossCallback(scheme, delta, labels, truth_labels(), names, list("abcde"), csv_path)
+    ll = LargeLossCallback(scheme, delta, labels, truth_labels(), names, list("abcde"), write)
     learn = tiny_learner([ll, log], labels, workers)
     learn.fit(epochs, 0.1)
     return ll, log, learn
@@ -233,11 +235,11 @@ def test_lr_find_neither_advances_the_epoch_nor_changes_labels(tmp_path: Path):
     ll, log, learn = large_loss_run("llcp", tmp_path, epochs=2)
     labels, csv_text = ll.labels.clone(), (tmp_path / "corrections.csv").read_text()
     learn.lr_find(num_it=10, show_plot=False)
-    assert ll.t == 2
+    assert learn.run_state.epoch == 2
     assert ll.labels.equal(labels)
     assert (tmp_path / "corrections.csv").read_text() == csv_text
     learn.fit(1, 0.1)  # training goes on with epoch 3
-    assert ll.t == 3 and log.extras[-1]["ll_corrections"] == 16
+    assert learn.run_state.epoch == 3 and log.extras[-1]["ll_corrections"] == 16
 
 
 class FirstGradient(Callback):
@@ -277,5 +279,6 @@ def test_large_loss_runs_before_gradient_accumulation(tmp_path: Path):
     labels = observed_labels()
     ll = LargeLossCallback("llr", 5.0, labels, None, [str(i) for i in range(N)], list("abcde"), None)
     spy = LossGradSpy()
-    tiny_learner([ll, GradientAccumulation(n_acc=BS), spy], labels, bs=BS // 2).fit(2, 0.1)
-    assert ll.t == 2 and spy.ratios == pytest.approx([0.5] * len(spy.ratios))
+    learn = tiny_learner([ll, GradientAccumulation(n_acc=BS), spy], labels, bs=BS // 2)
+    learn.fit(2, 0.1)
+    assert learn.run_state.epoch == 2 and spy.ratios == pytest.approx([0.5] * len(spy.ratios))

@@ -8,10 +8,11 @@ import pandas as pd
 from test_large_loss import observed_labels, tiny_learner
 
 from wsml_fast.callbacks import RunLogCallback
+from wsml_fast.runfolder import RunFolder
 
 
 def test_epochs_count_from_one_across_fits_in_the_csv_and_the_progress_table(tmp_path: Path) -> None:
-    run_log = RunLogCallback(tmp_path / "metrics.csv", say=lambda *a, **k: None, print_lines=False)
+    run_log = RunLogCallback(RunFolder(tmp_path).write_metrics, say=lambda *a, **k: None, print_lines=False)
     learn = tiny_learner([run_log], observed_labels())
     table_rows: list[list] = []
     learn.logger = lambda row: table_rows.append(list(row))  # what the progress table would print

@@ -1,20 +1,96 @@
-"""fastai callbacks of wsml, one concern each."""
+"""fastai callbacks of wsml, one concern each.
+
+`RunState` is the one owner of where a run stands (its epoch, counted from 1 across every fit and across a
+resume; whether the current fit is an `lr_find`; the values callbacks add to this epoch's row; the rows of the
+finished epochs). Every other callback reads it as `self.run_state` and keeps no epoch counter of its own.
+
+Order of the end-of-epoch work: the schemes and diagnostics record their values (< 70), the run log writes the
+epoch's row (70), the best weights are saved (71), then the checkpoint (72), and only then may early stopping
+end the fit (80): an epoch is complete once its checkpoint is written.
+"""
 
 from __future__ import annotations
 
-import csv
+import math
 import time
 import warnings
 from collections.abc import Callable
-from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from fastai.callback.core import Callback, CancelFitException
 from fastai.callback.fp16 import MixedPrecision
-from fastai.callback.tracker import TrackerCallback
 
-from wsml_fast.metrics import mean_average_precision
+from wsml_fast.errors import WsmlError
+
+MONITOR = "valid_map"
+
+
+class CheckpointedState:
+    """Marks a callback whose state (stored labels, label estimates, records) belongs in the checkpoint."""
+
+    def state_dict(self) -> dict:
+        raise NotImplementedError
+
+    def load_state_dict(self, state: dict) -> None:
+        raise NotImplementedError
+
+
+class SchemeState(CheckpointedState):
+    """A scheme's learned state (stored labels, label estimates): also saved beside the best weights."""
+
+
+def checkpointed_states(learn, kind: type = CheckpointedState) -> dict[str, dict]:
+    return {type(cb).__name__: cb.state_dict() for cb in learn.cbs if isinstance(cb, kind)}
+
+
+class RunState(Callback):
+    """Where the run stands; see the module docstring. `history` holds the rows of the completed epochs."""
+
+    order = -50  # before every other callback, so they all see this epoch's number
+
+    def __init__(self, history: list[dict] | None = None) -> None:
+        self.history: list[dict] = list(history or [])
+        self._epoch = len(self.history)  # fastai's own `learn.epoch` restarts at 0 in every fit
+        self.values: dict[str, Any] = {}
+        self.in_lr_find = False
+
+    @property
+    def epoch(self) -> int:
+        """The run's epoch in progress (or the last one), from 1."""
+        return self._epoch
+
+    @property
+    def active(self) -> bool:
+        """True in the run's own training (False inside `lr_find`, whose fits are no part of the run)."""
+        return not self.in_lr_find
+
+    @property
+    def completed(self) -> int:
+        return len(self.history)
+
+    def before_fit(self) -> None:
+        self.in_lr_find = hasattr(self.learn, "lr_finder")
+
+    def after_fit(self) -> None:
+        self.in_lr_find = False
+
+    def before_epoch(self) -> None:
+        if self.active:
+            self._epoch += 1
+            self.values = {}
+
+    def record(self, **values: Any) -> None:
+        """Add columns to this epoch's row of metrics.csv."""
+        self.values.update(values)
+
+    def best(self, monitor: str = MONITOR) -> dict | None:
+        """The first completed epoch with the highest `monitor` (None before any)."""
+        scores = [row.get(monitor, float("nan")) for row in self.history]
+        if not scores:
+            return None
+        return self.history[-1] if np.all(np.isnan(scores)) else self.history[int(np.nanargmax(scores))]
 
 
 class ItemIndexCallback(Callback):
@@ -42,40 +118,77 @@ class DeviceMixedPrecision(MixedPrecision):
         self.learn.scaler = torch.amp.GradScaler(device_type, **self.kwargs)
 
 
-class CheckpointedState:
-    """Marks a callback whose state (stored labels, label estimates) belongs in the checkpoint with the weights."""
+class RunLogCallback(Callback):
+    """One row per completed epoch into metrics.csv (through the run folder), and one printed line per epoch
+    when there is no progress bar. fastai's progress table on a terminal shows the run's epoch numbers too."""
 
-    def state_dict(self) -> dict:
-        raise NotImplementedError
+    order = 70  # after the Recorder (50) has its epoch values and the diagnostics (< 70) have recorded theirs
+    run_valid = False
 
+    def __init__(self, write_rows: Callable[[list[dict]], None], say: Callable[..., None], print_lines: bool) -> None:
+        self.write_rows, self.say, self.print_lines = write_rows, say, print_lines
+        self.start = self.train_seconds = 0.0
 
-class SaveBestCallback(TrackerCallback):
-    """Keep the weights of the best epoch so far (by valid mAP) across every fit of the run; reload at the end.
+    def before_epoch(self) -> None:
+        self.start = time.perf_counter()
+        if self.run_state.active:  # fastai's progress table numbers from 0 in each fit
+            self.learn.recorder.log[0] = self.run_state.epoch
 
-    Unlike fastai's SaveModelCallback it prints nothing (the run log reports the best epoch) and never
-    saves during `lr_find`. The state of CheckpointedState callbacks is saved beside the weights.
-    """
+    def before_train(self) -> None:
+        self.train_start = time.perf_counter()
 
-    order = TrackerCallback.order + 1
-
-    def __init__(self, fname: str, monitor: str = "valid_map", state_file: str = "scheme_state.pt") -> None:
-        super().__init__(monitor=monitor, comp=np.greater, reset_on_fit=False)
-        self.fname, self.state_file = fname, state_file
+    def after_train(self) -> None:
+        self.train_seconds = time.perf_counter() - self.train_start
 
     def after_epoch(self) -> None:
-        super().after_epoch()
-        if self.new_best and not hasattr(self.learn, "lr_finder"):
-            self.learn.save(self.fname, with_opt=False)
-            states = {type(cb).__name__: cb.state_dict() for cb in self.learn.cbs if isinstance(cb, CheckpointedState)}
-            if states:
-                torch.save(states, self.learn.path / self.learn.model_dir / self.state_file)
+        if not self.run_state.active:
+            return
+        names = self.learn.recorder.metric_names[1:-1]  # without 'epoch' and 'time'
+        values = self.learn.recorder.log[1 : 1 + len(names)]
+        row = {"epoch": self.run_state.epoch, **{n: _number(v) for n, v in zip(names, values, strict=True)}}
+        row["seconds"] = round(time.perf_counter() - self.start, 2)
+        row["train_seconds"] = round(self.train_seconds, 3)
+        row["lr"] = float(self.learn.opt.hypers[-1]["lr"])
+        row.update(self.run_state.values)
+        self.run_state.history.append(row)
+        self.write_rows(self.run_state.history)
+        self.say("  ".join(_fmt(k, v) for k, v in row.items()), console=self.print_lines)
 
-    def after_fit(self) -> None:
-        if (
-            not hasattr(self.learn, "lr_finder")
-            and (self.learn.path / self.learn.model_dir / f"{self.fname}.pth").exists()
-        ):
-            self.learn.load(self.fname, with_opt=False)
+
+class SaveBestCallback(Callback):
+    """Save the weights of the best epoch so far (by valid mAP), and the schemes' state beside them. The best
+    is read from the run's history, so a resumed run continues the same comparison."""
+
+    order = 71
+
+    def __init__(self, model: torch.nn.Module, save_weights: Callable, save_states: Callable) -> None:
+        self.model, self.save_weights, self.save_states = model, save_weights, save_states
+
+    def after_epoch(self) -> None:
+        if not self.run_state.active or self.run_state.best() is not self.run_state.history[-1]:
+            return
+        self.save_weights(self.model.state_dict())
+        states = checkpointed_states(self.learn, SchemeState)
+        if states:
+            self.save_states(states)
+
+
+class EarlyStopCallback(Callback):
+    """Stop training when valid mAP falls more than `drop` points below the best so far (the reference's rule)."""
+
+    order = 80  # after the epoch's checkpoint is written
+
+    def __init__(self, drop: float = 3.0) -> None:
+        self.drop = drop
+        self.reason: str | None = None
+
+    def after_epoch(self) -> None:
+        if not self.run_state.active:
+            return
+        best, value = self.run_state.best()[MONITOR], self.run_state.history[-1][MONITOR]
+        if value < best - self.drop:
+            self.reason = f"valid mAP {value:.2f} fell over {self.drop:g} points below {best:.2f}"
+            raise CancelFitException()
 
 
 class FrozenBodyCallback(Callback):
@@ -89,101 +202,63 @@ class FrozenBodyCallback(Callback):
             body.eval()
 
 
-class EarlyStopCallback(Callback):
-    """Stop training when valid mAP falls more than `drop` points below the best so far (the reference's rule)."""
-
-    order = 80  # after the run log has written the epoch
-
-    def __init__(self, drop: float = 3.0, monitor: str = "valid_map") -> None:
-        self.drop, self.monitor, self.best = drop, monitor, -float("inf")
-
-    def after_epoch(self) -> None:
-        if hasattr(self.learn, "lr_finder"):
-            return
-        value = self.learn.recorder.log[self.learn.recorder.metric_names.index(self.monitor)]
-        self.best = max(self.best, value)
-        if value < self.best - self.drop:
-            self.learn.early_stopped = f"valid mAP {value:.2f} fell over {self.drop:g} points below {self.best:.2f}"
-            raise CancelFitException()
-
-
 class TrainRecoveryCallback(Callback):
     """`train_recovery_map`: mAP of the model's scores on (a sample of) the training images against their full
     truth, after every epoch; how well the unobserved positives are being recovered."""
 
     order = 65  # before the run log (70) writes the epoch
 
-    def __init__(self, loader, convention: str, precision: str) -> None:
-        self.loader, self.convention, self.precision = loader, convention, precision
+    def __init__(self, score: Callable[[torch.nn.Module], float]) -> None:
+        self.score = score
 
     def after_epoch(self) -> None:
-        if hasattr(self.learn, "lr_finder"):
-            return
-        from wsml_fast.inference import predict_scores
-
-        device = next(self.learn.model.parameters()).device
-        scores = predict_scores(self.learn.model, self.loader, self.precision, device)
-        result = mean_average_precision(scores, self.loader.dataset.labels, convention=self.convention)
-        self.learn.epoch_extras["train_recovery_map"] = result.map
+        if self.run_state.active:
+            self.run_state.record(train_recovery_map=self.score(self.learn.model))
 
 
-class RunLogCallback(Callback):
-    """One row per epoch into metrics.csv, and one printed line per epoch when there is no progress bar.
+class LossGuardCallback(Callback):
+    """Stop at once on a non-finite training loss, naming the epoch and batch; warn when an epoch's loss
+    explodes yet stays finite (`explosion` times the first epoch's)."""
 
-    Other callbacks add columns by filling `learn.epoch_extras` during the epoch. Epochs are counted from 1
-    across every `fit` of the run, so a two-stage training keeps one numbering, and fastai's progress table on
-    a terminal shows the same numbers.
-    """
+    order = 5  # after the schemes (< 0) have rewritten the loss
 
-    order = 70  # after the Recorder (50) has its epoch values
-    run_valid = False
+    def __init__(self, lr: float, say: Callable[..., None], explosion: float = 100.0) -> None:
+        self.lr, self.say, self.explosion = lr, say, explosion
 
-    def __init__(self, path: Path, say: Callable[..., None], print_lines: bool) -> None:
-        self.path, self.say, self.print_lines = Path(path), say, print_lines
-        self.rows: list[dict] = []
-        self.start = 0.0
-
-    def before_fit(self) -> None:
-        self.in_lr_find = hasattr(self.learn, "lr_finder")
-
-    def before_epoch(self) -> None:
-        self.start = time.perf_counter()
-        self.learn.epoch_extras = {}
-        if not self.in_lr_find:  # fastai's progress table numbers from 0 in each fit; show the run's numbering
-            self.learn.recorder.log[0] = len(self.rows) + 1
-
-    def before_train(self) -> None:
-        self.train_start = time.perf_counter()
-
-    def after_train(self) -> None:
-        self.train_seconds = time.perf_counter() - self.train_start
+    def after_loss(self) -> None:
+        if self.learn.training and not torch.isfinite(self.learn.loss).all():
+            value = float(self.learn.loss.detach().float().mean())
+            raise NonFiniteLoss(
+                f"the training loss became {value} in epoch {self.run_state.epoch}, batch {self.learn.iter + 1}; "
+                f"the run stopped (its last complete epoch is kept). Try a lower --lr than {self.lr:g}"
+            )
 
     def after_epoch(self) -> None:
-        if self.in_lr_find:
+        if not self.run_state.active or self.run_state.completed < 2:
             return
-        names = self.learn.recorder.metric_names[1:-1]  # without 'epoch' and 'time'
-        values = self.learn.recorder.log[1 : 1 + len(names)]
-        row = {"epoch": len(self.rows) + 1, **{n: _number(v) for n, v in zip(names, values, strict=True)}}
-        row["seconds"] = round(time.perf_counter() - self.start, 2)
-        row["train_seconds"] = round(self.train_seconds, 3)
-        row["lr"] = float(self.learn.opt.hypers[-1]["lr"])
-        row.update(self.learn.epoch_extras)
-        self.rows.append(row)
-        self._write()
-        line = "  ".join(_fmt(k, v) for k, v in row.items())
-        self.say(line, console=self.print_lines)
+        first, now = self.run_state.history[0]["train_loss"], self.run_state.history[-1]["train_loss"]
+        if math.isfinite(first) and first > 0 and now > self.explosion * first:
+            self.say(
+                f"warning: epoch {self.run_state.epoch}'s training loss {now:.4g} is over {self.explosion:g} times "
+                f"the first epoch's ({first:.4g}); training may be diverging (a lower --lr helps)"
+            )
 
-    def _write(self) -> None:
-        columns = list(dict.fromkeys(k for row in self.rows for k in row))
-        with self.path.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(self.rows)
 
-    def best(self, monitor: str = "valid_map") -> dict:
-        """The first epoch with the highest `monitor` (fastai's SaveModelCallback keeps the same one)."""
-        scores = [row.get(monitor, float("nan")) for row in self.rows]
-        return self.rows[int(np.nanargmax(scores))] if not np.all(np.isnan(scores)) else self.rows[-1]
+class NonFiniteLoss(WsmlError):
+    """The training loss became NaN or infinite."""
+
+
+class StopOnRequestCallback(Callback):
+    """End the fit at the next batch boundary once `requested()` says a stop was asked for (Ctrl-C, SIGTERM)."""
+
+    order = 90
+
+    def __init__(self, requested: Callable[[], bool]) -> None:
+        self.requested = requested
+
+    def after_batch(self) -> None:
+        if self.requested():
+            raise CancelFitException()
 
 
 def _number(value) -> float:

@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from wsml_fast.config import SCHEMES
-from wsml_fast.errors import WsmlError
+from wsml_fast.errors import WsmlError, one_line
 
 # Deprecation notices of the libraries we build on say nothing a user can act on.
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"(torch|fastai|timm|albumentations)\.")
@@ -33,7 +33,7 @@ def friendly(command):
         try:
             return command(*args, **kwargs)
         except WsmlError as exc:
-            typer.echo(f"error: {exc}", err=True)
+            typer.echo(f"error: {one_line(exc)}", err=True)
             raise typer.Exit(2) from None
 
     return wrapper
@@ -90,9 +90,22 @@ def train(
     ] = None,
     map_convention: Annotated[str | None, typer.Option(help="skip or paper (classes without positives).")] = None,
     out: Annotated[str | None, typer.Option(help="Run folder (default runs/<dataset>-<scheme>-<time>).")] = None,
+    resume: Annotated[
+        Path | None, typer.Option(help="Continue this run from its last complete epoch (only --epochs may be given).")
+    ] = None,
 ) -> None:
     """Train a multi-label classifier from partial labels and write a run folder."""
     options = dict(locals())  # exactly the parameters above: the command-line layer of the config
+    options.pop("resume")
+    if resume is not None:
+        changed = [name for name, value in options.items() if value is not None and name != "epochs"]
+        if changed:
+            raise WsmlError(
+                f"--resume continues {resume} with its saved settings; --{changed[0].replace('_', '-')} cannot "
+                "be changed (only a larger --epochs)"
+            )
+        _with_signals(lambda stop: _resume(resume, epochs, stop))
+        return
     from wsml_fast.config import resolve
     from wsml_fast.recipes import find_recipe
     from wsml_fast.sources import resolve_source
@@ -105,7 +118,24 @@ def train(
     source = resolve_source(config.dataset, config.data, config.csv, config.images)
     from wsml_fast.train import train as run_training
 
-    run_training(config, source)
+    _with_signals(lambda stop: run_training(config, source, stop))
+
+
+def _resume(run_dir: Path, epochs: int | None, stop) -> None:
+    from wsml_fast.train import resume
+
+    resume(run_dir, epochs, stop)
+
+
+def _with_signals(training) -> None:
+    """Run `training(stop)` with Ctrl-C and SIGTERM asking for a clean stop; exit 130 / 143 after one."""
+    from wsml_fast.stopping import RunInterrupted, StopRequest
+
+    try:
+        with StopRequest().installed() as stop:
+            training(stop)
+    except RunInterrupted as exc:
+        raise typer.Exit(exc.exit_code) from None
 
 
 def _source_for_eval(run, data: str | None, csv: str | None, images: str | None):
@@ -136,6 +166,9 @@ def evaluate(
     from wsml_fast.runfolder import RunFolder
 
     run = RunFolder.open(run_dir)
+    note = run.weights_note()
+    if note:
+        typer.echo(note, err=as_json)
     convention = map_convention or run.config().map_convention
     if convention not in CONVENTIONS:
         raise WsmlError(f"--map-convention {convention!r} is not one of: {', '.join(CONVENTIONS)}")
@@ -167,8 +200,16 @@ def predict(
 
     if not 0 <= threshold <= 1:
         raise WsmlError(f"--threshold must be between 0 and 1 (got {threshold})")
-    frame = run_predict(RunFolder.open(run_dir), paths)
-    frame.to_csv(out, index=False, float_format="%.6f")
+    from wsml_fast.atomic import write_text
+    from wsml_fast.predict import check_output
+
+    run = RunFolder.open(run_dir)
+    check_output(out, run)
+    note = run.weights_note()
+    if note:
+        typer.echo(note)
+    frame = run_predict(run, paths)
+    write_text(out, frame.to_csv(index=False, float_format="%.6f"))
     classes = frame.columns[1:]
     for image, row in zip(frame["image"], frame[classes].to_numpy(), strict=True):
         labels = [f"{c} ({p:.2f})" for c, p in zip(classes, row, strict=True) if p >= threshold]

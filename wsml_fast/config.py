@@ -87,9 +87,12 @@ class TrainConfig:
             raise WsmlError(f"--workers must be 0 or more (got {self.workers})")
         return self
 
-    def to_yaml(self, path: Path) -> None:
-        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "sources"}
-        path.write_text(yaml.safe_dump({"config": values, "sources": dict(self.sources)}, sort_keys=False))
+    def values(self) -> dict[str, Any]:
+        """The settings alone (without where they came from)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "sources"}
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump({"config": self.values(), "sources": dict(self.sources)}, sort_keys=False)
 
     @classmethod
     def from_yaml(cls, path: Path) -> TrainConfig:

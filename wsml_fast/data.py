@@ -7,6 +7,7 @@ label correction keeps them in the main process). Images stay uint8 until the mo
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import albumentations
@@ -75,6 +76,18 @@ class ImageLabelDataset(Dataset):
     def reseed(self, seed: int) -> None:
         self.transform.set_random_seed(seed % 2**32)
 
+    def _generators(self) -> list:
+        return [self.transform, *self.transform.transforms]  # each transform draws from generators of its own
+
+    def random_state(self) -> list:
+        """The augmentation pipeline's generator states (for the checkpoint)."""
+        return [(t.random_generator.bit_generator.state, t.py_random.getstate()) for t in self._generators()]
+
+    def set_random_state(self, state: list) -> None:
+        for transform, (numpy_state, python_state) in zip(self._generators(), state, strict=True):
+            transform.random_generator.bit_generator.state = numpy_state
+            transform.py_random.setstate(python_state)
+
     def subset(self, rows: np.ndarray) -> ImageLabelDataset:
         images = [self.images[i] for i in rows]
         return ImageLabelDataset(self.root, images, self.labels[rows], self.size, self.augment, self.hflip, self.seed)
@@ -85,8 +98,10 @@ class ImageLabelDataset(Dataset):
         return ImageLabelDataset(self.root, self.images, labels, self.size, False)
 
 
-def _reseed_worker() -> None:
-    """Give each worker, in each epoch, its own augmentation stream (albumentations would repeat them)."""
+def _init_worker() -> None:
+    """Give each worker, in each epoch, its own augmentation stream (albumentations would repeat them), and
+    leave Ctrl-C to the main process, which stops training at the next batch boundary."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     info = get_worker_info()
     info.dataset.d.dataset.reseed(info.seed)
 
@@ -109,7 +124,7 @@ def make_loader(dataset: ImageLabelDataset, bs: int, train: bool, workers: int, 
         num_workers=workers,
         pin_memory=device.type == "cuda",
         device=device,
-        wif=_reseed_worker,
+        wif=_init_worker,
     )
     loader.n_inp = 1
     return loader

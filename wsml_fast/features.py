@@ -82,5 +82,11 @@ class FeatureDataset(Dataset):
     def reseed(self, seed: int) -> None:  # nothing random here; the loader's worker hook calls it
         pass
 
+    def random_state(self) -> list:
+        return []
+
+    def set_random_state(self, state: list) -> None:
+        pass
+
     def subset(self, rows: np.ndarray) -> FeatureDataset:
         return FeatureDataset(self.features[rows], self.labels[rows])

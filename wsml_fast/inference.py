@@ -44,3 +44,23 @@ def predict_scores(model: torch.nn.Module, loader, precision: str, device: torch
     result = np.zeros((len(loader.dataset), scores[0].shape[1]), dtype=np.float32)
     result[torch.cat(order).numpy()] = torch.cat(scores).numpy()
     return result
+
+
+def score_split(
+    model: torch.nn.Module,
+    dataset,
+    classes: list[str],
+    convention: str,
+    precision: str,
+    device: torch.device,
+    bs: int,
+    workers: int,
+):
+    """mAP and per-class AP of `model` on a dataset of (input, labels, index) items: training's test pass and
+    recovery diagnostic, and `wsml eval`, all score this one way."""
+    from wsml_fast.data import make_loader
+    from wsml_fast.metrics import mean_average_precision
+
+    loader = make_loader(dataset, bs, False, workers, device)
+    scores = predict_scores(model, loader, precision, device)
+    return mean_average_precision(scores, dataset.labels, classes, convention)

@@ -2,24 +2,26 @@
 
 From the second training epoch on, the k unobserved entries of each batch with the largest assume-negative
 loss are likely false negatives: LL-R drops their loss, LL-Ct trains them as positives for this step, LL-Cp
-also stores them as observed positives for the rest of training. Two faults of the reference code do not
-exist here: its LL-Cp test (`is 'LL-Cp'`) was never true, so LL-Cp ran LL-Ct's growing k (and its stored
-labels lived in the Dataset, which DataLoader workers copy); and its strict `>` against the k-th largest
-loss selected k - 1 entries (none when k = 1).
+also stores them as observed positives for the rest of training. Like the reference code, every unobserved
+entry whose loss is at least the k-th largest is modified: k entries (the reference's strict `>` only fed its
+LL-Cp storage). One fault of the reference code does not exist here: its LL-Cp test (`is 'LL-Cp'`) was never
+true, so its LL-Cp ran LL-Ct's growing k (and its stored labels lived in the Dataset, which DataLoader workers
+copy).
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import math
+from collections.abc import Callable
 from fractions import Fraction
-from pathlib import Path
 
 import numpy as np
 import torch
 from fastai.callback.core import Callback
 
-from wsml_fast.callbacks import CheckpointedState, ItemIndexCallback
+from wsml_fast.callbacks import ItemIndexCallback, SchemeState
 from wsml_fast.config import LARGE_LOSS_SCHEMES
 from wsml_fast.losses import AssumeNegativeLoss, positive_term
 
@@ -74,12 +76,12 @@ def large_loss_losses(
     return apply_large_loss(an_losses, positive_term(logits), selected, scheme), selected
 
 
-class LargeLossCallback(Callback, CheckpointedState):
+class LargeLossCallback(Callback, SchemeState):
     """Replace the training loss by LL-R / LL-Ct / LL-Cp and keep the training labels for LL-Cp.
 
     The label matrix lives here, on the model's device, and every training batch reads its targets from it
-    by item index (DataLoader workers hold stale copies of the Dataset). The epoch counter runs across every
-    `fit` of the Learner; `lr_find` neither advances it nor selects anything.
+    by item index (DataLoader workers hold stale copies of the Dataset). The epoch is the run's (RunState);
+    `lr_find` selects nothing.
     """
 
     order = ItemIndexCallback.order + 1  # needs `learn.item_index`; must precede GradientAccumulation (6)
@@ -92,34 +94,36 @@ class LargeLossCallback(Callback, CheckpointedState):
         truth: np.ndarray | None,
         image_names: list[str],
         class_names: list[str],
-        corrections_csv: Path | None,
+        write_corrections: Callable[[str], None] | None,
     ) -> None:
         large_loss_k(1, 1, 1, delta_rel, scheme)  # validates the scheme
         self.scheme, self.delta_rel = scheme, delta_rel
         self.labels = torch.tensor(train_labels, dtype=torch.float32)  # a copy: LL-Cp writes to it
         self.truth = None if truth is None else torch.as_tensor(np.asarray(truth) == 1)
         self.image_names, self.class_names = list(image_names), list(class_names)
-        self.corrections_csv = None if corrections_csv is None else Path(corrections_csv)
+        self.write_corrections = write_corrections
         # LL-Cp: the epoch in which each entry was stored as positive (0: never)
         self.corrected_in = torch.zeros(self.labels.shape, dtype=torch.int16) if scheme == "llcp" else None
-        self.t = 0
-        self.in_lr_find = False
 
     def state_dict(self) -> dict:
-        """The stored training labels (LL-Cp's corrections included) and the epoch counter."""
-        return {"labels": self.labels.cpu(), "epoch": self.t}
+        """The stored training labels (LL-Cp's corrections included) and the epoch of each correction."""
+        state = {"labels": self.labels.cpu()}
+        if self.corrected_in is not None:
+            state["corrected_in"] = self.corrected_in.cpu()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.labels = state["labels"].to(self.labels.device)
+        if self.corrected_in is not None:
+            self.corrected_in = state["corrected_in"].to(self.corrected_in.device)
 
     def before_fit(self) -> None:
-        self.in_lr_find = hasattr(self.learn, "lr_finder")
         device = next(self.learn.model.parameters()).device
         self.labels = self.labels.to(device)
         self.truth = None if self.truth is None else self.truth.to(device)
         self.corrected_in = None if self.corrected_in is None else self.corrected_in.to(device)
 
     def before_epoch(self) -> None:
-        if self.in_lr_find:
-            return
-        self.t += 1
         self.n_selected = torch.zeros((), dtype=torch.long, device=self.labels.device)
         self.n_selected_true = torch.zeros_like(self.n_selected)
 
@@ -128,10 +132,11 @@ class LargeLossCallback(Callback, CheckpointedState):
             self.learn.yb = (self.labels[self.learn.item_index],)
 
     def after_loss(self) -> None:
-        if not self.learn.training or self.in_lr_find or self.t < 2:
+        epoch = self.run_state.epoch
+        if not self.learn.training or not self.run_state.active or epoch < 2:
             return
         logits, targets = self.learn.pred.float(), self.learn.yb[0]
-        k = large_loss_k(logits.shape[0], logits.shape[1], self.t, self.delta_rel, self.scheme)
+        k = large_loss_k(logits.shape[0], logits.shape[1], epoch, self.delta_rel, self.scheme)
         losses, selected = large_loss_losses(logits, targets, k, self.scheme)
         loss = losses.mean()
         self.learn.loss_grad, self.learn.loss = loss, loss.detach().clone()
@@ -142,10 +147,10 @@ class LargeLossCallback(Callback, CheckpointedState):
             self.n_selected_true += (selected & self.truth[index]).sum()
         if self.corrected_in is not None:
             self.labels[index] = targets.masked_fill(selected, 1.0)
-            self.corrected_in[index] = self.corrected_in[index].masked_fill(selected, self.t)
+            self.corrected_in[index] = self.corrected_in[index].masked_fill(selected, epoch)
 
     def after_epoch(self) -> None:
-        if self.in_lr_find:
+        if not self.run_state.active:
             return
         extras = {"ll_selected": int(self.n_selected)}
         if self.truth is not None:
@@ -155,20 +160,21 @@ class LargeLossCallback(Callback, CheckpointedState):
             extras["ll_corrections"] = int(stored.sum())
             if self.truth is not None:
                 extras["ll_correction_precision"] = _ratio((stored & self.truth).sum(), stored.sum())
-            if self.corrections_csv is not None:
-                self._append_corrections()
-        self.learn.epoch_extras = {**getattr(self.learn, "epoch_extras", {}), **extras}
+            if self.write_corrections is not None:
+                self.write_corrections(self._corrections_csv())
+        self.run_state.record(**extras)
 
-    def _append_corrections(self) -> None:
-        """One row (image, class, epoch) per entry stored as positive in this epoch."""
-        rows, cols = (self.corrected_in == self.t).nonzero(as_tuple=True)
-        new_file = not self.corrections_csv.exists()
-        with self.corrections_csv.open("a", newline="") as handle:
-            writer = csv.writer(handle)
-            if new_file:
-                writer.writerow(["image", "class", "epoch"])
-            for row, col in zip(rows.tolist(), cols.tolist(), strict=True):
-                writer.writerow([self.image_names[row], self.class_names[col], self.t])
+    def _corrections_csv(self) -> str:
+        """Every entry stored as positive so far, one row (image, class, epoch) each, in order of epoch."""
+        rows, cols = (self.corrected_in > 0).nonzero(as_tuple=True)
+        epochs = self.corrected_in[rows, cols]
+        order = torch.argsort(epochs, stable=True).tolist()
+        rows, cols, epochs = rows.tolist(), cols.tolist(), epochs.tolist()
+        text = io.StringIO()
+        writer = csv.writer(text, lineterminator="\n")
+        writer.writerow(["image", "class", "epoch"])
+        writer.writerows((self.image_names[rows[i]], self.class_names[cols[i]], epochs[i]) for i in order)
+        return text.getvalue()
 
 
 def _ratio(part: torch.Tensor, whole: torch.Tensor) -> float:

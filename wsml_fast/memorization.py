@@ -8,13 +8,16 @@ a true negative's loss falls from the start. This callback records both kinds an
 from __future__ import annotations
 
 import csv
-from pathlib import Path
+import io
 
 import numpy as np
 import torch
 from fastai.callback.core import Callback
 
+from wsml_fast.atomic import atomic_write, write_text
+from wsml_fast.callbacks import CheckpointedState
 from wsml_fast.losses import negative_term
+from wsml_fast.runfolder import MEMORIZATION_CSV, MEMORIZATION_PNG, RunFolder
 
 
 def sample_entries(
@@ -32,22 +35,29 @@ def sample_entries(
     return rows, cols, false_negative
 
 
-class MemorizationCallback(Callback):
+class MemorizationCallback(Callback, CheckpointedState):
     """Every `every` training iterations, score the sampled images in eval mode and record the AN loss of each
     sampled entry (target 0); write `memorization.csv` and `memorization.png` at the end of each fit."""
 
     order = 66
 
     def __init__(
-        self, inputs: torch.Tensor, classes: np.ndarray, false_negative: np.ndarray, every: int, out_dir: Path
+        self, inputs: torch.Tensor, classes: np.ndarray, false_negative: np.ndarray, every: int, run: RunFolder
     ) -> None:
-        self.inputs, self.every, self.out_dir = inputs, max(1, every), Path(out_dir)
+        self.inputs, self.every, self.run = inputs, max(1, every), run
         self.classes = torch.as_tensor(classes)
         self.false_negative = np.asarray(false_negative, dtype=bool)
         self.iteration, self.records = 0, []
 
+    def state_dict(self) -> dict:
+        return {"iteration": self.iteration, "records": [(i, torch.from_numpy(v)) for i, v in self.records]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.iteration = state["iteration"]
+        self.records = [(i, values.numpy()) for i, values in state["records"]]
+
     def after_batch(self) -> None:
-        if not self.learn.training or hasattr(self.learn, "lr_finder"):
+        if not self.learn.training or not self.run_state.active:
             return
         if self.iteration % self.every == 0:
             model = self.learn.model
@@ -62,20 +72,21 @@ class MemorizationCallback(Callback):
         self.iteration += 1
 
     def after_fit(self) -> None:
-        if hasattr(self.learn, "lr_finder") or not self.records:
+        if not self.run_state.active or not self.records:
             return
-        self._write_csv(self.out_dir / "memorization.csv")
-        self._plot(self.out_dir / "memorization.png")
+        self._write_csv()
+        self._plot()
 
-    def _write_csv(self, path: Path) -> None:
-        with path.open("w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["iteration", "entry", "kind", "loss"])
-            for iteration, losses in self.records:
-                for entry, (loss, fn) in enumerate(zip(losses, self.false_negative, strict=True)):
-                    writer.writerow([iteration, entry, "false_negative" if fn else "true_negative", f"{loss:.5f}"])
+    def _write_csv(self) -> None:
+        text = io.StringIO()
+        writer = csv.writer(text, lineterminator="\n")
+        writer.writerow(["iteration", "entry", "kind", "loss"])
+        for iteration, losses in self.records:
+            for entry, (loss, fn) in enumerate(zip(losses, self.false_negative, strict=True)):
+                writer.writerow([iteration, entry, "false_negative" if fn else "true_negative", f"{loss:.5f}"])
+        write_text(self.run.file(MEMORIZATION_CSV), text.getvalue())
 
-    def _plot(self, path: Path) -> None:
+    def _plot(self) -> None:
         import matplotlib
 
         matplotlib.use("Agg")
@@ -96,5 +107,5 @@ class MemorizationCallback(Callback):
         axis.set_title("Memorization of unobserved labels")
         axis.legend()
         figure.tight_layout()
-        figure.savefig(path, dpi=120)
+        atomic_write(self.run.file(MEMORIZATION_PNG), lambda handle: figure.savefig(handle, format="png", dpi=120))
         plt.close(figure)

@@ -10,7 +10,7 @@ import pandas as pd
 from wsml_fast.data import ImageLabelDataset, make_loader
 from wsml_fast.errors import WsmlError
 from wsml_fast.inference import pick_device, predict_scores, resolve_precision
-from wsml_fast.runfolder import RunFolder
+from wsml_fast.runfolder import CONFIG, RUN_FILES, RunFolder
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
@@ -33,18 +33,28 @@ def collect_images(paths: list[Path]) -> list[Path]:
 
 def predict(run: RunFolder, paths: list[Path], batch_size: int = 64) -> pd.DataFrame:
     """A frame with `image` and one probability column per class."""
-    results = run.results()
+    info = run.model_info()
     images = collect_images(paths)
-    classes = results["classes"]
+    classes = info.classes
     device = pick_device()
     dataset = ImageLabelDataset(
         Path("."),
         [str(p) for p in images],
         np.full((len(images), len(classes)), -1.0, dtype=np.float32),
-        results["img_size"],
+        info.img_size,
     )
     loader = make_loader(dataset, batch_size, False, 0, device)
     scores = predict_scores(run.load_model(device), loader, resolve_precision("auto", device), device)
     frame = pd.DataFrame(scores, columns=classes)
     frame.insert(0, "image", [str(p) for p in images])
     return frame
+
+
+def check_output(out: Path, run: RunFolder) -> None:
+    """Before any scoring: `--out` must be a file in an existing folder, and never one of a run's own files."""
+    if out.is_dir():
+        raise WsmlError(f"--out {out}: is a folder; name a CSV file (for example {out / 'preds.csv'})")
+    if not out.parent.is_dir():
+        raise WsmlError(f"--out {out}: folder {out.parent} does not exist; create it or choose another path")
+    if out.name in RUN_FILES and (out.parent / CONFIG).is_file():
+        raise WsmlError(f"--out {out}: is a file of the run folder {out.parent}; write predictions elsewhere")

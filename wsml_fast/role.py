@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from fastai.callback.core import Callback
 
-from wsml_fast.callbacks import CheckpointedState, ItemIndexCallback
+from wsml_fast.callbacks import ItemIndexCallback, SchemeState
+from wsml_fast.checkpoint import optimizer_state
 from wsml_fast.losses import ExpectedPositiveLoss, soft_bce
 
 START_POSITIVE, START_NEGATIVE = 0.995, 0.005  # the reference's start values for observed labels
@@ -55,12 +56,13 @@ def role_loss(
     return (one_side(logits, estimate_logits) + one_side(estimate_logits, logits)) / 2
 
 
-class RoleCallback(Callback, CheckpointedState):
+class RoleCallback(Callback, SchemeState):
     """Replace the training loss by L_ROLE and step the label estimates with every step of the model.
 
     The estimates' learning rate follows the learner's schedule: `lr_mult` times the current learning rate
     of its first parameter group (the base `lr`; Cole et al. use 10 x lr). `lr_find` trains nothing here.
-    Under fp16 the estimates are stepped through fastai's GradScaler like a second optimizer.
+    Under fp16 the estimates are stepped through fastai's GradScaler like a second optimizer. The estimates
+    and their optimizer's moments live across every fit of the run, and go into the checkpoint together.
     """
 
     order = ItemIndexCallback.order + 1  # needs `learn.item_index`; must precede GradientAccumulation (6)
@@ -76,31 +78,34 @@ class RoleCallback(Callback, CheckpointedState):
             raise ValueError("--scheme role needs --expected-positives (the expected positives per image)")
         self.expected_positives, self.lr_mult = expected_positives, lr_mult
         self.estimate_logits = torch.nn.Parameter(initial_estimates(train_labels, generator))
-        self.estimate_opt: torch.optim.Adam | None = None
-        self.in_lr_find = False
+        self.estimate_opt = torch.optim.Adam([self.estimate_logits])
 
     @property
     def estimates(self) -> torch.Tensor:
         """Current label estimates as probabilities (N x C)."""
         return torch.sigmoid(self.estimate_logits.detach())
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"estimate_logits": self.estimate_logits.detach().cpu()}
+    def state_dict(self) -> dict:
+        return {"estimate_logits": self.estimate_logits.detach().cpu(), "optimizer": optimizer_state(self.estimate_opt)}
 
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+    def load_state_dict(self, state: dict) -> None:
         saved = state["estimate_logits"]
         if saved.shape != self.estimate_logits.shape:
             expected = tuple(self.estimate_logits.shape)
             raise ValueError(f"label estimates of shape {tuple(saved.shape)}, expected {expected}")
         with torch.no_grad():
             self.estimate_logits.copy_(saved)
+        if "optimizer" in state:
+            self.estimate_opt.load_state_dict(state["optimizer"])
 
     def before_fit(self) -> None:
-        self.in_lr_find = hasattr(self.learn, "lr_finder")
         device = next(self.learn.model.parameters()).device
-        if self.estimate_opt is None:  # the optimizer, and its moments, live across every fit of the Learner
+        if self.estimate_logits.device != device:  # moved in place: the optimizer keeps its parameter
             self.estimate_logits.data = self.estimate_logits.data.to(device)
-            self.estimate_opt = torch.optim.Adam([self.estimate_logits])
+            for state in self.estimate_opt.state.values():
+                for key, value in state.items():
+                    if torch.is_tensor(value) and value.dim() > 0:
+                        state[key] = value.to(device)
         self.estimate_opt.zero_grad()
 
     def after_loss(self) -> None:
@@ -111,7 +116,7 @@ class RoleCallback(Callback, CheckpointedState):
         self.learn.loss_grad, self.learn.loss = loss, loss.detach().clone()
 
     def after_step(self) -> None:
-        if not self.in_lr_find:
+        if self.run_state.active:
             for group in self.estimate_opt.param_groups:
                 group["lr"] = self.lr_mult * self.learn.opt.hypers[0]["lr"]
             scaler = getattr(self.learn, "scaler", None)  # set by fastai's MixedPrecision during its fits

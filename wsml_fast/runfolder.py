@@ -1,23 +1,40 @@
-"""The run folder: everything a run produced, and all that `wsml eval` and `wsml predict` need.
+"""The run folder: everything a run produced, and all that `wsml eval`, `wsml predict` and `--resume` need.
 
-config.yaml    resolved configuration and where each value came from (enough to rerun)
-metrics.csv    one row per epoch
-results.json   best epoch, valid and test mAP, classes, input size
-model.pth      the best epoch's weights (state dict of the whole classifier)
-train.log      everything the run printed
+It is the one place that knows the folder's file names, and every file in it is written atomically (a kill at
+any instant leaves the previous good version, never a truncated one).
+
+config.yaml            resolved configuration and where each value came from (enough to rerun)
+status.json            how the run stands: running, finished, interrupted or failed (with the reason)
+metrics.csv            one row per completed epoch
+checkpoint.pth         the last completed epoch's whole state: what `wsml train --resume` continues from
+model.pth              the best epoch's weights (state dict of the whole classifier)
+scheme_state.pt        the schemes' stored labels / label estimates at the best epoch
+corrected_labels.csv   llcp: every entry stored as positive, with its epoch
+memorization.csv/.png  --track-memorization: losses of sampled unobserved entries
+results.json           best epoch, valid and test mAP, classes, input size (written when the run finishes)
+train.log              everything the run printed
 """
 
 from __future__ import annotations
 
 import json
+import os
+import socket
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from wsml_fast.atomic import save_torch, write_text
 from wsml_fast.config import TrainConfig
 from wsml_fast.errors import WsmlError
 
-CONFIG, METRICS, RESULTS, WEIGHTS, LOG = "config.yaml", "metrics.csv", "results.json", "model.pth", "train.log"
+CONFIG, STATUS, METRICS, RESULTS, LOG = "config.yaml", "status.json", "metrics.csv", "results.json", "train.log"
+WEIGHTS, CHECKPOINT, SCHEME_STATE = "model.pth", "checkpoint.pth", "scheme_state.pt"
+CORRECTIONS, MEMORIZATION_CSV, MEMORIZATION_PNG = "corrected_labels.csv", "memorization.csv", "memorization.png"
+RUN_FILES = (CONFIG, STATUS, METRICS, RESULTS, LOG, WEIGHTS, CHECKPOINT, SCHEME_STATE, CORRECTIONS)
+RUN_FILES += (MEMORIZATION_CSV, MEMORIZATION_PNG)
 
 
 def default_run_dir(dataset: str, scheme: str) -> Path:
@@ -38,46 +55,214 @@ class Reporter:
                 handle.write(message + "\n")
 
 
+@dataclass(frozen=True)
+class ModelInfo:
+    """What it takes to rebuild a run's classifier and name its outputs."""
+
+    backbone: str
+    classes: list[str]
+    img_size: int
+
+
+def _probe_writable(folder: Path) -> None:
+    """Write and remove a small file, so an unwritable place or a full disk is found before any training."""
+    probe = folder / f".write-check-{os.getpid()}"
+    write_text(probe, "ok")
+    probe.unlink()
+
+
 class RunFolder:
-    """A finished (or running) training run on disk."""
+    """A training run on disk: finished, running, interrupted or failed."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
 
-    @classmethod
-    def open(cls, path: Path) -> RunFolder:
-        """An existing run folder with its weights; anything else is a clear error."""
-        run = cls(path)
-        if not run.path.is_dir():
-            raise WsmlError(f"{path}: run folder not found")
-        for name in (CONFIG, RESULTS, WEIGHTS):
-            if not (run.path / name).is_file():
-                raise WsmlError(f"{path}: not a finished wsml run folder (no {name}); pass the --out of `wsml train`")
-        return run
-
     def file(self, name: str) -> Path:
         return self.path / name
+
+    # --- making and finding run folders ---
+
+    @classmethod
+    def check_new(cls, path: Path) -> RunFolder:
+        """A place a new run can go, checked before any work (nothing is created yet)."""
+        path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise WsmlError(f"--out {path}: is a file, not a folder; choose a folder for the run")
+        for parent in path.parents:
+            if parent.exists():
+                if not parent.is_dir():
+                    raise WsmlError(f"--out {path}: {parent} is a file, so no folder can be made under it")
+                break
+        run = cls(path)
+        if run.file(CONFIG).exists() or run.file(WEIGHTS).exists():
+            raise WsmlError(
+                f"--out {path}: already holds a run; choose another folder, or `wsml train --resume {path}`"
+            )
+        return run
+
+    def create(self) -> Reporter:
+        """Make the folder (a fresh log) and prove it writable; returns the run's reporter."""
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise WsmlError(f"--out {self.path}: cannot be created ({exc.strerror})") from None
+        _probe_writable(self.path)
+        self.file(LOG).unlink(missing_ok=True)
+        return Reporter(self.file(LOG))
+
+    def _require_folder(self) -> None:
+        if not self.path.is_dir():
+            raise WsmlError(f"{self.path}: run folder not found")
+        if not self.file(CONFIG).is_file():
+            raise WsmlError(f"{self.path}: not a wsml run folder (no {CONFIG}); pass the --out of `wsml train`")
+
+    @classmethod
+    def open(cls, path: Path) -> RunFolder:
+        """A run with trained weights (finished or interrupted), for `eval` and `predict`."""
+        run = cls(path)
+        run._require_folder()
+        if not run.file(WEIGHTS).is_file():
+            raise WsmlError(
+                f"{path}: no trained weights yet (the run stopped before its first epoch ended); "
+                f"continue it with `wsml train --resume {path}`"
+            )
+        return run
+
+    @classmethod
+    def for_resume(cls, path: Path) -> RunFolder:
+        """A run that `wsml train --resume` can continue: it has a checkpoint and no live process."""
+        run = cls(path)
+        run._require_folder()
+        status = run.status()
+        if status.get("state") == "running":
+            raise WsmlError(f"--resume {path}: the run is still running (process {status.get('pid')}); stop it first")
+        if not run.file(CHECKPOINT).is_file():
+            raise WsmlError(
+                f"--resume {path}: no {CHECKPOINT}: the run stopped before its first epoch completed; "
+                "nothing to continue (start it again in a new folder)"
+            )
+        return run
+
+    # --- status ---
+
+    def write_status(self, state: str, reason: str | None = None, epoch: int | None = None) -> None:
+        status = {"state": state, "epoch": epoch, "reason": reason, "pid": os.getpid(), "host": socket.gethostname()}
+        status["time"] = time.strftime("%Y-%m-%d %H:%M:%S")
+        write_text(self.file(STATUS), json.dumps(status, indent=2) + "\n")
+
+    def status(self) -> dict[str, Any]:
+        """How the run stands. A run marked running whose process is gone on this host was killed."""
+        status = self._read_json(STATUS) if self.file(STATUS).is_file() else {"state": "unknown"}
+        if status.get("state") == "running" and status.get("host") == socket.gethostname():
+            if not _alive(int(status.get("pid", -1))):
+                status.update(state="interrupted", reason="the process was killed")
+        return status
+
+    # --- files of the run ---
+
+    def write_config(self, config: TrainConfig) -> None:
+        write_text(self.file(CONFIG), config.to_yaml())
 
     def config(self) -> TrainConfig:
         return TrainConfig.from_yaml(self.file(CONFIG))
 
-    def results(self) -> dict:
-        try:
-            return json.loads(self.file(RESULTS).read_text())
-        except json.JSONDecodeError:
-            raise WsmlError(f"{self.file(RESULTS)}: not valid JSON; the run folder is damaged") from None
+    def write_metrics(self, rows: list[dict]) -> None:
+        import csv
+        import io
+
+        columns = list(dict.fromkeys(k for row in rows for k in row))
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        write_text(self.file(METRICS), text.getvalue())
 
     def write_results(self, results: dict) -> None:
-        self.file(RESULTS).write_text(json.dumps(results, indent=2) + "\n")
+        write_text(self.file(RESULTS), json.dumps(results, indent=2) + "\n")
+
+    def results(self) -> dict:
+        return self._read_json(RESULTS)
+
+    def _read_json(self, name: str) -> dict:
+        try:
+            return json.loads(self.file(name).read_text())
+        except (OSError, json.JSONDecodeError):
+            raise WsmlError(f"{self.file(name)}: not readable JSON; the run folder is damaged") from None
+
+    def save_weights(self, state_dict: dict) -> None:
+        save_torch(self.file(WEIGHTS), state_dict)
+
+    def save_scheme_state(self, states: dict) -> None:
+        save_torch(self.file(SCHEME_STATE), states)
+
+    def save_checkpoint(self, checkpoint: dict) -> None:
+        save_torch(self.file(CHECKPOINT), checkpoint)
+
+    def load_weights(self) -> dict:
+        return self._load(WEIGHTS)
+
+    def load_checkpoint(self, mmap: bool = False) -> dict:
+        """The last completed epoch's state (memory-mapped: only what is read is loaded)."""
+        return self._load(CHECKPOINT, mmap)
+
+    def _load(self, name: str, mmap: bool = False) -> dict:
+        import torch
+
+        path = self.file(name)
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        except FileNotFoundError:
+            raise WsmlError(f"{path}: file not found; the run folder is incomplete") from None
+        except Exception as exc:  # noqa: BLE001 - truncated, text, or another format: all mean a damaged file
+            raise WsmlError(f"{path}: not a readable wsml file ({exc.__class__.__name__}); it is damaged") from None
+
+    # --- the trained model ---
+
+    def model_info(self) -> ModelInfo:
+        """From results.json when the run finished, else from the checkpoint of an interrupted run."""
+        backbone = self.config().backbone
+        if self.file(RESULTS).is_file():
+            results = self.results()
+            return ModelInfo(backbone, results["classes"], results["img_size"])
+        if not self.file(CHECKPOINT).is_file():
+            raise WsmlError(f"{self.path}: neither {RESULTS} nor {CHECKPOINT}; the run folder is incomplete")
+        meta = self.load_checkpoint(mmap=True)["meta"]
+        return ModelInfo(backbone, meta["classes"], meta["img_size"])
+
+    def weights_note(self) -> str | None:
+        """For a run that did not finish: which epoch's weights `model.pth` holds, in one line."""
+        if self.file(RESULTS).is_file() or not self.file(CHECKPOINT).is_file():
+            return None
+        meta = self.load_checkpoint(mmap=True)["meta"]
+        history = meta["history"]
+        best = meta["best_epoch"]
+        return (
+            f"note: {self.path} did not finish ({self.status().get('state')}); using the weights of epoch {best}, "
+            f"the best of {len(history)} completed epochs (`wsml train --resume {self.path}` continues it)"
+        )
 
     def load_model(self, device):
         """The trained classifier, rebuilt from the config and loaded with the best weights."""
-        import torch
-
         from wsml_fast.model import build_model
 
-        config, results = self.config(), self.results()
-        model, _, _ = build_model(config.backbone, len(results["classes"]), False, img_size=results["img_size"])
-        state = torch.load(self.file(WEIGHTS), map_location="cpu", weights_only=True)
-        model.load_state_dict(state)
+        info = self.model_info()
+        model, _, _ = build_model(info.backbone, len(info.classes), False, img_size=info.img_size)
+        state = self.load_weights()
+        try:
+            model.load_state_dict(state)
+        except (RuntimeError, TypeError, AttributeError) as exc:
+            first = str(exc).splitlines()[0][:160]
+            raise WsmlError(f"{self.file(WEIGHTS)}: does not fit the run's model ({first})") from None
         return model.to(device).eval()
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

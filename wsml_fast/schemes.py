@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 from fastai.callback.core import Callback
 
+from wsml_fast.atomic import write_text
 from wsml_fast.config import LARGE_LOSS_SCHEMES, TrainConfig
 from wsml_fast.losses import PartialLabelLoss, make_loss
-from wsml_fast.runfolder import Reporter, RunFolder
+from wsml_fast.runfolder import CORRECTIONS, Reporter, RunFolder
 from wsml_fast.table import PartialLabelTable
 
 EXPECTED_POSITIVE_SCHEMES = ("epr", "role")
-CORRECTIONS = "corrected_labels.csv"
 
 
 def _expected_positives(config: TrainConfig, table: PartialLabelTable, say: Reporter) -> float | None:
@@ -44,7 +46,7 @@ def scheme_parts(
             truth,
             images,
             table.classes,
-            run.file(CORRECTIONS) if config.scheme == "llcp" else None,
+            partial(write_text, run.file(CORRECTIONS)) if config.scheme == "llcp" else None,
         )
         return make_loss("an", len(table.classes)), [callback]
     if config.scheme == "role":

@@ -1,16 +1,25 @@
-"""`wsml train`: CSV -> dataset -> DataLoaders -> Learner(+callbacks) -> run folder."""
+"""`wsml train`: CSV -> dataset -> DataLoaders -> Learner(+callbacks) -> run folder.
+
+A run goes through four steps, one function each: `set_up` (data, model, run folder), `build_learner`
+(datasets, loaders, callbacks, the Learner; a resumed run's checkpoint goes back in here), `fit` (the stages of
+the training mode, from the run's first incomplete epoch) and `score` (the test split, with the best weights).
+`train` starts a run and `resume` continues one; both record in the run folder how the run ended.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import sys
 import time
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 import fastai.callback.schedule  # noqa: F401 - adds Learner.fit_one_cycle
 import numpy as np
 import torch
+from fastai.callback.core import CancelEpochException
 from fastai.callback.progress import ProgressCallback
 from fastai.data.core import DataLoaders
 from fastai.learner import Learner
@@ -23,27 +32,33 @@ from wsml_fast.callbacks import (
     EarlyStopCallback,
     FrozenBodyCallback,
     ItemIndexCallback,
+    LossGuardCallback,
     RunLogCallback,
+    RunState,
     SaveBestCallback,
+    StopOnRequestCallback,
     TrainRecoveryCallback,
 )
-from wsml_fast.config import TrainConfig
+from wsml_fast.checkpoint import CheckpointCallback, restore
+from wsml_fast.config import TrainConfig, apply_layer
 from wsml_fast.data import ImageLabelDataset, default_workers, make_loader
 from wsml_fast.errors import WsmlError
 from wsml_fast.features import FeatureDataset, cache_key, cached_features
-from wsml_fast.inference import AMP_DTYPES, pick_device, predict_scores, resolve_precision
+from wsml_fast.inference import AMP_DTYPES, pick_device, resolve_precision, score_split
 from wsml_fast.memorization import MemorizationCallback, sample_entries
 from wsml_fast.metrics import mean_average_precision
-from wsml_fast.model import build_model
-from wsml_fast.runfolder import CONFIG, LOG, METRICS, WEIGHTS, Reporter, RunFolder, default_run_dir
+from wsml_fast.model import Classifier, build_model
+from wsml_fast.runfolder import CHECKPOINT, LOG, RESULTS, Reporter, RunFolder, default_run_dir
 from wsml_fast.schemes import scheme_parts
-from wsml_fast.sources import DataSource
+from wsml_fast.sources import DataSource, resolve_source
+from wsml_fast.stopping import RunInterrupted, StopRequest
 from wsml_fast.table import PartialLabelTable, check_images, load_table
 
 OPTIMIZERS = {  # what the reference implementations used: torch's optimizers, driven through fastai's wrapper
     "adam": partial(OptimWrapper, opt=partial(torch.optim.Adam, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)),
     "sgd": partial(OptimWrapper, opt=partial(torch.optim.SGD, momentum=0.9, weight_decay=1e-3)),
 }
+RECOVERY_SAMPLE = 1000  # training images scored per epoch for train_recovery_map
 
 
 def map_metric(convention: str) -> AccumMetric:
@@ -57,6 +72,77 @@ def map_metric(convention: str) -> AccumMetric:
 
 def body_head_split(model: torch.nn.Module) -> list:
     return [params(model.body), params(model.head)]
+
+
+class ResumableLearner(Learner):
+    """fastai's Learner whose fit can begin at a later epoch of its schedule (a resumed run): the epochs before
+    `first_epoch` raise no events at all (fastai's SkipToEpoch would still send them `after_epoch`), and the
+    schedulers see the same epoch / n_epoch, hence bit for bit the same learning rates, as an uninterrupted fit."""
+
+    first_epoch = 0
+
+    def _do_fit(self) -> None:
+        for epoch in range(self.first_epoch, self.n_epoch):
+            self.epoch = epoch
+            self._with_events(self._do_epoch, "epoch", CancelEpochException)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One fit of a run: `epochs` epochs after `start` completed ones, with the backbone frozen or not."""
+
+    start: int
+    epochs: int
+    frozen: bool
+
+    @property
+    def end(self) -> int:
+        return self.start + self.epochs
+
+
+def stages(config: TrainConfig) -> list[Stage]:
+    """linear-init trains the head alone for its first `linear_epochs`, then everything; other modes have one
+    stage (in linear mode the Learner holds the head alone, on cached features: nothing there to freeze)."""
+    if config.mode != "linear-init":
+        return [Stage(0, config.epochs, False)]
+    linear = min(config.linear_epochs, config.epochs)
+    return [s for s in (Stage(0, linear, True), Stage(linear, config.epochs - linear, False)) if s.epochs > 0]
+
+
+@dataclass
+class Setup:
+    """What the steps of one run share."""
+
+    config: TrainConfig
+    table: PartialLabelTable
+    train_labels: np.ndarray
+    device: torch.device
+    precision: str
+    model: Classifier
+    origin: str
+    run: RunFolder
+    say: Reporter
+
+    def fingerprint(self) -> str:
+        """Identifies the training data: a resumed run must see the same images, splits, classes and labels."""
+        digest = hashlib.sha256()
+        for part in (self.table.images, list(self.table.splits), self.table.classes):
+            digest.update("\n".join(map(str, part)).encode())
+        digest.update(np.ascontiguousarray(self.train_labels).tobytes())
+        return digest.hexdigest()[:16]
+
+    def meta(self) -> dict:
+        """What the checkpoint says about the run besides its state."""
+        return {
+            "config": self.config.values(),
+            "sources": dict(self.config.sources),
+            "backbone": self.config.backbone,
+            "classes": self.table.classes,
+            "img_size": self.config.img_size,
+            "head": "linear",
+            "weights_origin": self.origin,
+            "data": self.fingerprint(),
+        }
 
 
 def _resolved(config: TrainConfig, **values) -> TrainConfig:
@@ -80,59 +166,48 @@ def _describe(table: PartialLabelTable, say: Reporter) -> None:
         say(f"note: {note}")
 
 
-def _run_path(config: TrainConfig, dataset_name: str) -> Path:
-    """Where the run goes: checked before any work, created only once the model is built (a bad option or
-    weights file leaves no empty run folder behind)."""
-    path = Path(config.out) if config.out else default_run_dir(dataset_name, config.scheme)
-    if (path / WEIGHTS).exists() or (path / CONFIG).exists():
-        raise WsmlError(f"--out {path}: already holds a run; choose another folder")
-    return path
+def set_up(config: TrainConfig, source: DataSource, run: RunFolder, resumed: dict | None = None) -> Setup:
+    """Read and check the data, build the model, and open the run folder (a new one, or a resumed run's)."""
+    table = load_table(source, config.valid_fraction, config.seed)
+    check_images(source.images_root, table.images, source.observed_csv)
+    train_labels = table.train_labels(config.scheme)
+    device = pick_device()
+    precision = resolve_precision(config.precision, device)
+    set_seed(config.seed, reproducible=device.type != "cuda")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # autotuned convolutions: inputs keep one shape all run
+    model, size, origin = build_model(
+        config.backbone, len(table.classes), config.pretrained, config.weights, config.img_size
+    )
+    say = Reporter(run.file(LOG)) if resumed else run.create()
+    config = _resolved(config, img_size=size, workers=default_workers(), out=str(run.path))
+    setup = Setup(config, table, train_labels, device, precision, model, origin, run, say)
+    if resumed and resumed["data"] != setup.fingerprint():
+        raise WsmlError(
+            f"--resume {run.path}: the training data changed since the run started (images, splits, classes or "
+            "labels); a run resumes only on the same data: start a new run"
+        )
+    run.write_config(config)
+    _describe(table, say)
+    say(f"model: {config.backbone} ({origin}) at {size}px | scheme {config.scheme} | {device.type} {precision}")
+    say(f"run folder: {run.path}")
+    return setup
 
 
-def _create_run_dir(path: Path) -> RunFolder:
-    path.mkdir(parents=True, exist_ok=True)
-    (path / LOG).unlink(missing_ok=True)
-    return RunFolder(path)
-
-
-def stages(config: TrainConfig) -> list[tuple[int, bool]]:
-    """(epochs, backbone frozen) per fit: linear-init trains the head alone for its first `linear_epochs`.
-
-    In linear mode the Learner holds the head alone (on cached features): nothing there to freeze.
-    """
-    if config.mode == "linear-init":
-        linear = min(config.linear_epochs, config.epochs)
-        return [(n, frozen) for n, frozen in ((linear, True), (config.epochs - linear, False)) if n > 0]
-    return [(config.epochs, False)]
-
-
-def _fit_stages(learn: Learner, config: TrainConfig, say: Reporter) -> None:
-    lr = slice(config.lr, config.lr * config.head_lr_mult) if config.head_lr_mult != 1 else config.lr
-    for epochs, frozen in stages(config):
-        learn.freeze() if frozen else learn.unfreeze()
-        if config.schedule == "one-cycle":
-            learn.fit_one_cycle(epochs, lr)
-        else:
-            learn.fit(epochs, lr)
-        if getattr(learn, "early_stopped", None):
-            say(f"early stop: {learn.early_stopped}")
-            return
-
-
-def _image_dataset(
-    config: TrainConfig, table: PartialLabelTable, split: str, labels: np.ndarray, augment: bool
-) -> ImageLabelDataset:
+def _image_dataset(setup: Setup, split: str, labels: np.ndarray, augment: bool) -> ImageLabelDataset:
+    config, table = setup.config, setup.table
     images = [table.images[i] for i in table.rows(split)]
     return ImageLabelDataset(
         table.source.images_root, images, labels, config.img_size, augment, config.hflip, config.seed
     )
 
 
-def _datasets(config, table, train_labels, model, origin, precision, device, say) -> tuple:
+def _datasets(setup: Setup) -> tuple:
     """Train and valid datasets (images, or in linear mode cached features of the frozen body), and a view of
     the training set without augmentation that carries its full truth (None without a truth.csv)."""
-    train_ds = _image_dataset(config, table, "train", train_labels, True)
-    valid_ds = _image_dataset(config, table, "valid", table.eval_labels("valid"), False)
+    config, table = setup.config, setup.table
+    train_ds = _image_dataset(setup, "train", setup.train_labels, True)
+    valid_ds = _image_dataset(setup, "valid", table.eval_labels("valid"), False)
     truth = None if table.truth is None else table.truth[table.rows("train")]
     train_view = None if truth is None else train_ds.without_augmentation(truth)
     if config.mode != "linear":
@@ -140,36 +215,46 @@ def _datasets(config, table, train_labels, model, origin, precision, device, say
     stamp = str(table.source.observed_csv.stat().st_mtime_ns)
 
     def features(ds: ImageLabelDataset) -> torch.Tensor:
-        key = cache_key(config.backbone, origin, config.img_size, precision, ds, stamp)
-        plain = ds.without_augmentation()
-        return cached_features(model, plain, key, config.bs * 2, config.workers, precision, device, say)
+        key = cache_key(config.backbone, setup.origin, config.img_size, setup.precision, ds, stamp)
+        return cached_features(
+            setup.model,
+            ds.without_augmentation(),
+            key,
+            config.bs * 2,
+            config.workers,
+            setup.precision,
+            setup.device,
+            setup.say,
+        )
 
     train_features = features(train_ds)
     return (
-        FeatureDataset(train_features, train_labels),
+        FeatureDataset(train_features, setup.train_labels),
         FeatureDataset(features(valid_ds), valid_ds.labels),
         None if truth is None else FeatureDataset(train_features, truth),
     )
 
 
-RECOVERY_SAMPLE = 1000  # training images scored per epoch for train_recovery_map
-
-
-def _diagnostics(config, table, train_labels, train_view, run, precision, device) -> list:
+def _diagnostics(setup: Setup, train_view) -> list:
     """Callbacks that need the truth of the training set: recovery mAP, and memorization when asked for."""
+    config = setup.config
     if train_view is None:
         if config.track_memorization:
             raise WsmlError("--track-memorization needs truth.csv (the truth of the unobserved training entries)")
         return []
     rng = np.random.default_rng(config.seed)
-    sample = np.sort(rng.permutation(len(train_view))[:RECOVERY_SAMPLE])
-    loader = make_loader(train_view.subset(sample), config.bs * 2, False, config.workers, device)
-    callbacks = [TrainRecoveryCallback(loader, config.map_convention, precision)]
+    sample = train_view.subset(np.sort(rng.permutation(len(train_view))[:RECOVERY_SAMPLE]))
+
+    def recovery_map(model: torch.nn.Module) -> float:
+        args = (config.map_convention, setup.precision, setup.device, config.bs * 2, config.workers)
+        return score_split(model, sample, setup.table.classes, *args).map
+
+    callbacks = [TrainRecoveryCallback(recovery_map)]
     if config.track_memorization:
-        rows, classes, false_negative = sample_entries(train_labels, train_view.labels, seed=config.seed)
+        rows, classes, false_negative = sample_entries(setup.train_labels, train_view.labels, seed=config.seed)
         inputs = torch.stack([train_view[i][0] for i in rows])
-        every = max(1, len(train_labels) // config.bs // 20)  # about 20 points per epoch
-        callbacks.append(MemorizationCallback(inputs, classes, false_negative, every, run.path))
+        every = max(1, len(setup.train_labels) // config.bs // 20)  # about 20 points per epoch
+        callbacks.append(MemorizationCallback(inputs, classes, false_negative, every, setup.run))
     return callbacks
 
 
@@ -186,42 +271,32 @@ def compile_in_place(model: torch.nn.Module, sample: torch.Tensor, say: Reporter
     say("model compiled with torch.compile")
 
 
-def train(config: TrainConfig, source: DataSource) -> RunFolder:
-    """Train, keep the best epoch's weights, evaluate the test split, and write the run folder."""
-    started = time.perf_counter()
-    table = load_table(source, config.valid_fraction, config.seed)
-    check_images(source.images_root, table.images, source.observed_csv)
-    train_labels = table.train_labels(config.scheme)
-    device = pick_device()
-    precision = resolve_precision(config.precision, device)
-
-    run_path = _run_path(config, source.name)
-    set_seed(config.seed, reproducible=device.type != "cuda")
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # autotuned convolutions: inputs keep one shape all run
-    model, size, origin = build_model(
-        config.backbone, len(table.classes), config.pretrained, config.weights, config.img_size
-    )
-    run = _create_run_dir(run_path)
-    say = Reporter(run.file(LOG))
-    config = _resolved(config, img_size=size, workers=default_workers(), out=str(run.path))
-    config.to_yaml(run.file(CONFIG))
-    _describe(table, say)
-    say(f"model: {config.backbone} ({origin}) at {size}px | scheme {config.scheme} | {device.type} {precision}")
-    say(f"run folder: {run.path}")
-
-    model = model.to(device)
+def build_learner(setup: Setup, stop: StopRequest | None = None, checkpoint: dict | None = None) -> Learner:
+    """Datasets, loaders, callbacks and the Learner; a checkpoint's state is put back into them."""
+    config, model, device, precision, run = setup.config, setup.model, setup.device, setup.precision, setup.run
+    model.to(device)
     if device.type == "cuda" and precision in AMP_DTYPES:
-        model = model.use_channels_last()
+        model.use_channels_last()
     linear = config.mode == "linear"
-    train_ds, valid_ds, train_view = _datasets(config, table, train_labels, model, origin, precision, device, say)
+    train_ds, valid_ds, train_view = _datasets(setup)
     loaders = [
         make_loader(ds, config.bs, is_train, config.workers, device)
         for ds, is_train in ((train_ds, True), (valid_ds, False))
     ]
+    history = checkpoint["meta"]["history"] if checkpoint else []
+    between_stages = len(history) in {stage.start for stage in stages(config)}  # fastai's per-fit state is new
+    fit_state = checkpoint["fit"] if checkpoint and not between_stages else None
     on_terminal = sys.stdout.isatty()
-    run_log = RunLogCallback(run.file(METRICS), say, print_lines=not on_terminal)
-    callbacks = [ItemIndexCallback(), run_log, SaveBestCallback(Path(WEIGHTS).stem)]
+    callbacks = [
+        RunState(history),
+        ItemIndexCallback(),
+        RunLogCallback(run.write_metrics, setup.say, print_lines=not on_terminal),
+        SaveBestCallback(model, run.save_weights, run.save_scheme_state),
+        CheckpointCallback(run.save_checkpoint, model, loaders[0], setup.meta(), fit_state),
+        LossGuardCallback(config.lr, setup.say),
+    ]
+    if stop is not None:
+        callbacks.append(StopOnRequestCallback(stop))
     if precision in AMP_DTYPES:
         callbacks.append(DeviceMixedPrecision(amp_mode=precision))
     if config.early_stop:
@@ -229,10 +304,10 @@ def train(config: TrainConfig, source: DataSource) -> RunFolder:
     if config.mode == "linear-init":
         callbacks.append(FrozenBodyCallback())
     if config.compile and not linear:
-        compile_in_place(model, next(iter(loaders[1]))[0][:2], say)
-    callbacks += _diagnostics(config, table, train_labels, train_view, run, precision, device)
-    loss, scheme_callbacks = scheme_parts(config, table, train_labels, run, say)
-    learn = Learner(
+        compile_in_place(model, next(iter(loaders[1]))[0][:2], setup.say)
+    callbacks += _diagnostics(setup, train_view)
+    loss, scheme_callbacks = scheme_parts(config, setup.table, setup.train_labels, run, setup.say)
+    learn = ResumableLearner(
         DataLoaders(*loaders, device=device),
         model.head if linear else model,
         loss_func=loss,
@@ -247,35 +322,136 @@ def train(config: TrainConfig, source: DataSource) -> RunFolder:
     if not on_terminal:
         learn.remove_cb(ProgressCallback)
         learn.logger = lambda *_: None
-    _fit_stages(learn, config, say)
-    if linear:  # the best head is back in `model`; the run folder keeps the whole classifier
-        torch.save(model.state_dict(), run.file(WEIGHTS))
+    if checkpoint:
+        restore(learn, model, loaders[0], checkpoint)
+    return learn
 
-    best = run_log.best("valid_map")
+
+def _load_best_weights(setup: Setup) -> None:
+    setup.model.load_state_dict(setup.run.load_weights())
+
+
+def fit(learn: Learner, setup: Setup, stop: StopRequest | None = None) -> str | None:
+    """Train the stages of the mode from the run's first incomplete epoch. Returns why training ended early
+    (`interrupted`, or the early-stop reason), or None when every epoch ran."""
+    config, state = setup.config, learn.run_state
+    lr = slice(config.lr, config.lr * config.head_lr_mult) if config.head_lr_mult != 1 else config.lr
+    for index, stage in enumerate(stages(config)):
+        if state.completed >= stage.end:
+            continue
+        if index > 0 and state.completed == stage.start:
+            _load_best_weights(setup)  # the protocol: a stage starts from the best epoch of the stage before
+        learn.first_epoch = state.completed - stage.start
+        if learn.first_epoch == 0:  # fastai's freeze/unfreeze also clear the optimizer's state: a new stage
+            learn.freeze() if stage.frozen else learn.unfreeze()
+        else:  # a resumed stage keeps the checkpoint's optimizer state
+            learn.opt.freeze_to(-1 if stage.frozen else 0)
+        if config.schedule == "one-cycle":
+            learn.fit_one_cycle(stage.epochs, lr)
+        else:
+            learn.fit(stage.epochs, lr)
+        if stop is not None and stop():
+            return "interrupted"
+        reason = getattr(getattr(learn, "early_stop", None), "reason", None)
+        if reason:
+            setup.say(f"early stop: {reason}")
+            return reason
+    return None
+
+
+def score(setup: Setup, history: list[dict], started: float) -> dict:
+    """results.json of a run: its best epoch, and the test split scored with that epoch's weights."""
+    config, table = setup.config, setup.table
+    _load_best_weights(setup)
+    best = RunState(history).best()
     results = {
         "best_epoch": best["epoch"],
         "valid_map": best.get("valid_map"),
         "test_map": None,
         "map_convention": config.map_convention,
         "classes": table.classes,
-        "img_size": size,
-        "weights_origin": origin,
-        "device": device.type,
-        "precision": precision,
+        "img_size": config.img_size,
+        "weights_origin": setup.origin,
+        "device": setup.device.type,
+        "precision": setup.precision,
         "train_seconds": round(time.perf_counter() - started, 1),
     }
     if len(table.rows("test")):
-        test_ds = _image_dataset(config, table, "test", table.eval_labels("test"), False)
-        test_loader = make_loader(test_ds, config.bs * 2, False, config.workers, device)
-        scores = predict_scores(model, test_loader, precision, device)
-        test = mean_average_precision(scores, test_ds.labels, table.classes, config.map_convention)
+        test_ds = _image_dataset(setup, "test", table.eval_labels("test"), False)
+        args = (config.map_convention, setup.precision, setup.device, config.bs * 2, config.workers)
+        test = score_split(setup.model, test_ds, table.classes, *args)
         results.update(test_map=test.map, test_per_class=test.per_class, test_skipped=test.skipped)
     else:
-        say("note: no test rows: test mAP not computed")
-    run.write_results(results)
+        setup.say("note: no test rows: test mAP not computed")
+    return results
+
+
+def _run(setup: Setup, stop: StopRequest | None, checkpoint: dict | None) -> RunFolder:
+    """Build, fit and score, recording in the run folder how the run ended: finished, interrupted or failed."""
+    run, say, started = setup.run, setup.say, time.perf_counter()
+    completed = checkpoint["meta"]["epoch"] if checkpoint else 0
+    run.write_status("running", epoch=completed)
+    try:
+        learn = build_learner(setup, stop, checkpoint)
+        ended = fit(learn, setup, stop)
+        history = learn.run_state.history
+        if ended == "interrupted":
+            message = (
+                f"{stop.name}: stopped in epoch {len(history) + 1}; the checkpoint of epoch {len(history)} is kept; "
+                f"continue with: wsml train --resume {run.path}"
+            )
+            say(message)
+            run.write_status("interrupted", reason=stop.name, epoch=len(history))
+            raise RunInterrupted(message, stop.exit_code)
+        results = score(setup, history, started)
+        results["status"] = "finished" if ended is None else f"finished: early stop ({ended})"
+        run.write_results(results)
+    except BaseException as exc:
+        if not isinstance(exc, RunInterrupted):
+            reason = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+            state = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+            say(f"error: {reason}" if state == "failed" else "stopped at once (second Ctrl-C)", console=False)
+            run.write_status(state, reason=reason, epoch=_completed_epochs(run))
+        raise
+    run.write_status("finished", epoch=len(history))
     test_text = f"{results['test_map']:.2f}" if results["test_map"] is not None else "n/a"
     say(
-        f"done in {results['train_seconds']:.0f}s | best epoch {best['epoch']} | "
-        f"valid mAP {best.get('valid_map', float('nan')):.2f} | test mAP {test_text} | run folder {run.path}"
+        f"done in {results['train_seconds']:.0f}s | best epoch {results['best_epoch']} | "
+        f"valid mAP {results['valid_map']:.2f} | test mAP {test_text} | run folder {run.path}"
     )
     return run
+
+
+def _completed_epochs(run: RunFolder) -> int:
+    return run.load_checkpoint(mmap=True)["meta"]["epoch"] if run.file(CHECKPOINT).is_file() else 0
+
+
+def train(config: TrainConfig, source: DataSource, stop: StopRequest | None = None) -> RunFolder:
+    """Train a new run: keep the best epoch's weights, evaluate the test split, and write the run folder."""
+    run = RunFolder.check_new(Path(config.out) if config.out else default_run_dir(source.name, config.scheme))
+    return _run(set_up(config, source, run), stop, None)
+
+
+def resume(run_dir: Path, epochs: int | None = None, stop: StopRequest | None = None) -> RunFolder | None:
+    """Continue an interrupted run from its last complete epoch, with its saved configuration (and optionally
+    more epochs). Returns None, after saying so, when the run is already finished."""
+    run = RunFolder.for_resume(run_dir)
+    config = run.config()
+    extended = epochs is not None and epochs > config.epochs
+    if epochs is not None and epochs < config.epochs:
+        raise WsmlError(f"--epochs {epochs}: the run has {config.epochs}; resuming can only add epochs")
+    if extended:
+        config = apply_layer(config, {"epochs": epochs}, "cli (--resume)").validate()
+    checkpoint = run.load_checkpoint()
+    completed = checkpoint["meta"]["epoch"]
+    if run.file(RESULTS).is_file() and not extended:
+        results = run.results()
+        print(
+            f"{run.path} is finished ({results.get('status', 'finished')}; {completed} epochs, test mAP "
+            f"{results.get('test_map')}); nothing to resume (a larger --epochs trains on)"
+        )
+        return None
+    source = resolve_source(config.dataset, config.data, config.csv, config.images)
+    setup = set_up(config, source, run, resumed=checkpoint["meta"])
+    setup.say(f"resuming {run.path} after epoch {completed} of {config.epochs}")
+    return _run(setup, stop, checkpoint)

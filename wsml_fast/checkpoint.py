@@ -1,0 +1,121 @@
+"""checkpoint.pth: the whole state of a run at the end of its last completed epoch, and putting it back.
+
+A resumed run must continue exactly as the uninterrupted run would have (the same metrics.csv and model.pth
+bytes), so the checkpoint holds every piece of state that outlives an epoch: the weights and the optimizer; the
+random states (python, numpy, torch, CUDA), the training loader's shuffling stream and the augmentation
+pipeline's generators; the schemes' stored labels and estimates and the diagnostics' records (the
+CheckpointedState callbacks); the run's history; and, for a resume in the middle of a fit, what fastai keeps
+per fit (the loss scaler and the smoothed training loss).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from fastai.callback.core import Callback
+
+from wsml_fast.callbacks import CheckpointedState, checkpointed_states
+
+
+def rng_states() -> dict[str, Any]:
+    name, keys, position, has_gauss, gauss = np.random.get_state()
+    states = {
+        "python": random.getstate(),
+        "numpy": (name, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    random.setstate(states["python"])
+    name, keys, position, has_gauss, gauss = states["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def optimizer_state(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """A torch optimizer's state dict with plain numbers in its groups (fastai's schedulers write numpy
+    scalars there, which a safe `torch.load(weights_only=True)` refuses)."""
+    state = optimizer.state_dict()
+    groups = [{k: v.item() if isinstance(v, np.generic) else v for k, v in g.items()} for g in state["param_groups"]]
+    return {**state, "param_groups": groups}
+
+
+def _fit_state(learn) -> dict[str, Any]:
+    scaler = getattr(learn, "scaler", None)
+    smooth = learn.recorder.smooth_loss
+    return {
+        "scaler": None if scaler is None else scaler.state_dict(),
+        "smooth_loss": {"count": smooth.count, "val": smooth.val.detach().cpu()},
+    }
+
+
+def capture(learn, model: torch.nn.Module, train_loader, meta: dict[str, Any]) -> dict[str, Any]:
+    """Everything a resumed run needs, at the end of the epoch that just completed."""
+    run_state = learn.run_state
+    best = run_state.best()
+    return {
+        "meta": {**meta, "epoch": run_state.completed, "history": run_state.history, "best_epoch": best["epoch"]},
+        "model": model.state_dict(),
+        "optimizer": optimizer_state(learn.opt.opt),
+        "fit": _fit_state(learn),
+        "rng": rng_states(),
+        "loader_rng": train_loader.rng.getstate(),
+        "augmentation": train_loader.dataset.random_state(),
+        "callbacks": checkpointed_states(learn),
+    }
+
+
+def restore(learn, model: torch.nn.Module, train_loader, checkpoint: dict[str, Any]) -> None:
+    """Put a checkpoint's state back before the resumed run's first fit (its history is RunState's)."""
+    model.load_state_dict(checkpoint["model"])
+    if learn.opt is None:
+        learn.create_opt()
+    learn.opt.load_state_dict(checkpoint["optimizer"])
+    saved = checkpoint["callbacks"]
+    for callback in learn.cbs:
+        if isinstance(callback, CheckpointedState):
+            callback.load_state_dict(saved[type(callback).__name__])
+    train_loader.rng.setstate(checkpoint["loader_rng"])
+    train_loader.dataset.set_random_state(checkpoint["augmentation"])
+    set_rng_states(checkpoint["rng"])
+
+
+class CheckpointCallback(Callback):
+    """Write checkpoint.pth (through `save`) when an epoch completes. Given `fit_state`, put the loss scaler
+    and smoothed loss of an interrupted fit back when the resumed fit begins (fastai makes both anew per fit)."""
+
+    order = 72  # after the run log (70) and the best weights (71); before early stopping (80) can end the fit
+
+    def __init__(
+        self,
+        save: Callable[[dict], None],
+        model: torch.nn.Module,
+        train_loader,
+        meta: dict[str, Any],
+        fit_state: dict[str, Any] | None = None,
+    ) -> None:
+        self.save, self.model, self.train_loader, self.meta = save, model, train_loader, meta
+        self.fit_state = fit_state
+
+    def before_fit(self) -> None:
+        if self.fit_state is None or not self.run_state.active:
+            return
+        if self.fit_state["scaler"] is not None and getattr(self.learn, "scaler", None) is not None:
+            self.learn.scaler.load_state_dict(self.fit_state["scaler"])
+        smooth = self.learn.recorder.smooth_loss
+        smooth.count, smooth.val = self.fit_state["smooth_loss"]["count"], self.fit_state["smooth_loss"]["val"]
+        self.fit_state = None
+
+    def after_epoch(self) -> None:
+        if self.run_state.active:
+            self.save(capture(self.learn, self.model, self.train_loader, self.meta))
