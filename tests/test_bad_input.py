@@ -1,0 +1,137 @@
+"""Bad inputs that used to be misread silently or to crash: each now fails with a one-line error or is read right."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import write
+
+from wsml_fast.errors import WsmlError
+from wsml_fast.labels import read_label_csv
+from wsml_fast.sources import from_folder
+from wsml_fast.table import load_table
+
+U = -1.0
+
+
+def error_of(path: Path, **kwargs) -> str:
+    with pytest.raises(WsmlError) as error:
+        read_label_csv(path, **kwargs)
+    message = str(error.value)
+    assert "\n" not in message and message.startswith(str(path))
+    return message
+
+
+# ---------------------------------------------------------------- the header: exactly the classes written
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("image,split,cat,dog,\na.png,train,1,0,\n", "empty column name in the header (the last column: a trailing"),
+        ("image,split,,dog\na.png,train,1,0\n", "empty column name in the header (column 3)"),
+        ("image,split,red,blue,red\na.png,train,1,0,1\n", "class 'red' appears twice in the header"),
+        ("image,split,red,image\na.png,train,1,b.png\n", "column 'image' appears twice in the header"),
+        ("image,split,red,split\na.png,train,1,test\n", "column 'split' appears twice in the header"),
+        ("image, red,red \na.png,1,0\n", "class 'red' appears twice in the header"),  # equal once stripped
+        ("image,Split,red\na.png,train,1\n", "column 'Split' in the header: write it 'split'"),
+        ("Image,split,red\na.png,train,1\n", "column 'Image' in the header: write it 'image'"),
+        (
+            "image;split;red\na.png;train;1\n",
+            "no 'image' column (the header must start with image[,split],class...); the header is separated by ';'",
+        ),
+        ("image\tsplit\tred\na.png\ttrain\t1\n", "separated by '\\t'"),
+        ("", "empty file"),
+    ],
+)
+def test_header_problems_are_named(tmp_path: Path, text: str, message: str) -> None:
+    assert message in error_of(write(tmp_path / "observed.csv", text))
+
+
+def test_rows_longer_than_the_header_are_refused_not_shifted(tmp_path: Path) -> None:
+    # pandas would take the first column for an index when every row has one cell more than the header
+    path = write(tmp_path / "observed.csv", "image,split,cat\na.png,train,1,\nb.png,train,0,\n")
+    assert "line 2 has 4 cells but the header has 3 (a trailing comma" in error_of(path)
+    path = write(tmp_path / "observed.csv", "image,split,cat\n\na.png,train,1\n\nb.png,train,0,1\n")
+    assert "line 5 has 4 cells but the header has 3" in error_of(path)
+
+
+def test_short_rows_leave_their_last_cells_empty(tmp_path: Path) -> None:
+    path = write(tmp_path / "observed.csv", "image,split,cat,dog\na.png,train,1\nb.png,train,0,1\n")
+    np.testing.assert_array_equal(read_label_csv(path).matrix, [[1, U], [0, 1]])
+    with pytest.raises(WsmlError, match="line 2 .*column 'dog': '' is not 1 or 0"):
+        read_label_csv(path, complete=True)
+
+
+def test_byte_order_mark_and_crlf_are_read(tmp_path: Path) -> None:
+    path = tmp_path / "observed.csv"
+    path.write_bytes(b"\xef\xbb\xbfimage,split,cat\r\na.png,train,1\r\n\r\nb.png,train,x\r\n")
+    with pytest.raises(WsmlError, match=r"line 4 \(image b.png\), column 'cat'"):
+        read_label_csv(path)
+    path.write_bytes(b"\xef\xbb\xbfimage,split,cat\r\na.png,train,1\r\n")
+    assert read_label_csv(path).classes == ["cat"]
+    (tmp_path / "classes.txt").write_bytes(b"\xef\xbb\xbfcat\r\ndog\r\n")
+    write(path, "image,split,positives\na.png,train,cat\n")
+    assert read_label_csv(path).classes == ["cat", "dog"]
+
+
+def test_text_that_is_not_utf8_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "observed.csv"
+    path.write_bytes("image,split,café\na.png,train,1\n".encode("latin-1"))
+    assert "line 1 is not UTF-8 text; save the file as UTF-8" in error_of(path)
+    path.write_bytes(b"image,split,cat\n" + b"a.png,train,1\n" * 3 + "é.png,train,1\n".encode("latin-1"))
+    assert "line 5 is not UTF-8 text" in error_of(path)
+
+
+def test_compact_form_refuses_other_columns(tmp_path: Path) -> None:
+    write(tmp_path / "classes.txt", "cat\ndog\n")
+    path = write(tmp_path / "observed.csv", "image,split,positives,source\na.png,train,cat,web\n")
+    assert "column 'source' next to positives/negatives; the compact form has only" in error_of(path)
+    path = write(tmp_path / "observed.csv", "image,split,positives,dog\na.png,train,cat,1\n")
+    assert "column 'dog' next to positives/negatives" in error_of(path)
+    path = write(tmp_path / "observed.csv", "image,split,positives,positives\na.png,train,cat,dog\n")
+    assert "column 'positives' appears twice" in error_of(path)
+
+
+def test_negatives_alone_is_the_compact_form(tmp_path: Path) -> None:
+    write(tmp_path / "classes.txt", "cat\ndog\n")
+    path = write(tmp_path / "observed.csv", "image,split,negatives\na.png,train,dog\n")
+    table = read_label_csv(path)
+    assert table.classes == ["cat", "dog"]
+    np.testing.assert_array_equal(table.matrix, [[U, 0]])
+
+
+def test_truth_csv_header_is_checked_too(tmp_path: Path) -> None:
+    (tmp_path / "images").mkdir()
+    write(tmp_path / "observed.csv", "image,split,cat,dog\na.png,train,1,\nb.png,valid,,1\n")
+    write(tmp_path / "truth.csv", "image,split,cat,dog,\na.png,train,1,0,\nb.png,valid,0,1,\n")
+    with pytest.raises(WsmlError, match=r"truth.csv: empty column name in the header \(the last column"):
+        load_table(from_folder(tmp_path))
+
+
+# ---------------------------------------------------------------- errors name the file line
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("\n\nimage,split,cat\n\na.png,train,1\n\n\nb.png,train,2\n", "line 8 (image b.png), column 'cat': '2'"),
+        ("image,split,cat\n   \n\t\na.png,train,1\nb.png,train,2\n", "line 5 (image b.png), column 'cat'"),
+        ('image,split,cat\n"a\nb.png",train,1\n\nc.png,train,2\n', "line 5 (image c.png), column 'cat'"),
+        ("image,split,cat\n\na.png,train,1\n\nb.png,holdout,1\n", "line 5 (image b.png) has split 'holdout'"),
+        ("image,split,cat\n\na.png,train,1\n\n,train,1\n", "line 5 has an empty 'image' cell"),
+        ("image,split,cat\n\na.png,train,1\n\n\na.png,test,1\n", "image 'a.png' appears on lines 3 and 6"),
+    ],
+)
+def test_errors_name_the_file_line_past_blank_lines(tmp_path: Path, text: str, message: str) -> None:
+    assert message in error_of(write(tmp_path / "observed.csv", text))
+
+
+def test_compact_errors_name_the_file_line(tmp_path: Path) -> None:
+    write(tmp_path / "classes.txt", "cat\ndog\n")
+    path = write(tmp_path / "observed.csv", "image,split,positives,negatives\n\na.png,train,cat,\n\nb.png,train,cow,\n")
+    assert "line 5 (image b.png), column 'positives': class 'cow' is not in classes.txt" in error_of(path)
+    path = write(tmp_path / "observed.csv", "image,split,positives,negatives\n\n\na.png,train,cat,cat\n")
+    assert "line 4 (image a.png) lists a class as both positive and negative" in error_of(path)
