@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import io
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import write
+from PIL import Image
 
+from wsml_fast.data import load_rgb
 from wsml_fast.errors import WsmlError
 from wsml_fast.labels import read_label_csv
 from wsml_fast.sources import from_folder
-from wsml_fast.table import load_table
+from wsml_fast.table import check_images, load_table
 
 U = -1.0
 
@@ -135,3 +140,80 @@ def test_compact_errors_name_the_file_line(tmp_path: Path) -> None:
     assert "line 5 (image b.png), column 'positives': class 'cow' is not in classes.txt" in error_of(path)
     path = write(tmp_path / "observed.csv", "image,split,positives,negatives\n\n\na.png,train,cat,cat\n")
     assert "line 4 (image a.png) lists a class as both positive and negative" in error_of(path)
+
+
+# ---------------------------------------------------------------- 16-bit and float images
+
+
+def png16(arr: np.ndarray, color_type: int) -> bytes:
+    """A 16-bit PNG (PIL writes only grayscale ones): color type 0 gray, 2 RGB, 4 gray+alpha, 6 RGBA."""
+    height, width = arr.shape[:2]
+    raw = b"".join(b"\x00" + arr[y].astype(">u2").tobytes() for y in range(height))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 16, color_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+
+
+def test_png16_writer_is_a_real_png() -> None:
+    image = Image.open(io.BytesIO(png16(np.zeros((2, 3, 3), np.uint16), 2)))
+    assert image.format == "PNG" and image.size == (3, 2)
+
+
+VALUES = np.array([[0, 255, 256, 0x1234, 0x8000, 0xFFFF]], dtype=np.uint16)
+TOP_BYTES = (VALUES >> 8).astype(np.uint8)
+
+
+def test_16bit_grayscale_png_keeps_its_top_byte(tmp_path: Path) -> None:
+    path = tmp_path / "gray16.png"
+    Image.fromarray(VALUES).save(path)
+    assert Image.open(path).mode == "I;16"
+    pixels = load_rgb(path)
+    assert pixels.dtype == np.uint8 and pixels.shape == (1, 6, 3)
+    np.testing.assert_array_equal(pixels, np.repeat(TOP_BYTES[:, :, None], 3, axis=2))
+
+
+@pytest.mark.parametrize(("fmt", "array", "mode"), [("TIFF", VALUES.astype(">u2"), "I;16B"), ("PPM", VALUES, "I")])
+def test_other_16bit_grayscale_modes(tmp_path: Path, fmt: str, array: np.ndarray, mode: str) -> None:
+    path = tmp_path / f"gray16.{fmt.lower()}"
+    Image.fromarray(array).save(path, fmt)
+    assert Image.open(path).mode == mode
+    np.testing.assert_array_equal(load_rgb(path)[:, :, 0], TOP_BYTES)
+
+
+@pytest.mark.parametrize(("color_type", "channels"), [(2, 3), (4, 2), (6, 4)])
+def test_16bit_color_and_alpha_pngs(tmp_path: Path, color_type: int, channels: int) -> None:
+    path = tmp_path / "color16.png"
+    path.write_bytes(png16(np.repeat(VALUES[:, :, None], channels, axis=2), color_type))
+    pixels = load_rgb(path)
+    assert pixels.shape == (1, 6, 3)
+    np.testing.assert_array_equal(pixels, np.repeat(TOP_BYTES[:, :, None], 3, axis=2))
+
+
+def test_float_images_are_refused(tmp_path: Path) -> None:
+    root = tmp_path / "images"
+    root.mkdir()
+    Image.fromarray(np.full((4, 4), 0.5, dtype=np.float32)).save(root / "f.tif")
+    with pytest.raises(WsmlError, match=r"f.tif: 32-bit float pixels \(mode F\)"):
+        load_rgb(root / "f.tif")
+    with pytest.raises(WsmlError, match=r"1 of 1 listed images have 32-bit float pixels .*convert them"):
+        check_images(root, ["f.tif"], tmp_path / "observed.csv")
+
+
+# ---------------------------------------------------------------- images larger than PIL decodes
+
+
+def test_too_large_images_get_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "images"
+    root.mkdir()
+    Image.new("RGB", (20, 20)).save(root / "big.png")  # 400 pixels
+    Image.new("RGB", (12, 12)).save(root / "warned.jpg")  # 144 pixels: PIL only warns
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # PIL refuses above 2 x 100
+    with pytest.raises(WsmlError, match=r"1 of 2 listed images have more pixels than PIL decodes \(200\) .*big.png"):
+        check_images(root, ["warned.jpg", "big.png"], tmp_path / "observed.csv")
+    with pytest.raises(WsmlError, match=r"big.png: more pixels than PIL decodes \(200\); downscale it"):
+        load_rgb(root / "big.png")
+    with pytest.warns(Image.DecompressionBombWarning):
+        assert load_rgb(root / "warned.jpg", 4).shape[2] == 3

@@ -95,24 +95,38 @@ def load_table(
 
 
 def check_images(root: Path, images: list[str], csv: Path) -> None:
-    """Every listed image must exist and have a readable header, before any training starts."""
+    """Every listed image must exist, have a readable header and be decodable, before any training starts."""
     from PIL import Image, UnidentifiedImageError
 
-    missing, unreadable = [], []
+    problems: dict[str, list[str]] = {"missing": [], "unreadable": [], "too large": [], "float": []}
     for name in images:
         path = root / name
         if not path.is_file():
-            missing.append(name)
+            problems["missing"].append(name)
             continue
         try:
-            with Image.open(path):  # parses the header only: cheap enough for every image
-                pass
+            with Image.open(path) as image:  # parses the header only: cheap enough for every image
+                mode = image.mode
+        except Image.DecompressionBombError:  # PIL refuses more than 2 x MAX_IMAGE_PIXELS pixels
+            problems["too large"].append(name)
         except (UnidentifiedImageError, OSError):
-            unreadable.append(name)
-    for problem, names in (("missing", missing), ("unreadable", unreadable)):
+            problems["unreadable"].append(name)
+        else:
+            if mode == "F":
+                problems["float"].append(name)
+    says = {
+        "missing": ("are missing", "fix the paths or remove those rows"),
+        "unreadable": ("are unreadable", "fix the paths or remove those rows"),
+        "too large": (
+            f"have more pixels than PIL decodes ({2 * (Image.MAX_IMAGE_PIXELS or 0):,})",
+            "downscale them (wsml resizes every image to --img-size anyway)",
+        ),
+        "float": ("have 32-bit float pixels (mode F)", "convert them to 8- or 16-bit images"),
+    }
+    for problem, names in problems.items():
         if names:
+            what, advice = says[problem]
             first = ", ".join(names[:3])
             raise WsmlError(
-                f"{csv}: {len(names)} of {len(images)} listed images are {problem} under {root} "
-                f"(first: {first}); fix the paths or remove those rows"
+                f"{csv}: {len(names)} of {len(images)} listed images {what} under {root} (first: {first}); {advice}"
             )
