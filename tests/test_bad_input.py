@@ -15,7 +15,8 @@ from PIL import Image
 from wsml_fast.data import load_rgb
 from wsml_fast.errors import WsmlError
 from wsml_fast.labels import read_label_csv
-from wsml_fast.sources import from_folder
+from wsml_fast.prepare import prepare_dataset
+from wsml_fast.sources import from_csv, from_folder
 from wsml_fast.table import check_images, load_table
 
 U = -1.0
@@ -217,3 +218,53 @@ def test_too_large_images_get_one_line(tmp_path: Path, monkeypatch: pytest.Monke
         load_rgb(root / "big.png")
     with pytest.warns(Image.DecompressionBombWarning):
         assert load_rgb(root / "warned.jpg", 4).shape[2] == 3
+
+
+# ---------------------------------------------------------------- notes: paths outside the root, unseen classes
+
+
+def test_paths_outside_the_image_root_are_read_and_counted(tmp_path: Path) -> None:
+    root = tmp_path / "data" / "images"
+    rows = "a.png,train,1\nsub/../b.png,train,0\n../c.png,train,1\nsub/../../d.png,valid,0\n/abs/e.png,test,1\n"
+    csv = write(tmp_path / "data" / "observed.csv", "image,split,cat\n" + rows)
+    root.mkdir()
+    table = load_table(from_csv(csv, root))
+    assert table.images[4] == "/abs/e.png"
+    notes = [n for n in table.notes if "outside the image folder" in n]
+    assert notes == [
+        f"image paths outside the image folder: 1 are absolute (first: /abs/e.png) and 2 leave {root} through "
+        "'..' (first: ../c.png); they are read as written"
+    ]
+    inside = write(tmp_path / "inside.csv", "image,split,cat\na.png,train,1\nsub/../b.png,valid,0\n")
+    assert not any("outside" in n for n in load_table(from_csv(inside, root)).notes)
+
+
+def test_prepare_copy_refuses_paths_outside_the_root(tmp_path: Path) -> None:
+    pics = tmp_path / "pics"
+    for name in ("a.png", "b.png"):
+        write(pics / name, "x")
+    write(tmp_path / "c.png", "x")
+    path = write(tmp_path / "mine.csv", "image,split,red\na.png,train,1\nb.png,test,0\n../c.png,test,1\n")
+    with pytest.raises(WsmlError, match=r"--copy: 1 image paths are absolute or leave .*first: ../c.png"):
+        prepare_dataset("csv", path, tmp_path / "out", image_root=pics, copy_images=True, log=print)
+    assert not (tmp_path / "out").exists()
+    messages: list[str] = []
+    prepare_dataset("csv", path, tmp_path / "out", image_root=pics, log=messages.append)
+    assert any("1 leave" in m and "through '..' (first: ../c.png)" in m for m in messages)
+
+
+def test_classes_without_an_observed_positive_in_train_are_noted(tmp_path: Path) -> None:
+    rows = "a.png,train,1,,0,\nb.png,train,1,0,,\nc.png,valid,0,1,1,\nd.png,test,1,1,1,1\n"
+    csv = write(tmp_path / "observed.csv", "image,split,cat,dog,bird,fish\n" + rows)
+    (tmp_path / "images").mkdir()
+    notes = load_table(from_csv(csv, tmp_path / "images")).notes
+    assert (
+        "3 classes have no observed positive in train (first: dog, bird, fish); they can only be learned as negatives"
+        in notes
+    )
+    write(csv, "image,split,cat,dog\na.png,train,1,\nb.png,train,1,1\nc.png,valid,0,1\n")
+    assert not any("no observed positive" in n for n in load_table(from_csv(csv, tmp_path / "images")).notes)
+    write(csv, "image,split,cat,dog\na.png,train,1,\nb.png,valid,0,1\n")
+    assert "1 class has no observed positive in train (first: dog); it can only be learned as negative" in (
+        load_table(from_csv(csv, tmp_path / "images")).notes
+    )

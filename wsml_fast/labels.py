@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import posixpath
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -257,6 +258,31 @@ def read_label_csv(path: Path, classes_file: Path | None = None, complete: bool 
             raise WsmlError(f"{path}: no class columns after 'image' and 'split'")
         matrix = _parse_cells(path, frame, classes, allow_empty=not complete)
     return LabelFile(path, frame["image"].tolist(), splits, classes, matrix)
+
+
+def outside_root(images: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Image paths that are absolute, and those that climb out of the image root through `..`.
+
+    Vectorized: only the paths containing `..` are normalized one by one.
+    """
+    paths = pd.Series(list(images), dtype=object)
+    absolute = paths.str.startswith("/").to_numpy(dtype=bool)
+    maybe_up = ~absolute & paths.str.contains("..", regex=False).to_numpy(dtype=bool)
+    up = [p for p in paths[maybe_up] if (n := posixpath.normpath(p)) == ".." or n.startswith("../")]
+    return paths[absolute].tolist(), up
+
+
+def outside_root_note(images: Sequence[str], root: Path) -> str | None:
+    """A line counting image paths that lie outside `root` (they are read as written), or None."""
+    absolute, up = outside_root(images)
+    parts = [
+        f"{len(found)} {what} (first: {found[0]})"
+        for found, what in ((absolute, "are absolute"), (up, f"leave {root} through '..'"))
+        if found
+    ]
+    if not parts:
+        return None
+    return f"image paths outside the image folder: {' and '.join(parts)}; they are read as written"
 
 
 def align_truth(observed: LabelFile, truth: LabelFile) -> np.ndarray:
