@@ -9,10 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import write
 from PIL import Image
 
-from wsml_fast.data import load_rgb
+from wsml_fast.data import check_train_batches, load_rgb
 from wsml_fast.errors import WsmlError
 from wsml_fast.labels import read_label_csv
 from wsml_fast.prepare import prepare_dataset
@@ -268,3 +269,39 @@ def test_classes_without_an_observed_positive_in_train_are_noted(tmp_path: Path)
     assert "1 class has no observed positive in train (first: dog); it can only be learned as negative" in (
         load_table(from_csv(csv, tmp_path / "images")).notes
     )
+
+
+# ---------------------------------------------------------------- batches of one image with batch norm
+
+
+@pytest.fixture(scope="module")
+def bn_body() -> torch.nn.Module:
+    import timm
+
+    return timm.create_model("test_efficientnet", pretrained=False, num_classes=0)
+
+
+def test_a_single_image_batch_really_breaks_batch_norm(bn_body: torch.nn.Module) -> None:
+    bn_body.train()
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel when training"):
+        bn_body(torch.zeros(1, 3, 32, 32))
+
+
+@pytest.mark.parametrize(("n_train", "bs", "message"), [(10, 1, "--bs 1: "), (1, 32, "the train split holds 1 image")])
+def test_single_image_batches_are_refused_with_batch_norm(
+    bn_body: torch.nn.Module, n_train: int, bs: int, message: str
+) -> None:
+    with pytest.raises(WsmlError, match="breaks the model's batch-norm layers") as error:
+        check_train_batches(bn_body, n_train, bs)
+    assert str(error.value).startswith(message) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize(("n_train", "bs"), [(2, 32), (33, 32), (64, 2), (0, 1)])
+def test_batches_of_two_or_more_pass(bn_body: torch.nn.Module, n_train: int, bs: int) -> None:
+    check_train_batches(bn_body, n_train, bs)  # 33 with bs 32: the incomplete last batch (1 image) is dropped
+
+
+def test_models_without_batch_norm_may_train_on_one_image() -> None:
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(2))
+    check_train_batches(model, 1, 32)
+    check_train_batches(model, 10, 1)

@@ -27,6 +27,7 @@ def make_transform(size: int, train: bool, hflip: bool, seed: int = 0) -> albume
 
 
 SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # PIL's modes for 16-bit grayscale (PNG, TIFF, PGM)
+BATCH_NORM = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d, torch.nn.SyncBatchNorm)
 
 
 def _to_rgb(image: Image.Image, path: Path) -> np.ndarray:
@@ -70,6 +71,26 @@ def load_rgb(path: Path, min_size: int | None = None) -> np.ndarray:
         ) from None
     except OSError as exc:
         raise WsmlError(f"{path}: cannot read image ({exc.__class__.__name__})") from None
+
+
+def check_train_batches(model: torch.nn.Module, n_train: int, bs: int) -> None:
+    """Refuse training batches of a single image when `model` has batch-norm layers.
+
+    Batch norm in training mode needs more than one value per channel: a batch of one image crashes it
+    where the feature map is 1x1 (fastai's "Expected more than 1 value per channel when training") and
+    gives meaningless statistics elsewhere. The batch sizes follow `make_loader`'s rule for training: the
+    last incomplete batch is dropped when the split is larger than `bs`, so every batch holds `bs` images;
+    otherwise the one batch holds the whole split.
+    """
+    single = n_train == 1 or (bs == 1 and n_train > 1)
+    if not single or not any(isinstance(m, BATCH_NORM) for m in model.modules()):
+        return
+    if n_train == 1:
+        raise WsmlError(
+            "the train split holds 1 image: a training batch of one image breaks the model's batch-norm "
+            "layers; add train rows"
+        )
+    raise WsmlError("--bs 1: a training batch of one image breaks the model's batch-norm layers; use --bs 2 or more")
 
 
 class ImageLabelDataset(Dataset):
