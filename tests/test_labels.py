@@ -40,9 +40,9 @@ def test_write_then_read_round_trips_both_forms(tmp_path: Path) -> None:
     ("text", "message"),
     [
         ("file,split,cat\na.png,train,1\n", "no 'image' column"),
-        ("image,split,cat\na.png,train,2\n", "row 2 (image a.png), column 'cat': '2' is not 1, 0 or empty"),
-        ("image,split,cat\na.png,train,1\nb.png,train,0\na.png,test,1\n", "image 'a.png' appears on rows 2 and 4"),
-        ("image,split,cat\na.png,holdout,1\n", "row 2 (image a.png) has split 'holdout'"),
+        ("image,split,cat\na.png,train,2\n", "line 2 (image a.png), column 'cat': '2' is not 1, 0 or empty"),
+        ("image,split,cat\na.png,train,1\nb.png,train,0\na.png,test,1\n", "image 'a.png' appears on lines 2 and 4"),
+        ("image,split,cat\na.png,holdout,1\n", "line 2 (image a.png) has split 'holdout'"),
         ("image,split\na.png,train\n", "no class columns"),
     ],
 )
@@ -56,7 +56,7 @@ def test_bad_cells_and_columns_are_named(tmp_path: Path, text: str, message: str
 def test_compact_unknown_class_is_named(tmp_path: Path) -> None:
     write(tmp_path / "classes.txt", "cat\n")
     path = write(tmp_path / "observed.csv", "image,split,positives\na.png,train,cat\nb.png,train,cow\n")
-    with pytest.raises(WsmlError, match="row 3 .*class 'cow' is not in classes.txt"):
+    with pytest.raises(WsmlError, match="line 3 .*class 'cow' is not in classes.txt"):
         read_label_csv(path)
 
 

@@ -413,5 +413,5 @@ def test_csv_errors(tmp_path):
     with pytest.raises(WsmlError, match="labels.csv: not found; expected a CSV file"):
         prepare_dataset("csv", tmp_path, tmp_path / "out", log=print)
     path = _write(tmp_path / "labels.csv", "image,red\na.png,\n")
-    with pytest.raises(WsmlError, match="labels.csv: row 2 .* is not 1 or 0"):
+    with pytest.raises(WsmlError, match="labels.csv: line 2 .* is not 1 or 0"):
         prepare_dataset("csv", path, tmp_path / "out", log=print)

@@ -27,6 +27,33 @@ def make_transform(size: int, train: bool, hflip: bool, seed: int = 0) -> albume
     return albumentations.Compose(steps, seed=seed)
 
 
+SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # PIL's modes for 16-bit grayscale (PNG, TIFF, PGM)
+BATCH_NORM = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d, torch.nn.SyncBatchNorm)
+
+
+def _to_rgb(image: Image.Image, path: Path) -> np.ndarray:
+    """HxWx3 uint8 from any PIL mode that has a fixed range.
+
+    16-bit grayscale keeps its top 8 bits (PIL's `convert` would clip every value above 255 to white);
+    mode I (32-bit integers, what PIL makes of 16-bit PGM) is read as 16-bit too. 16-bit RGB(A) and
+    grayscale+alpha PNGs are already 8-bit RGB(A) when PIL opens them; alpha is dropped, as everywhere.
+    """
+    if image.mode in SIXTEEN_BIT:
+        values = np.asarray(image)
+        if image.mode == "I":
+            values = np.clip(values, 0, 65535)
+        gray = (values >> 8).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if image.mode == "F":
+        raise WsmlError(
+            f"{path}: 32-bit float pixels (mode F) have no fixed range; convert it to an 8- or 16-bit image"
+        )
+    try:
+        return np.asarray(image.convert("RGB"))
+    except ValueError as exc:
+        raise WsmlError(f"{path}: cannot convert its pixels (mode {image.mode}) to RGB ({exc})") from None
+
+
 def load_rgb(path: Path, min_size: int | None = None) -> np.ndarray:
     """HxWx3 uint8; a file that cannot be decoded names itself.
 
@@ -37,9 +64,34 @@ def load_rgb(path: Path, min_size: int | None = None) -> np.ndarray:
         with Image.open(path) as image:
             if min_size and image.format == "JPEG":
                 image.draft("RGB", (min_size, min_size))
-            return np.asarray(image.convert("RGB"))
+            return _to_rgb(image, path)
+    except Image.DecompressionBombError:
+        raise WsmlError(
+            f"{path}: more pixels than PIL decodes ({2 * (Image.MAX_IMAGE_PIXELS or 0):,}); downscale it "
+            "(wsml resizes every image to --img-size anyway)"
+        ) from None
     except OSError as exc:
         raise WsmlError(f"{path}: cannot read image ({exc.__class__.__name__})") from None
+
+
+def check_train_batches(model: torch.nn.Module, n_train: int, bs: int) -> None:
+    """Refuse training batches of a single image when `model` has batch-norm layers.
+
+    Batch norm in training mode needs more than one value per channel: a batch of one image crashes it
+    where the feature map is 1x1 (fastai's "Expected more than 1 value per channel when training") and
+    gives meaningless statistics elsewhere. The batch sizes follow `make_loader`'s rule for training: the
+    last incomplete batch is dropped when the split is larger than `bs`, so every batch holds `bs` images;
+    otherwise the one batch holds the whole split.
+    """
+    single = n_train == 1 or (bs == 1 and n_train > 1)
+    if not single or not any(isinstance(m, BATCH_NORM) for m in model.modules()):
+        return
+    if n_train == 1:
+        raise WsmlError(
+            "the train split holds 1 image: a training batch of one image breaks the model's batch-norm "
+            "layers; add train rows"
+        )
+    raise WsmlError("--bs 1: a training batch of one image breaks the model's batch-norm layers; use --bs 2 or more")
 
 
 class ImageLabelDataset(Dataset):

@@ -6,7 +6,11 @@ entries stay distinguishable from observed negatives all the way to the loss.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import csv
+import posixpath
+import re
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,30 +36,131 @@ class LabelFile:
     matrix: np.ndarray  # float32 (rows, classes): 1, 0 or -1 (unobserved)
 
 
-def _line(row: int) -> int:
-    """File line of a 0-based data row (line 1 is the header)."""
-    return row + 2
+def _records(path: Path) -> Iterator[tuple[int, list[str]]]:
+    """(file line where it starts, fields) of each record pandas reads, the header first.
+
+    Blank and whitespace-only lines are skipped as pandas skips them; a quoted cell may span lines.
+    """
+    with path.open(encoding="utf-8-sig", errors="replace", newline="") as file:
+        last = [""]
+
+        def lines() -> Iterator[str]:
+            for line in file:
+                last[0] = line
+                yield line
+
+        reader = csv.reader(lines())
+        start = 1
+        for fields in reader:
+            if reader.line_num != start or last[0].strip():
+                yield start, fields
+            start = reader.line_num + 1
+
+
+def _scan(path: Path) -> Iterator[tuple[int, list[str]]]:
+    """`_records` with cells of any length (the csv module's default limit is 128 KiB)."""
+    limit = csv.field_size_limit(2**31 - 1)
+    try:
+        yield from _records(path)
+    finally:
+        csv.field_size_limit(limit)
+
+
+def _file_lines(path: Path, rows: Sequence[int]) -> list[int]:
+    """File lines of 0-based data rows. It reads the file again, so it is for error messages only."""
+    wanted = {int(r) + 1 for r in rows}  # record 0 is the header
+    found: dict[int, int] = {}
+    with contextlib.closing(_scan(path)) as records:
+        for index, (line, _) in enumerate(records):
+            if index in wanted:
+                found[index] = line
+                if len(found) == len(wanted):
+                    break
+    return [found.get(int(r) + 1, int(r) + 2) for r in rows]
+
+
+def _at(path: Path, frame: pd.DataFrame, row: int) -> str:
+    """`line N (image NAME)` for an error message about data row `row`."""
+    return f"line {_file_lines(path, [row])[0]} (image {frame['image'].iloc[row]})"
+
+
+def _too_many_fields(path: Path, exc: pd.errors.ParserError) -> str:
+    """The parser's complaint about a row longer than the header, worded with the row's file line."""
+    found = re.search(r"Expected (\d+) fields", str(exc))
+    if found:
+        width = int(found.group(1))
+        with contextlib.closing(_scan(path)) as records:
+            for line, fields in records:
+                if len(fields) > width:
+                    return (
+                        f"{path}: line {line} has {len(fields)} cells but the header has {width} "
+                        "(a trailing comma, or an unquoted comma inside a cell?)"
+                    )
+    return f"{path}: not a readable CSV file ({str(exc).splitlines()[0]})"
+
+
+def _not_utf8(path: Path) -> str:
+    """Where the file stops being UTF-8 text (pandas' own offset counts within a chunk)."""
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        return f"{path}: line {line} is not UTF-8 text; save the file as UTF-8"
+    return f"{path}: not UTF-8 text; save the file as UTF-8"
+
+
+def _header(path: Path, raw: Sequence[str]) -> list[str]:
+    """The header's column names, exactly: no empty, repeated or wrongly cased reserved names."""
+    names = [str(name).strip() for name in raw]
+    for i, name in enumerate(names):
+        if not name:
+            where = "the last column: a trailing comma?" if i == len(names) - 1 else f"column {i + 1}"
+            raise WsmlError(f"{path}: empty column name in the header ({where}); every column needs a name")
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            kind = "column" if name in RESERVED + COMPACT else "class"
+            raise WsmlError(f"{path}: {kind} '{name}' appears twice in the header; each column must appear once")
+        seen.add(name)
+        if name.lower() in RESERVED + COMPACT and name != name.lower():
+            raise WsmlError(f"{path}: column '{name}' in the header: write it '{name.lower()}' (lower case)")
+    if "image" not in names:
+        hint = ""
+        if len(names) == 1 and (sep := next((c for c in ";\t" if c in names[0]), None)):
+            hint = f"; the header is separated by {sep!r}, wsml reads comma-separated files"
+        raise WsmlError(f"{path}: no 'image' column (the header must start with image[,split],class...){hint}")
+    return names
 
 
 def _read_frame(path: Path) -> pd.DataFrame:
+    """The data rows as strings, under the header's own names (pandas would rename or invent some)."""
     if not path.is_file():
         raise WsmlError(f"{path}: file not found")
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
-        raise WsmlError(f"{path}: not a readable CSV file ({str(exc).splitlines()[0]})") from None
-    frame.columns = [str(c).strip() for c in frame.columns]
-    if "image" not in frame.columns:
-        raise WsmlError(f"{path}: no 'image' column (the header must start with image[,split],class...)")
+        # header=None: the header is read as row 0, so pandas neither renames repeated names nor takes
+        # the first column for an index when every row is longer than the header (it raises instead)
+        raw = pd.read_csv(path, dtype=str, keep_default_na=False, header=None)
+    except pd.errors.ParserError as exc:
+        raise WsmlError(_too_many_fields(path, exc)) from None
+    except UnicodeDecodeError:
+        raise WsmlError(_not_utf8(path)) from None
+    except pd.errors.EmptyDataError:
+        raise WsmlError(f"{path}: empty file (it needs a header line image[,split],class...)") from None
+    names = _header(path, raw.iloc[0].tolist())
+    frame = raw.iloc[1:].reset_index(drop=True)
+    frame.columns = names
     images = frame["image"].str.strip()
     empty = np.flatnonzero((images == "").to_numpy())
     if empty.size:
-        raise WsmlError(f"{path}: row {_line(empty[0])} has an empty 'image' cell")
+        raise WsmlError(f"{path}: line {_file_lines(path, [empty[0]])[0]} has an empty 'image' cell")
     dup = images.duplicated(keep=False).to_numpy()
     if dup.any():
         first = images[dup].iloc[0]
-        rows = [_line(i) for i in np.flatnonzero((images == first).to_numpy())[:2]]
-        raise WsmlError(f"{path}: image '{first}' appears on rows {rows[0]} and {rows[1]}; each image must appear once")
+        lines = _file_lines(path, np.flatnonzero((images == first).to_numpy())[:2])
+        raise WsmlError(
+            f"{path}: image '{first}' appears on lines {lines[0]} and {lines[1]}; each image must appear once"
+        )
     frame["image"] = images
     return frame
 
@@ -67,10 +172,7 @@ def _read_splits(path: Path, frame: pd.DataFrame) -> np.ndarray | None:
     bad = np.flatnonzero(~np.isin(splits, SPLITS))
     if bad.size:
         row = bad[0]
-        raise WsmlError(
-            f"{path}: row {_line(row)} (image {frame['image'].iloc[row]}) has split '{splits[row]}'; "
-            f"use one of {', '.join(SPLITS)}"
-        )
+        raise WsmlError(f"{path}: {_at(path, frame, row)} has split '{splits[row]}'; use one of {', '.join(SPLITS)}")
     return splits
 
 
@@ -87,8 +189,7 @@ def _parse_cells(path: Path, frame: pd.DataFrame, classes: list[str], allow_empt
         row, col = bad[0]
         allowed = "1, 0 or empty" if allow_empty else "1 or 0 (this file must be complete)"
         raise WsmlError(
-            f"{path}: row {_line(row)} (image {frame['image'].iloc[row]}), column '{classes[col]}': "
-            f"'{cells[row, col]}' is not {allowed}"
+            f"{path}: {_at(path, frame, row)}, column '{classes[col]}': '{cells[row, col]}' is not {allowed}"
         )
     return matrix
 
@@ -97,7 +198,7 @@ def read_classes_file(path: Path) -> list[str]:
     """The class list of the compact form: one name per line, blank lines ignored."""
     if not path.is_file():
         raise WsmlError(f"{path}: file not found (the compact label form needs its class list, one per line)")
-    classes = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    classes = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
     if not classes:
         raise WsmlError(f"{path}: no class names in it")
     seen: set[str] = set()
@@ -120,17 +221,14 @@ def _parse_compact(path: Path, frame: pd.DataFrame, classes: list[str]) -> np.nd
         if unknown.size:
             row = int(names.index[unknown[0]])
             raise WsmlError(
-                f"{path}: row {_line(row)} (image {frame['image'].iloc[row]}), column '{column}': class "
+                f"{path}: {_at(path, frame, row)}, column '{column}': class "
                 f"'{names.iloc[unknown[0]]}' is not in classes.txt"
             )
         rows = names.index.to_numpy(dtype=np.int64)
         clash = (matrix[rows, cols] != UNOBSERVED) & (matrix[rows, cols] != value)
         if clash.any():
             row = int(rows[np.flatnonzero(clash)[0]])
-            raise WsmlError(
-                f"{path}: row {_line(row)} (image {frame['image'].iloc[row]}) lists a class as both positive "
-                "and negative"
-            )
+            raise WsmlError(f"{path}: {_at(path, frame, row)} lists a class as both positive and negative")
         matrix[rows, cols] = value
     return matrix
 
@@ -143,9 +241,15 @@ def read_label_csv(path: Path, classes_file: Path | None = None, complete: bool 
     path = Path(path)
     frame = _read_frame(path)
     splits = _read_splits(path, frame)
-    if "positives" in frame.columns:
+    if any(c in frame.columns for c in COMPACT):
         if complete:
             raise WsmlError(f"{path}: a truth file must be in the wide form (a 0/1 column per class)")
+        extra = [c for c in frame.columns if c not in RESERVED + COMPACT]
+        if extra:
+            raise WsmlError(
+                f"{path}: column '{extra[0]}' next to positives/negatives; the compact form has only the columns "
+                "image, split, positives and negatives (classes go in classes.txt, not in columns)"
+            )
         classes = read_classes_file(classes_file or path.with_name("classes.txt"))
         matrix = _parse_compact(path, frame, classes)
     else:
@@ -154,6 +258,31 @@ def read_label_csv(path: Path, classes_file: Path | None = None, complete: bool 
             raise WsmlError(f"{path}: no class columns after 'image' and 'split'")
         matrix = _parse_cells(path, frame, classes, allow_empty=not complete)
     return LabelFile(path, frame["image"].tolist(), splits, classes, matrix)
+
+
+def outside_root(images: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Image paths that are absolute, and those that climb out of the image root through `..`.
+
+    Vectorized: only the paths containing `..` are normalized one by one.
+    """
+    paths = pd.Series(list(images), dtype=object)
+    absolute = paths.str.startswith("/").to_numpy(dtype=bool)
+    maybe_up = ~absolute & paths.str.contains("..", regex=False).to_numpy(dtype=bool)
+    up = [p for p in paths[maybe_up] if (n := posixpath.normpath(p)) == ".." or n.startswith("../")]
+    return paths[absolute].tolist(), up
+
+
+def outside_root_note(images: Sequence[str], root: Path) -> str | None:
+    """A line counting image paths that lie outside `root` (they are read as written), or None."""
+    absolute, up = outside_root(images)
+    parts = [
+        f"{len(found)} {what} (first: {found[0]})"
+        for found, what in ((absolute, "are absolute"), (up, f"leave {root} through '..'"))
+        if found
+    ]
+    if not parts:
+        return None
+    return f"image paths outside the image folder: {' and '.join(parts)}; they are read as written"
 
 
 def align_truth(observed: LabelFile, truth: LabelFile) -> np.ndarray:

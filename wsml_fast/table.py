@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from wsml_fast.errors import WsmlError
-from wsml_fast.labels import align_truth, read_label_csv
+from wsml_fast.labels import align_truth, outside_root_note, read_label_csv
 from wsml_fast.sources import DataSource
 
 TRUTH_SCHEMES = ("bce", "bce-ls", "iun")  # schemes that read truth.csv for training
@@ -70,6 +70,22 @@ def _hold_out_valid(splits: np.ndarray, fraction: float, seed: int) -> np.ndarra
     return splits
 
 
+def _without_positives(observed: np.ndarray, train: np.ndarray, classes: list[str]) -> str | None:
+    """A line naming the classes with no observed positive among the train rows, or None."""
+    if not train.any():
+        return None
+    best = np.max(observed, axis=0, where=train[:, None], initial=-1.0)  # no copy of the train rows
+    absent = np.flatnonzero(best < 1.0)
+    if not absent.size:
+        return None
+    names = ", ".join(classes[i] for i in absent[:3])
+    many = absent.size > 1
+    return (
+        f"{absent.size} class{'es' if many else ''} {'have' if many else 'has'} no observed positive in train "
+        f"(first: {names}); {'they' if many else 'it'} can only be learned as negative{'s' if many else ''}"
+    )
+
+
 def load_table(
     source: DataSource, valid_fraction: float = 0.2, seed: int = 0, for_training: bool = True
 ) -> PartialLabelTable:
@@ -91,28 +107,46 @@ def load_table(
     if not (splits == "valid").any() and (for_training or (splits == "train").sum() > 1):
         splits = _hold_out_valid(splits, valid_fraction, seed)
         notes.append(f"no valid rows: held out {valid_fraction:.0%} of train as valid (seed {seed})")
+    if (unseen := _without_positives(observed.matrix, splits == "train", observed.classes)) is not None:
+        notes.append(unseen)
+    if (outside := outside_root_note(observed.images, source.images_root)) is not None:
+        notes.append(outside)
     return PartialLabelTable(source, observed.images, splits, observed.classes, observed.matrix, truth, notes)
 
 
 def check_images(root: Path, images: list[str], csv: Path) -> None:
-    """Every listed image must exist and have a readable header, before any training starts."""
+    """Every listed image must exist, have a readable header and be decodable, before any training starts."""
     from PIL import Image, UnidentifiedImageError
 
-    missing, unreadable = [], []
+    problems: dict[str, list[str]] = {"missing": [], "unreadable": [], "too large": [], "float": []}
     for name in images:
         path = root / name
         if not path.is_file():
-            missing.append(name)
+            problems["missing"].append(name)
             continue
         try:
-            with Image.open(path):  # parses the header only: cheap enough for every image
-                pass
+            with Image.open(path) as image:  # parses the header only: cheap enough for every image
+                mode = image.mode
+        except Image.DecompressionBombError:  # PIL refuses more than 2 x MAX_IMAGE_PIXELS pixels
+            problems["too large"].append(name)
         except (UnidentifiedImageError, OSError):
-            unreadable.append(name)
-    for problem, names in (("missing", missing), ("unreadable", unreadable)):
+            problems["unreadable"].append(name)
+        else:
+            if mode == "F":
+                problems["float"].append(name)
+    says = {
+        "missing": ("are missing", "fix the paths or remove those rows"),
+        "unreadable": ("are unreadable", "fix the paths or remove those rows"),
+        "too large": (
+            f"have more pixels than PIL decodes ({2 * (Image.MAX_IMAGE_PIXELS or 0):,})",
+            "downscale them (wsml resizes every image to --img-size anyway)",
+        ),
+        "float": ("have 32-bit float pixels (mode F)", "convert them to 8- or 16-bit images"),
+    }
+    for problem, names in problems.items():
         if names:
+            what, advice = says[problem]
             first = ", ".join(names[:3])
             raise WsmlError(
-                f"{csv}: {len(names)} of {len(images)} listed images are {problem} under {root} "
-                f"(first: {first}); fix the paths or remove those rows"
+                f"{csv}: {len(names)} of {len(images)} listed images {what} under {root} (first: {first}); {advice}"
             )

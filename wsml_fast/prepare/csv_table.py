@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from wsml_fast.errors import WsmlError
-from wsml_fast.labels import SPLITS, read_label_csv
+from wsml_fast.labels import SPLITS, outside_root_note, read_label_csv
 from wsml_fast.prepare.source import Part, Source
 
 
@@ -32,4 +32,6 @@ def read(root: Path, image_root: Path | None) -> Source:
         for split in SPLITS
         if (index := np.flatnonzero(splits == split)).size
     }
-    return Source(table.classes, {"": image_root or path.parent}, parts)
+    root = image_root or path.parent
+    outside = outside_root_note(table.images, root)
+    return Source(table.classes, {"": root}, parts, notes=[outside] if outside else [])

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from wsml_fast.errors import WsmlError
-from wsml_fast.labels import SPLITS, write_label_csv
+from wsml_fast.labels import SPLITS, outside_root, write_label_csv
 from wsml_fast.prepare.compact import write_compact_csv
 from wsml_fast.prepare.images import expose_images, missing_images
 from wsml_fast.prepare.observe import ObservedSpec, check_protocol, parse_observed, simulate_observed
@@ -106,6 +106,18 @@ def _drop_missing(
     return table.take(np.flatnonzero(~missing)), count
 
 
+def _check_copy(images: list[str]) -> None:
+    """Copies go to `out/images/PATH`: a path outside the image root would land outside `out/images`."""
+    absolute, up = outside_root(images)
+    if absolute or up:
+        first = (absolute or up)[0]
+        raise WsmlError(
+            f"--copy: {len(absolute) + len(up)} image paths are absolute or leave the image root through '..' "
+            f"(first: {first}); copies would land outside the output's images/ folder: make the paths relative "
+            "to the image root, or link instead of copying"
+        )
+
+
 def _check_out(out: Path) -> None:
     taken = [p.name for p in (out / "images", out / "observed.csv") if p.exists() or p.is_symlink()]
     if taken:
@@ -160,6 +172,8 @@ def prepare_dataset(
         log(note)
     table = _assemble(source, spec, seed, protocol)
     table, missing = _drop_missing(table, source.links, allow_missing, log)
+    if copy_images:
+        _check_copy(table.images)
     out.mkdir(parents=True, exist_ok=True)
     expose_images(out, source.links, table.images, copy_images)
     _write(out, table, source.classes)
