@@ -88,7 +88,7 @@ def _not_a_plain_average(body: nn.Module, size: int) -> str | None:
     finally:
         body.train(was_training)
     if feature_map.dim() != 4:
-        return f"gives {feature_map.dim()}-D features (tokens), not a B x D x h x w feature map"
+        return f"gives {feature_map.dim()}-D features (a ViT's tokens, say), not a B x D x h x w feature map"
     if pooled.shape != feature_map.shape[:2]:
         shape, pooled_shape = tuple(feature_map.shape), tuple(pooled.shape)
         return f"pools its {shape} feature map into {pooled_shape}, not into its channels (channels-last or an MLP)"
