@@ -41,7 +41,7 @@ from wsml_fast.callbacks import (
 )
 from wsml_fast.checkpoint import CheckpointCallback, restore
 from wsml_fast.config import TrainConfig, apply_layer
-from wsml_fast.data import ImageLabelDataset, default_workers, make_loader
+from wsml_fast.data import ImageLabelDataset, check_train_batches, default_workers, make_loader
 from wsml_fast.errors import WsmlError
 from wsml_fast.features import FeatureDataset, cache_key, cached_features
 from wsml_fast.inference import AMP_DTYPES, pick_device, resolve_precision, score_split
@@ -279,6 +279,7 @@ def build_learner(setup: Setup, stop: StopRequest | None = None, checkpoint: dic
         model.use_channels_last()
     linear = config.mode == "linear"
     train_ds, valid_ds, train_view = _datasets(setup)
+    check_train_batches(model.head if linear else model, len(train_ds), config.bs)
     loaders = [
         make_loader(ds, config.bs, is_train, config.workers, device)
         for ds, is_train in ((train_ds, True), (valid_ds, False))
