@@ -11,7 +11,6 @@ end the fit (80): an epoch is complete once its checkpoint is written.
 
 from __future__ import annotations
 
-import math
 import time
 import warnings
 from collections.abc import Callable
@@ -216,31 +215,42 @@ class TrainRecoveryCallback(Callback):
             self.run_state.record(train_recovery_map=self.score(self.learn.model))
 
 
-class LossGuardCallback(Callback):
-    """Stop at once on a non-finite training loss, naming the epoch and batch; warn when an epoch's loss
-    explodes yet stays finite (`explosion` times the first epoch's)."""
+class LossGuardCallback(Callback, CheckpointedState):
+    """Stop at once on a non-finite training loss, naming the epoch and batch; warn when an epoch's training
+    loss explodes yet stays finite (`explosion` times the run's first batch loss, the untrained model's)."""
 
     order = 5  # after the schemes (< 0) have rewritten the loss
 
     def __init__(self, lr: float, say: Callable[..., None], explosion: float = 100.0) -> None:
         self.lr, self.say, self.explosion = lr, say, explosion
+        self.first_loss: float | None = None
+
+    def state_dict(self) -> dict:
+        return {"first_loss": self.first_loss}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.first_loss = state["first_loss"]
 
     def after_loss(self) -> None:
-        if self.learn.training and not torch.isfinite(self.learn.loss).all():
+        if not self.learn.training:
+            return
+        if not torch.isfinite(self.learn.loss).all():
             value = float(self.learn.loss.detach().float().mean())
             raise NonFiniteLoss(
                 f"the training loss became {value} in epoch {self.run_state.epoch}, batch {self.learn.iter + 1}; "
-                f"the run stopped (its last complete epoch is kept). Try a lower --lr than {self.lr:g}"
+                f"the run stopped (its completed epochs are kept): start a new run with a lower --lr than {self.lr:g}"
             )
+        if self.first_loss is None and self.run_state.active:
+            self.first_loss = float(self.learn.loss.detach().float().mean())
 
     def after_epoch(self) -> None:
-        if not self.run_state.active or self.run_state.completed < 2:
+        if not self.run_state.active or not self.first_loss:
             return
-        first, now = self.run_state.history[0]["train_loss"], self.run_state.history[-1]["train_loss"]
-        if math.isfinite(first) and first > 0 and now > self.explosion * first:
+        now = float(self.learn.recorder.smooth_loss.value)  # what the epoch's train_loss column shows
+        if now > self.explosion * self.first_loss:
             self.say(
                 f"warning: epoch {self.run_state.epoch}'s training loss {now:.4g} is over {self.explosion:g} times "
-                f"the first epoch's ({first:.4g}); training may be diverging (a lower --lr helps)"
+                f"the first batch's ({self.first_loss:.4g}); training is diverging: a lower --lr helps"
             )
 
 

@@ -7,6 +7,7 @@ so `config.yaml` in a run folder tells how the run came about and is enough to r
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,10 @@ class TrainConfig:
             if getattr(self, name) not in allowed:
                 option = name.replace("_", "-")
                 raise WsmlError(f"--{option} {getattr(self, name)!r} is not one of: {', '.join(allowed)}")
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise WsmlError(f"--{f.name.replace('_', '-')} must be a finite number (got {value})")
         positive = ("epochs", "bs", "lr", "head_lr_mult")
         for name in positive:
             if getattr(self, name) <= 0:

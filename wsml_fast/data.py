@@ -71,7 +71,8 @@ def load_rgb(path: Path, min_size: int | None = None) -> np.ndarray:
             "(wsml resizes every image to --img-size anyway)"
         ) from None
     except OSError as exc:
-        raise WsmlError(f"{path}: cannot read image ({exc.__class__.__name__})") from None
+        detail = str(exc).splitlines()[0][:100] if str(exc) else exc.__class__.__name__
+        raise WsmlError(f"{path}: cannot read image ({detail})") from None
 
 
 def check_train_batches(model: torch.nn.Module, n_train: int, bs: int) -> None:

@@ -7,9 +7,13 @@ class WsmlError(Exception):
 
 def one_line(exc: BaseException) -> str:
     """The line to show for an error. torch re-raises an error from a DataLoader worker with the worker's whole
-    traceback in its message; the original error's own line is what the user needs."""
+    traceback in its message, and fastai puts a line naming the callback before an error raised in one; the
+    original error's own line is what the user needs."""
     text = str(exc).strip()
     if "Original Traceback" in text:
         last = text.splitlines()[-1]
         text = last.split(": ", 1)[1] if ": " in last else last
-    return text.splitlines()[0] if text else exc.__class__.__name__
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].startswith("Exception occured in `"):  # fastai's spelling
+        lines = lines[1:]
+    return lines[0] if lines else exc.__class__.__name__

@@ -122,10 +122,7 @@ class RunFolder:
         run = cls(path)
         run._require_folder()
         if not run.file(WEIGHTS).is_file():
-            raise WsmlError(
-                f"{path}: no trained weights yet (the run stopped before its first epoch ended); "
-                f"continue it with `wsml train --resume {path}`"
-            )
+            raise WsmlError(f"{path}: no trained weights yet (the run is in, or stopped in, its first epoch)")
         return run
 
     @classmethod

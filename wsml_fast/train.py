@@ -33,6 +33,7 @@ from wsml_fast.callbacks import (
     FrozenBodyCallback,
     ItemIndexCallback,
     LossGuardCallback,
+    NonFiniteLoss,
     RunLogCallback,
     RunState,
     SaveBestCallback,
@@ -42,7 +43,7 @@ from wsml_fast.callbacks import (
 from wsml_fast.checkpoint import CheckpointCallback, restore
 from wsml_fast.config import TrainConfig, apply_layer
 from wsml_fast.data import ImageLabelDataset, check_train_batches, default_workers, make_loader
-from wsml_fast.errors import WsmlError
+from wsml_fast.errors import WsmlError, one_line
 from wsml_fast.features import FeatureDataset, cache_key, cached_features
 from wsml_fast.inference import AMP_DTYPES, pick_device, resolve_precision, score_split
 from wsml_fast.memorization import MemorizationCallback, sample_entries
@@ -407,12 +408,12 @@ def _run(setup: Setup, stop: StopRequest | None, checkpoint: dict | None) -> Run
         results = score(setup, history, started)
         results["status"] = "finished" if ended is None else f"finished: early stop ({ended})"
         run.write_results(results)
+    except RunInterrupted:
+        raise
     except BaseException as exc:
-        if not isinstance(exc, RunInterrupted):
-            reason = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
-            state = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-            say(f"error: {reason}" if state == "failed" else "stopped at once (second Ctrl-C)", console=False)
-            run.write_status(state, reason=reason, epoch=_completed_epochs(run))
+        line = _record_failure(run, exc)
+        if isinstance(exc, WsmlError):
+            raise WsmlError(line) from None
         raise
     run.write_status("finished", epoch=len(history))
     test_text = f"{results['test_map']:.2f}" if results["test_map"] is not None else "n/a"
@@ -425,6 +426,28 @@ def _run(setup: Setup, stop: StopRequest | None, checkpoint: dict | None) -> Run
 
 def _completed_epochs(run: RunFolder) -> int:
     return run.load_checkpoint(mmap=True)["meta"]["epoch"] if run.file(CHECKPOINT).is_file() else 0
+
+
+def _record_failure(run: RunFolder, exc: BaseException) -> str:
+    """Status and log of a run that ended on an error (or a second Ctrl-C, which stops at once); returns the
+    line for the user: what happened and what the run folder now allows."""
+    if isinstance(exc, KeyboardInterrupt):
+        state, reason = "interrupted", "stopped at once (a second Ctrl-C)"
+    else:
+        state, reason = "failed", one_line(exc)
+    # a non-finite loss would come back on resuming (training is deterministic): its message says what to do
+    line = reason if isinstance(exc, NonFiniteLoss) else f"{reason}; {_what_now(run)}"
+    Reporter(run.file(LOG))(f"{state}: {line}", console=False)
+    run.write_status(state, reason=reason, epoch=_completed_epochs(run))
+    return line
+
+
+def _what_now(run: RunFolder) -> str:
+    """What the run folder allows after a failure: resuming from its last complete epoch, or starting anew."""
+    completed = _completed_epochs(run)
+    if completed:
+        return f"the run keeps epoch {completed}: remove the cause, then `wsml train --resume {run.path}`"
+    return f"no epoch completed: remove {run.path} and start again"
 
 
 def train(config: TrainConfig, source: DataSource, stop: StopRequest | None = None) -> RunFolder:
@@ -446,11 +469,8 @@ def resume(run_dir: Path, epochs: int | None = None, stop: StopRequest | None = 
     checkpoint = run.load_checkpoint()
     completed = checkpoint["meta"]["epoch"]
     if run.file(RESULTS).is_file() and not extended:
-        results = run.results()
-        print(
-            f"{run.path} is finished ({results.get('status', 'finished')}; {completed} epochs, test mAP "
-            f"{results.get('test_map')}); nothing to resume (a larger --epochs trains on)"
-        )
+        status = run.results().get("status", "finished")
+        print(f"{run.path} is {status} after {completed} epochs; nothing to resume (a larger --epochs trains on)")
         return None
     source = resolve_source(config.dataset, config.data, config.csv, config.images)
     setup = set_up(config, source, run, resumed=checkpoint["meta"])
