@@ -42,9 +42,9 @@ class MemorizationCallback(Callback, CheckpointedState):
     order = 66
 
     def __init__(
-        self, inputs: torch.Tensor, classes: np.ndarray, false_negative: np.ndarray, every: int, run: RunFolder
+        self, inputs: torch.Tensor, classes: np.ndarray, false_negative: np.ndarray, every: int, run_folder: RunFolder
     ) -> None:
-        self.inputs, self.every, self.run = inputs, max(1, every), run
+        self.inputs, self.every, self.run_folder = inputs, max(1, every), run_folder
         self.classes = torch.as_tensor(classes)
         self.false_negative = np.asarray(false_negative, dtype=bool)
         self.iteration, self.records = 0, []
@@ -84,7 +84,7 @@ class MemorizationCallback(Callback, CheckpointedState):
         for iteration, losses in self.records:
             for entry, (loss, fn) in enumerate(zip(losses, self.false_negative, strict=True)):
                 writer.writerow([iteration, entry, "false_negative" if fn else "true_negative", f"{loss:.5f}"])
-        write_text(self.run.file(MEMORIZATION_CSV), text.getvalue())
+        write_text(self.run_folder.file(MEMORIZATION_CSV), text.getvalue())
 
     def _plot(self) -> None:
         import matplotlib
@@ -107,5 +107,5 @@ class MemorizationCallback(Callback, CheckpointedState):
         axis.set_title("Memorization of unobserved labels")
         axis.legend()
         figure.tight_layout()
-        atomic_write(self.run.file(MEMORIZATION_PNG), lambda handle: figure.savefig(handle, format="png", dpi=120))
+        atomic_write(self.run_folder.file(MEMORIZATION_PNG), lambda handle: figure.savefig(handle, format="png", dpi=120))
         plt.close(figure)
