@@ -78,9 +78,10 @@ def test_full_label_scheme_trains_on_truth(demo_folder: Path, tmp_path: Path) ->
 
 
 def error_of(*args: str) -> str:
+    """The one line a failing command writes to stderr (stdout may hold what a run printed before it failed)."""
     result = invoke(*args)
     assert result.exit_code == 2, result.output
-    lines = result.output.strip().splitlines()
+    lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), result.output
     return lines[0]
 

@@ -26,6 +26,13 @@ def _explain(path: Path, exc: OSError) -> WsmlError:
     return WsmlError(f"{path}: cannot be written ({exc.strerror or exc.__class__.__name__})")
 
 
+def _os_error(exc: BaseException) -> OSError | None:
+    """The OSError behind `exc` (torch's zip writer reports a failed write as a RuntimeError raised from it)."""
+    while exc is not None and not isinstance(exc, OSError):
+        exc = exc.__cause__ or exc.__context__
+    return exc
+
+
 def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
     """Call `write(handle)` on a temporary file, then atomically put it in place of `path`."""
     path = Path(path)
@@ -42,8 +49,9 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
     except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
-        if isinstance(exc, OSError):
-            raise _explain(path, exc) from None
+        cause = _os_error(exc)
+        if cause is not None:
+            raise _explain(path, cause) from None
         raise
     _sync_folder(path.parent)
 

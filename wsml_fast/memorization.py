@@ -107,5 +107,6 @@ class MemorizationCallback(Callback, CheckpointedState):
         axis.set_title("Memorization of unobserved labels")
         axis.legend()
         figure.tight_layout()
-        atomic_write(self.run_folder.file(MEMORIZATION_PNG), lambda handle: figure.savefig(handle, format="png", dpi=120))
+        png = self.run_folder.file(MEMORIZATION_PNG)
+        atomic_write(png, lambda handle: figure.savefig(handle, format="png", dpi=120))
         plt.close(figure)
