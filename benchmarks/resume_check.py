@@ -1,0 +1,79 @@
+"""The resume check: a run SIGKILLed from outside during epoch 3 of 4, then `wsml train --resume`d, against the
+same run uninterrupted. Prints, column by column, whether metrics.csv agrees, and the model.pth digests.
+
+    python benchmarks/resume_check.py [--scheme llcp] [--workers 0] [-- extra wsml train options]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from wsml_fast.runfolder import RunFolder
+
+
+def wsml(*args: str) -> list[str]:
+    return [sys.executable, "-m", "wsml_fast", *args]
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def kill_in_epoch(command: list[str], metrics: Path, epoch: int) -> float:
+    """Start `command`, SIGKILL it once `epoch - 1` epochs are in metrics.csv (so during `epoch`)."""
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while process.poll() is None:
+        if metrics.exists() and len(pd.read_csv(metrics)) >= epoch - 1:
+            time.sleep(1.0)  # into the epoch
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+            return time.time()
+        time.sleep(0.2)
+    raise SystemExit(f"the run ended (exit {process.returncode}) before epoch {epoch}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scheme", default="llcp")
+    parser.add_argument("--workers", default="0")
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("extra", nargs="*", help="more `wsml train` options (after --)")
+    options = parser.parse_args()
+    folder = Path(tempfile.mkdtemp(prefix="wsml-resume-check-"))
+    train = ["train", "--scheme", options.scheme, "--workers", options.workers, "--epochs", str(options.epochs)]
+    train += options.extra
+    whole, killed = folder / "uninterrupted", folder / "killed"
+    print("command:", " ".join(["wsml", *train]), flush=True)
+    subprocess.run(wsml(*train, "--out", str(whole)), check=True, stdout=subprocess.DEVNULL)
+    kill_in_epoch(wsml(*train, "--out", str(killed)), killed / "metrics.csv", 3)
+    status = RunFolder(killed).status()
+    completed = len(pd.read_csv(killed / "metrics.csv"))
+    print(
+        f"killed with SIGKILL during epoch 3 ({completed} epochs in metrics.csv; status: {status['state']}, "
+        f"{status['reason']})"
+    )
+    subprocess.run(wsml("train", "--resume", str(killed)), check=True, stdout=subprocess.DEVNULL)
+    a, b = pd.read_csv(whole / "metrics.csv"), pd.read_csv(killed / "metrics.csv")
+    print(f"\n{'column':<26} {'equal':>6}")
+    for column in a.columns:
+        same = a[column].equals(b[column]) if column in b else False
+        print(f"{column:<26} {'yes' if same else 'no':>6}")
+    print(f"\nmodel.pth  uninterrupted {digest(whole / 'model.pth')}  resumed {digest(killed / 'model.pth')}")
+    for name in ("corrected_labels.csv", "scheme_state.pt"):
+        if (whole / name).exists():
+            print(f"{name:<10} equal: {(whole / name).read_bytes() == (killed / name).read_bytes()}")
+    shutil.rmtree(folder)
+
+
+if __name__ == "__main__":
+    main()
