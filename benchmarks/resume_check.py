@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from wsml_fast.runfolder import RunFolder
+from wsml_fast.runfolder import CORRECTIONS, METRICS, SCHEME_STATE, WEIGHTS, RunFolder
 
 
 def wsml(*args: str) -> list[str]:
@@ -55,21 +55,21 @@ def main() -> None:
     whole, killed = folder / "uninterrupted", folder / "killed"
     print("command:", " ".join(["wsml", *train]), flush=True)
     subprocess.run(wsml(*train, "--out", str(whole)), check=True, stdout=subprocess.DEVNULL)
-    kill_in_epoch(wsml(*train, "--out", str(killed)), killed / "metrics.csv", 3)
+    kill_in_epoch(wsml(*train, "--out", str(killed)), killed / METRICS, 3)
     status = RunFolder(killed).status()
-    completed = len(pd.read_csv(killed / "metrics.csv"))
+    completed = len(pd.read_csv(killed / METRICS))
     print(
         f"killed with SIGKILL during epoch 3 ({completed} epochs in metrics.csv; status: {status['state']}, "
         f"{status['reason']})"
     )
     subprocess.run(wsml("train", "--resume", str(killed)), check=True, stdout=subprocess.DEVNULL)
-    a, b = pd.read_csv(whole / "metrics.csv"), pd.read_csv(killed / "metrics.csv")
+    a, b = pd.read_csv(whole / METRICS), pd.read_csv(killed / METRICS)
     print(f"\n{'column':<26} {'equal':>6}")
     for column in a.columns:
         same = a[column].equals(b[column]) if column in b else False
         print(f"{column:<26} {'yes' if same else 'no':>6}")
-    print(f"\nmodel.pth  uninterrupted {digest(whole / 'model.pth')}  resumed {digest(killed / 'model.pth')}")
-    for name in ("corrected_labels.csv", "scheme_state.pt"):
+    print(f"\n{WEIGHTS}  uninterrupted {digest(whole / WEIGHTS)}  resumed {digest(killed / WEIGHTS)}")
+    for name in (CORRECTIONS, SCHEME_STATE):
         if (whole / name).exists():
             print(f"{name:<10} equal: {(whole / name).read_bytes() == (killed / name).read_bytes()}")
     shutil.rmtree(folder)

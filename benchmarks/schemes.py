@@ -35,6 +35,7 @@ from wsml_fast.large_loss import LargeLossCallback
 from wsml_fast.losses import make_loss
 from wsml_fast.model import build_model
 from wsml_fast.recipes import find_recipe
+from wsml_fast.runfolder import METRICS, RESULTS
 from wsml_fast.sources import resolve_source
 from wsml_fast.table import load_table
 from wsml_fast.train import OPTIMIZERS, train
@@ -54,8 +55,8 @@ def run_scheme(scheme: str, seed: int, args: argparse.Namespace, out_root: Path)
     }
     config = resolve(recipe, name, options)
     run = train(config, resolve_source("demo", None, None, None))
-    results = json.loads(run.file("results.json").read_text())
-    metrics = pd.read_csv(run.file("metrics.csv")).set_index("epoch")
+    results = json.loads(run.file(RESULTS).read_text())
+    metrics = pd.read_csv(run.file(METRICS)).set_index("epoch")
     best = metrics.loc[results["best_epoch"]]
     return {
         "test_map": results["test_map"],
