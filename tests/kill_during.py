@@ -25,9 +25,9 @@ build_learner = train_module.build_learner
 
 
 def build_learner_with_a_kill(*args, **kwargs):
-    learn = build_learner(*args, **kwargs)
+    learn, data = build_learner(*args, **kwargs)
     learn.add_cb(KillAt())
-    return learn
+    return learn, data
 
 
 train_module.build_learner = build_learner_with_a_kill

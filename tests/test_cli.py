@@ -5,10 +5,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 from conftest import write
+from fastai.callback.core import Callback
 from typer.testing import CliRunner
 
+import wsml_fast.train
 from wsml_fast.cli import app
 
 TINY = ["--backbone", "test_efficientnet", "--no-pretrained", "--img-size", "32", "--bs", "16", "--epochs", "2"]
@@ -133,6 +136,9 @@ def test_linear_mode_caches_features_and_saves_the_whole_classifier(
     assert len(cached) == 2  # train and valid
     second = invoke(*args, "--out", tmp_path / "b")
     assert second.exit_code == 0 and "from cache" in second.output
+    times = ["seconds", "train_seconds"]  # extracting draws no random number: the same run either way
+    metrics = [pd.read_csv(tmp_path / run / "metrics.csv").drop(columns=times) for run in ("a", "b")]
+    pd.testing.assert_frame_equal(*metrics)
     report = invoke("eval", tmp_path / "b", "--json")  # model.pth holds body and head
     assert report.exit_code == 0, report.output
     assert json.loads(report.output)["map"] == pytest.approx(
@@ -140,43 +146,61 @@ def test_linear_mode_caches_features_and_saves_the_whole_classifier(
     )
 
 
-def test_linear_init_freezes_the_body_first_then_trains_it(demo_folder: Path, tmp_path: Path) -> None:
-    paper_style = ["--opt", "sgd", "--schedule", "constant", "--lr", "0.01", "--head-lr-mult", "10"]
-    result = invoke(
-        "train", "--data", demo_folder, *TINY, *paper_style, "--mode", "linear-init", "--linear-epochs", "1",
-        "--out", tmp_path / "r",
-    )  # fmt: skip
+class StageStart(Callback):
+    """At the start of the second fit (the end-to-end stage), keep what the model and ROLE hold, and what the run
+    folder holds as the best so far."""
+
+    order = 99
+
+    def __init__(self) -> None:
+        self.fits, self.seen = 0, {}
+
+    def before_fit(self) -> None:
+        self.fits += 1
+        if self.fits == 2:
+            run = self.learn.path
+            self.seen = {
+                "weights": {k: v.clone() for k, v in self.learn.model.state_dict().items()},
+                "estimates": self.learn.role.estimate_logits.detach().clone(),
+                "best weights": torch.load(run / "model.pth", weights_only=True),
+                "best estimates": torch.load(run / "scheme_state.pt", weights_only=True)["RoleCallback"],
+            }
+
+
+def test_linear_init_runs_linear_epochs_on_features_then_starts_end_to_end_from_the_best(
+    demo_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spy, build = StageStart(), wsml_fast.train.build_learner
+
+    def build_with_spy(*args, **kwargs):
+        learn, data = build(*args, **kwargs)
+        learn.add_cb(spy)
+        return learn, data
+
+    monkeypatch.setattr(wsml_fast.train, "build_learner", build_with_spy)
+    protocol = ["--mode", "linear-init", "--linear-epochs", "2", "--linear-lr", "0.05", "--linear-bs", "8"]
+    paper_style = ["--opt", "adam", "--schedule", "constant", "--lr", "0.01", "--epochs", "1", "--scheme", "role"]
+    result = invoke("train", "--data", demo_folder, *TINY, *protocol, *paper_style, "--out", tmp_path / "r")
     assert result.exit_code == 0, result.output
+    assert "features: 48 extracted" in result.output  # the linear phase trains on cached features
     metrics = pd.read_csv(tmp_path / "r" / "metrics.csv")
-    assert list(metrics["epoch"]) == [1, 2]  # one numbering across the two fits
-    assert metrics["lr"].tolist() == pytest.approx([0.1, 0.1])  # the head's rate, constant
+    assert list(metrics["epoch"]) == [1, 2, 3]  # 2 linear epochs, then --epochs 1 end-to-end: one numbering
+    assert metrics["lr"].tolist() == pytest.approx([0.05, 0.05, 0.01])  # each stage its own rate
+    seen = spy.seen
+    for key, value in seen["best weights"].items():  # the end-to-end stage starts from the best linear epoch
+        assert torch.equal(seen["weights"][key], value), key
+    assert torch.equal(seen["estimates"], seen["best estimates"]["estimate_logits"])  # ROLE's estimates too
 
 
 @pytest.mark.parametrize("opt", ["adam", "sgd"])  # sgd: weight decay must not reach the frozen body either
-def test_frozen_epochs_leave_the_body_and_its_batchnorm_statistics_untouched(
+def test_linear_epochs_leave_the_body_and_its_batchnorm_statistics_untouched(
     demo_folder: Path, tmp_path: Path, opt: str
 ) -> None:
-    import torch
     from fastai.torch_core import set_seed
 
     from wsml_fast.model import build_model
 
-    result = invoke(
-        "train",
-        "--data",
-        demo_folder,
-        *TINY,
-        "--epochs",
-        "1",
-        "--mode",
-        "linear-init",
-        "--linear-epochs",
-        "1",
-        "--opt",
-        opt,
-        "--out",
-        tmp_path / "r",
-    )
+    result = invoke("train", "--data", demo_folder, *TINY, "--mode", "linear", "--opt", opt, "--out", tmp_path / "r")
     assert result.exit_code == 0, result.output
     set_seed(0, reproducible=True)  # what `wsml train --seed 0` does before building the model
     initial, _, _ = build_model("test_efficientnet", 10, pretrained=False, img_size=32)

@@ -28,7 +28,7 @@ def test_unknown_recipe_key_and_bad_values_are_named(tmp_path: Path) -> None:
     values, name = find_recipe(str(recipe), None)
     with pytest.raises(WsmlError, match=r"r.yaml: unknown setting\(s\) learning_rate"):
         resolve(values, name, {})
-    with pytest.raises(WsmlError, match="--bs must be greater than 0"):
+    with pytest.raises(WsmlError, match="--bs must be at least 1"):
         resolve(None, None, {"bs": 0})
     with pytest.raises(WsmlError, match="--map-convention 'x' is not one of"):
         resolve(None, None, {"map_convention": "x"})

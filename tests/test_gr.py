@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from wsml_fast.gr import GrConfig, GrParams, gr_losses, gr_params
+from wsml_fast.schemes.gr import GrConfig, GrParams, gr_losses, gr_params
 
 LN3 = math.log(3.0)  # the logit of p = 0.75
 

@@ -22,14 +22,14 @@ from torch.utils.data import Dataset
 
 from wsml_fast.atomic import write_text
 from wsml_fast.callbacks import ItemIndexCallback, RunState
-from wsml_fast.large_loss import (
+from wsml_fast.losses import AssumeNegativeLoss
+from wsml_fast.schemes.large_loss import (
     LargeLossCallback,
     apply_large_loss,
     large_loss_k,
     large_loss_losses,
     select_large_losses,
 )
-from wsml_fast.losses import make_loss
 
 # Kim et al.'s example: AN losses of five entries; the 1.8 and 1.5 are unobserved and the largest.
 AN_LOSSES = [0.1, 1.8, 1.5, 0.1, 0.2]
@@ -146,7 +146,7 @@ def tiny_learner(
     learn = Learner(
         DataLoaders(train, valid),
         model,
-        loss_func=make_loss("an", C),
+        loss_func=AssumeNegativeLoss(),
         opt_func=opt_func,
         cbs=[RunState(), ItemIndexCallback(), *cbs],
     )

@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from wsml_fast.losses import LOSSES, KnownLabelLoss, make_loss
+from wsml_fast.losses import KnownLabelLoss
+from wsml_fast.schemes.cole import LOSSES
 
 LN3 = math.log(3)
 P75, P50, P25 = -math.log(0.75), math.log(2), -math.log(0.25)  # -log(p) for p = 0.75, 0.5, 0.25
 LOGITS = torch.tensor([[LN3, 0.0, -LN3]])  # probabilities 0.75, 0.5, 0.25
 TARGETS = torch.tensor([[1.0, 0.0, -1.0]])  # observed positive, observed negative, unobserved
+
+
+def make_loss(scheme: str, num_classes: int, expected_positives: float | None = None):
+    """The loss of a Cole et al. scheme, from the part of a scheme context that its table reads."""
+    context = SimpleNamespace(
+        table=SimpleNamespace(classes=list(range(num_classes))), expected_positives=expected_positives
+    )
+    return LOSSES[scheme](context)
 
 
 def loss(scheme: str, logits: torch.Tensor = LOGITS, targets: torch.Tensor = TARGETS, **kwargs) -> float:
@@ -28,7 +38,7 @@ def test_bce_and_iu_use_known_entries_only_but_divide_by_all():
 def test_iun_keeps_the_negative_term_of_true_negatives():
     truth_negatives = torch.tensor([[1.0, 0.0, 0.0]])  # the unobserved entry is a true negative
     assert loss("iun", targets=truth_negatives) == pytest.approx((P75 + P50 + P75) / 3)
-    assert LOSSES["iun"](3, None).__class__ is LOSSES["iu"](3, None).__class__ is KnownLabelLoss
+    assert make_loss("iun", 3).__class__ is make_loss("iu", 3).__class__ is KnownLabelLoss
 
 
 def test_an_treats_unobserved_as_negative():
@@ -56,11 +66,6 @@ def test_epr_positive_term_plus_expected_positive_penalty():
     assert loss("epr", logits, targets, expected_positives=1.0) == pytest.approx(expected)
 
 
-def test_epr_needs_expected_positives():
-    with pytest.raises(ValueError, match="--expected-positives"):
-        make_loss("epr", 3)
-
-
 def test_per_image_losses_average_to_the_batch_loss():
     logits, targets = torch.randn(4, 5), torch.randint(-1, 2, (4, 5)).float()
     for scheme in LOSSES:
@@ -74,8 +79,3 @@ def test_per_image_losses_average_to_the_batch_loss():
 
 def test_losses_are_fp32_for_half_logits():
     assert make_loss("an", 3)(LOGITS.half(), TARGETS).dtype == torch.float32
-
-
-def test_unknown_scheme_is_named():
-    with pytest.raises(ValueError, match="llr"):
-        make_loss("llr", 3)

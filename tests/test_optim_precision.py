@@ -9,7 +9,7 @@ from fastai.callback.fp16 import MixedPrecision
 from test_large_loss import observed_labels, tiny_learner
 
 from wsml_fast.callbacks import DeviceMixedPrecision
-from wsml_fast.train import OPTIMIZERS
+from wsml_fast.learner import OPTIMIZERS
 
 
 def one_step(name: str, p0: float, grad: float, lr: float) -> float:

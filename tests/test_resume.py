@@ -13,11 +13,20 @@ from test_cli import TINY, invoke
 
 KILLER = Path(__file__).with_name("kill_during.py")
 CASES = {  # scheme with state, workers, schedule and mode: each value at least once
-    "an-0-workers-one-cycle": ["--scheme", "an", "--workers", "0", "--schedule", "one-cycle"],
+    "an-0-workers-one-cycle": ["--scheme", "an", "--workers", "0", "--schedule", "one-cycle", "--track-memorization"],
     "llcp-0-workers-constant": ["--scheme", "llcp", "--delta-rel", "0.5", "--workers", "0", "--schedule", "constant"],
     "role-2-workers-one-cycle": ["--scheme", "role", "--workers", "2", "--schedule", "one-cycle"],
     # killed in the first epoch of the end-to-end stage: resumes from the best linear epoch, as the run did
-    "linear-init-between-stages": ["--mode", "linear-init", "--linear-epochs", "2", "--track-memorization"],
+    "linear-init-between-stages": [
+        "--mode",
+        "linear-init",
+        "--linear-epochs",
+        "2",
+        "--epochs",
+        "2",
+        "--scheme",
+        "role",
+    ],
 }
 
 

@@ -54,6 +54,7 @@ class RunState(Callback):
         self._epoch = len(self.history)  # fastai's own `learn.epoch` restarts at 0 in every fit
         self.values: dict[str, Any] = {}
         self.in_lr_find = False
+        self.data = None  # the stage in progress's StageData (its inputs), set when the stage begins
 
     @property
     def epoch(self) -> int:
@@ -190,29 +191,18 @@ class EarlyStopCallback(Callback):
             raise CancelFitException()
 
 
-class FrozenBodyCallback(Callback):
-    """While the body is frozen (linear training), keep it in eval mode so its batch-norm statistics stay fixed."""
-
-    order = 1  # after fastai's TrainEvalCallback has put the whole model in train mode
-
-    def before_train(self) -> None:
-        body = self.learn.model.body
-        if not any(p.requires_grad for p in body.parameters()):
-            body.eval()
-
-
 class TrainRecoveryCallback(Callback):
-    """`train_recovery_map`: mAP of the model's scores on (a sample of) the training images against their full
-    truth, after every epoch; how well the unobserved positives are being recovered."""
+    """`train_recovery_map`: mAP of the model's scores on (a sample of) the training inputs of the stage in progress
+    against their full truth, after every epoch; how well the unobserved positives are being recovered."""
 
     order = 65  # before the run log (70) writes the epoch
 
-    def __init__(self, score: Callable[[torch.nn.Module], float]) -> None:
+    def __init__(self, score: Callable[[torch.nn.Module, Any], float]) -> None:
         self.score = score
 
     def after_epoch(self) -> None:
         if self.run_state.active:
-            self.run_state.record(train_recovery_map=self.score(self.learn.model))
+            self.run_state.record(train_recovery_map=self.score(self.learn.model, self.run_state.data.recovery))
 
 
 class LossGuardCallback(Callback, CheckpointedState):

@@ -10,7 +10,6 @@ per fit (the loss scaler and the smoothed training loss).
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable
 from typing import Any
 
@@ -19,27 +18,7 @@ import torch
 from fastai.callback.core import Callback
 
 from wsml_fast.callbacks import CheckpointedState, checkpointed_states
-
-
-def rng_states() -> dict[str, Any]:
-    name, keys, position, has_gauss, gauss = np.random.get_state()
-    states = {
-        "python": random.getstate(),
-        "numpy": (name, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss),
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def set_rng_states(states: dict[str, Any]) -> None:
-    random.setstate(states["python"])
-    name, keys, position, has_gauss, gauss = states["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
-    torch.set_rng_state(states["torch"])
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
+from wsml_fast.randomness import rng_states, set_rng_states
 
 
 def optimizer_state(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
@@ -59,9 +38,9 @@ def _fit_state(learn) -> dict[str, Any]:
     }
 
 
-def capture(learn, model: torch.nn.Module, train_loader, meta: dict[str, Any]) -> dict[str, Any]:
+def capture(learn, model: torch.nn.Module, meta: dict[str, Any]) -> dict[str, Any]:
     """Everything a resumed run needs, at the end of the epoch that just completed."""
-    run_state = learn.run_state
+    run_state, train_loader = learn.run_state, learn.dls.train
     best = run_state.best()
     return {
         "meta": {**meta, "epoch": run_state.completed, "history": run_state.history, "best_epoch": best["epoch"]},
@@ -75,37 +54,32 @@ def capture(learn, model: torch.nn.Module, train_loader, meta: dict[str, Any]) -
     }
 
 
-def restore(learn, model: torch.nn.Module, train_loader, checkpoint: dict[str, Any]) -> None:
-    """Put a checkpoint's state back before the resumed run's first fit (its history is RunState's)."""
+def restore(learn, model: torch.nn.Module, checkpoint: dict[str, Any], mid_stage: bool) -> None:
+    """Put a checkpoint's state back before the resumed run's first fit (its history is RunState's). In the
+    middle of a stage, the stage's optimizer, loader stream and augmentation state and fastai's per-fit state go
+    back too; at the start of a stage these are new, as in the uninterrupted run."""
     model.load_state_dict(checkpoint["model"])
-    if learn.opt is None:
-        learn.create_opt()
-    learn.opt.load_state_dict(checkpoint["optimizer"])
     saved = checkpoint["callbacks"]
     for callback in learn.cbs:
         if isinstance(callback, CheckpointedState):
             callback.load_state_dict(saved[type(callback).__name__])
-    train_loader.rng.setstate(checkpoint["loader_rng"])
-    train_loader.dataset.set_random_state(checkpoint["augmentation"])
+    if mid_stage:
+        learn.opt.load_state_dict(checkpoint["optimizer"])
+        learn.dls.train.rng.setstate(checkpoint["loader_rng"])
+        learn.dls.train.dataset.set_random_state(checkpoint["augmentation"])
+        learn.checkpoint.fit_state = checkpoint["fit"]
     set_rng_states(checkpoint["rng"])
 
 
 class CheckpointCallback(Callback):
-    """Write checkpoint.pth (through `save`) when an epoch completes. Given `fit_state`, put the loss scaler
-    and smoothed loss of an interrupted fit back when the resumed fit begins (fastai makes both anew per fit)."""
+    """Write checkpoint.pth (through `save`) when an epoch completes; in a run resumed in the middle of a stage,
+    put the loss scaler and smoothed loss back when its fit begins (fastai makes both anew in each fit)."""
 
     order = 72  # after the run log (70) and the best weights (71); before early stopping (80) can end the fit
 
-    def __init__(
-        self,
-        save: Callable[[dict], None],
-        model: torch.nn.Module,
-        train_loader,
-        meta: dict[str, Any],
-        fit_state: dict[str, Any] | None = None,
-    ) -> None:
-        self.save, self.model, self.train_loader, self.meta = save, model, train_loader, meta
-        self.fit_state = fit_state
+    def __init__(self, save: Callable[[dict], None], model: torch.nn.Module, meta: dict[str, Any]) -> None:
+        self.save, self.model, self.meta = save, model, meta
+        self.fit_state: dict[str, Any] | None = None  # set by `restore` in the middle of a stage
 
     def before_fit(self) -> None:
         if self.fit_state is None or not self.run_state.active:
@@ -118,4 +92,4 @@ class CheckpointCallback(Callback):
 
     def after_epoch(self) -> None:
         if self.run_state.active:
-            self.save(capture(self.learn, self.model, self.train_loader, self.meta))
+            self.save(capture(self.learn, self.model, self.meta))

@@ -11,8 +11,8 @@ from typing import Annotated
 
 import typer
 
-from wsml_fast.config import SCHEMES
 from wsml_fast.errors import WsmlError, one_line
+from wsml_fast.schemes import SCHEMES
 
 # Deprecation notices of the libraries we build on say nothing a user can act on.
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"(torch|fastai|timm|albumentations)\.")
@@ -59,7 +59,7 @@ def train(
     images: ImagesOpt = None,
     recipe: Annotated[str | None, typer.Option(help="Recipe YAML (default: the recipe named like --dataset).")] = None,
     scheme: Annotated[
-        str | None, typer.Option(help=f"Loss scheme: {', '.join(SCHEMES)} (README: what each does).")
+        str | None, typer.Option(help=f"Loss scheme: {', '.join(SCHEMES)} (`wsml schemes`: what each does).")
     ] = None,
     backbone: Annotated[str | None, typer.Option(help="Any timm model name.")] = None,
     pretrained: Annotated[bool | None, typer.Option("--pretrained/--no-pretrained")] = None,
@@ -75,8 +75,24 @@ def train(
     early_stop: Annotated[
         bool | None, typer.Option("--early-stop/--no-early-stop", help="Stop when valid mAP falls 3 points below best.")
     ] = None,
+    linear_lr: Annotated[float | None, typer.Option(help="linear-init: the linear phase's lr (default --lr).")] = None,
+    linear_bs: Annotated[int | None, typer.Option(help="linear-init: the linear phase's batch size.")] = None,
+    early_stop_drop: Annotated[
+        float | None, typer.Option(help="--early-stop: the drop in valid mAP points that stops (default 3).")
+    ] = None,
+    boost_lu: Annotated[
+        float | None, typer.Option(help="BoostLU head: positive class activations x ALPHA (Kim et al. 2023: 5).")
+    ] = None,
     delta_rel: Annotated[float | None, typer.Option(help="Large-loss schemes: Delta in percent (0.1 to 0.5).")] = None,
     expected_positives: Annotated[float | None, typer.Option(help="epr/role: expected positives per image.")] = None,
+    em_alpha: Annotated[float | None, typer.Option(help="em, em-apl: weight of the entropy term.")] = None,
+    em_beta: Annotated[float | None, typer.Option(help="em-apl: weight of the pseudo-labelled entries.")] = None,
+    apl_warmup: Annotated[int | None, typer.Option(help="em-apl: pseudo-label after each epoch from this on.")] = None,
+    gr_w: Annotated[tuple[float, float] | None, typer.Option(help="gr: w's start and end (default 0 2).")] = None,
+    gr_b: Annotated[tuple[float, float] | None, typer.Option(help="gr: b's start and end (default -2 -2).")] = None,
+    gr_mu: Annotated[tuple[float, float] | None, typer.Option(help="gr: mu's start and end (0.5 0.8).")] = None,
+    gr_sigma: Annotated[tuple[float, float] | None, typer.Option(help="gr: sigma's start and end (2 0.5).")] = None,
+    gr_q: Annotated[tuple[float, float] | None, typer.Option(help="gr: the powers q2, q3 (0.01 1).")] = None,
     track_memorization: Annotated[
         bool | None, typer.Option("--track-memorization", help="Record losses of sampled unobserved entries.")
     ] = None,
@@ -257,6 +273,19 @@ def prepare(
 
 
 @app.command()
+def schemes() -> None:
+    """List the training schemes: what each does, whose method it is, and its own settings."""
+    from wsml_fast.schemes import FAMILIES
+
+    for scheme in SCHEMES.values():
+        settings = ", ".join(f"{k}={v}" for k, v in scheme.settings.items())
+        typer.echo(
+            f"{scheme.name}: {scheme.description}\n    {FAMILIES[scheme.family].paper}"
+            + (f"; settings: {settings}" if settings else "")
+        )
+
+
+@app.command()
 def recipes() -> None:
     """List the recipes that ship with wsml."""
     from wsml_fast.recipes import load_recipe, shipped_recipes
@@ -267,8 +296,21 @@ def recipes() -> None:
         typer.echo(f"{name}: {description}\n    " + ", ".join(f"{k}={v}" for k, v in settings.items()))
 
 
-def main() -> None:  # pragma: no cover - console entry for `python -m wsml_fast.cli`
-    app(sys.argv[1:])
+def main(argv: list[str] | None = None) -> None:
+    """The `wsml` console script: click's own usage errors (a missing or malformed option value) become one
+    `error:` line with exit code 2, like every other bad input."""
+    from typer.exceptions import TyperException  # the base of click's usage errors (typer carries its own click)
+
+    try:
+        code = app(sys.argv[1:] if argv is None else argv, standalone_mode=False)
+    except TyperException as exc:
+        context = getattr(exc, "ctx", None)
+        where = f"; see `{context.command_path} --help`" if context else ""
+        typer.echo(f"error: {exc.format_message().rstrip('.')}{where}", err=True)
+        sys.exit(2)
+    except typer.Abort:
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -6,6 +6,7 @@ so `config.yaml` in a run folder tells how the run came about and is enough to r
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from dataclasses import dataclass, field, fields
@@ -16,8 +17,6 @@ import yaml
 
 from wsml_fast.errors import WsmlError
 
-SCHEMES = ("an", "an-ls", "wan", "epr", "role", "iu", "iun", "bce", "bce-ls", "llr", "llct", "llcp")
-LARGE_LOSS_SCHEMES = ("llr", "llct", "llcp")
 MODES = ("end-to-end", "linear", "linear-init")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 OPTIMIZERS = ("adam", "sgd")
@@ -44,10 +43,23 @@ class TrainConfig:
     schedule: str = "one-cycle"
     head_lr_mult: float = 1.0
     mode: str = "end-to-end"  # or "linear" (frozen backbone), "linear-init" (linear epochs, then end-to-end)
-    linear_epochs: int = 1  # the linear part of linear-init
-    early_stop: bool = False  # stop when valid mAP falls more than 3 points below the best
+    linear_epochs: int = 1  # linear-init: epochs of the linear phase, before the `epochs` end-to-end ones
+    linear_lr: float | None = None  # linear-init: the linear phase's learning rate (None: lr)
+    linear_bs: int | None = None  # linear-init: the linear phase's batch size (None: bs)
+    early_stop: bool = False  # stop when valid mAP falls more than `early_stop_drop` points below the best
+    early_stop_drop: float = 3.0
+    boost_lu: float | None = None  # BoostLU's alpha: the class-activation head, positive activations x alpha
+    # the schemes' own settings (defaults: their registry entry, wsml_fast.schemes)
     delta_rel: float | None = None  # large-loss schemes: Delta in percent (typical 0.1 to 0.5)
     expected_positives: float | None = None  # epr / role: expected positives per image
+    em_alpha: float | None = None  # em, em-apl: weight of the entropy term
+    em_beta: float | None = None  # em-apl: weight of the pseudo-labelled entries' loss
+    apl_warmup: int | None = None  # em-apl: pseudo-labels after every epoch from this one on
+    gr_w: list[float] | None = None  # gr: (start, end) of each schedule ...
+    gr_b: list[float] | None = None
+    gr_mu: list[float] | None = None
+    gr_sigma: list[float] | None = None
+    gr_q: list[float] | None = None  # ... and the powers (q2, q3)
     track_memorization: bool = False
     img_size: int | None = None  # None: the backbone's default input size
     hflip: bool = True
@@ -60,10 +72,17 @@ class TrainConfig:
     out: str | None = None
     sources: dict[str, str] = field(default_factory=dict, compare=False)
 
+    @property
+    def total_epochs(self) -> int:
+        """Epochs of the whole run: linear-init's linear phase comes before its `epochs` end-to-end ones."""
+        return self.epochs + (self.linear_epochs if self.mode == "linear-init" else 0)
+
     def validate(self) -> TrainConfig:
         """Fail early, naming the option, on values no run could use."""
+        from wsml_fast.schemes import get_scheme
+
+        scheme = get_scheme(self.scheme)
         choices = {
-            "scheme": SCHEMES,
             "precision": PRECISIONS,
             "opt": OPTIMIZERS,
             "schedule": SCHEDULES,
@@ -76,20 +95,33 @@ class TrainConfig:
                 raise WsmlError(f"--{option} {getattr(self, name)!r} is not one of: {', '.join(allowed)}")
         for f in fields(self):
             value = getattr(self, f.name)
-            if isinstance(value, float) and not math.isfinite(value):
-                raise WsmlError(f"--{f.name.replace('_', '-')} must be a finite number (got {value})")
-        positive = ("epochs", "bs", "lr", "head_lr_mult")
-        for name in positive:
-            if getattr(self, name) <= 0:
-                raise WsmlError(f"--{name.replace('_', '-')} must be greater than 0 (got {getattr(self, name)})")
-        if self.img_size is not None and self.img_size < 8:
-            raise WsmlError(f"--img-size must be at least 8 pixels (got {self.img_size})")
-        if not 0 < self.valid_fraction < 1:
+            for number in value if isinstance(value, list) else [value]:
+                if isinstance(number, float) and not math.isfinite(number):
+                    what = "finite numbers" if isinstance(value, list) else "a finite number"
+                    raise WsmlError(f"{_option(f.name)} must be {what} (got {value})")
+        for name, low, low_included in _LIMITS:
+            value = getattr(self, name)
+            if value is not None and (value < low or (value == low and not low_included)):
+                relation = "at least" if low_included else "greater than"
+                raise WsmlError(f"{_option(name)} must be {relation} {low} (got {value})")
+        if self.delta_rel is not None and self.delta_rel >= 100:
+            raise WsmlError(f"--delta-rel is Delta in percent, below 100 (got {self.delta_rel}; typical 0.1 to 0.5)")
+        for name in ("gr_w", "gr_b", "gr_mu", "gr_sigma", "gr_q"):
+            value = getattr(self, name)
+            if value is not None and len(value) != 2:
+                raise WsmlError(f"{_option(name)} takes two numbers, a start and an end (got {value})")
+        if self.gr_sigma is not None and min(self.gr_sigma) <= 0 or self.gr_q is not None and min(self.gr_q) <= 0:
+            raise WsmlError("--gr-sigma and --gr-q must be greater than 0")
+        if self.boost_lu is not None and self.mode != "end-to-end":
+            raise WsmlError(
+                f"--boost-lu needs --mode end-to-end: the {self.mode} mode trains on cached pooled features, and "
+                "BoostLU's head needs the whole feature map"
+            )
+        for name, default in scheme.settings.items():
+            if getattr(self, name) is None and default is None and name != "expected_positives":
+                raise WsmlError(f"--scheme {self.scheme} needs {_option(name)}")
+        if self.valid_fraction is not None and not 0 < self.valid_fraction < 1:
             raise WsmlError(f"valid_fraction must be between 0 and 1 (got {self.valid_fraction})")
-        if self.scheme in LARGE_LOSS_SCHEMES and (self.delta_rel is None or not 0 < self.delta_rel < 100):
-            raise WsmlError(f"--scheme {self.scheme} needs --delta-rel, in percent (typical 0.1 to 0.5)")
-        if self.workers is not None and self.workers < 0:
-            raise WsmlError(f"--workers must be 0 or more (got {self.workers})")
         return self
 
     def values(self) -> dict[str, Any]:
@@ -111,6 +143,30 @@ class TrainConfig:
         return config
 
 
+_LIMITS = (  # (field, lowest value, whether the lowest value itself is allowed)
+    ("epochs", 1, True),
+    ("bs", 1, True),
+    ("lr", 0, False),
+    ("head_lr_mult", 0, False),
+    ("linear_epochs", 0, True),
+    ("linear_lr", 0, False),
+    ("linear_bs", 1, True),
+    ("early_stop_drop", 0, True),
+    ("boost_lu", 1, True),
+    ("delta_rel", 0, False),
+    ("expected_positives", 0, False),
+    ("em_alpha", 0, False),
+    ("em_beta", 0, True),
+    ("apl_warmup", 1, True),
+    ("img_size", 8, True),
+    ("workers", 0, True),
+)
+
+
+def _option(name: str) -> str:
+    return f"--{name.replace('_', '-')}"
+
+
 def field_names() -> list[str]:
     return [f.name for f in fields(TrainConfig) if f.name != "sources"]
 
@@ -121,6 +177,7 @@ def apply_layer(config: TrainConfig, values: dict[str, Any], source: str) -> Tra
     unknown = sorted(set(values) - known)
     if unknown:
         raise WsmlError(f"{source}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    values = {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}  # pairs from the CLI
     updated = dataclasses.replace(config, **values)
     updated.sources = {**config.sources, **{name: source for name in values}}
     return updated
@@ -138,4 +195,13 @@ def resolve(
     if recipe:
         config = apply_layer(config, recipe, f"recipe:{recipe_name}")
     given = {k: v for k, v in cli.items() if v is not None}
-    return apply_layer(config, given, "cli").validate()
+    return with_scheme_defaults(apply_layer(config, given, "cli")).validate()
+
+
+def with_scheme_defaults(config: TrainConfig) -> TrainConfig:
+    """Fill the scheme's own settings that no layer gave from its registry entry (source `scheme:NAME`)."""
+    from wsml_fast.schemes import get_scheme
+
+    scheme = get_scheme(config.scheme)
+    unset = {k: copy.deepcopy(v) for k, v in scheme.settings.items() if v is not None and getattr(config, k) is None}
+    return apply_layer(config, unset, f"scheme:{scheme.name}") if unset else config

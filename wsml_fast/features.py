@@ -17,6 +17,7 @@ from torch.utils.data import Dataset
 from wsml_fast.data import ImageLabelDataset, make_loader
 from wsml_fast.inference import autocast
 from wsml_fast.model import Classifier
+from wsml_fast.randomness import untouched_random_state
 
 
 def feature_cache_dir() -> Path:
@@ -60,7 +61,8 @@ def cached_features(
     if path.is_file():
         say(f"features: {len(dataset)} from cache {path}")
         return torch.load(path, weights_only=True)
-    features = extract_features(model, dataset, bs, workers, precision, device)
+    with untouched_random_state():  # a run draws the same numbers whether its features were cached or not
+        features = extract_features(model, dataset, bs, workers, precision, device)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(features, path)
     say(f"features: {len(dataset)} extracted, cached in {path}")

@@ -9,8 +9,6 @@ Kim et al. 2022) divide by B*C.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -128,30 +126,3 @@ class ExpectedPositiveLoss(PartialLabelLoss):
 
     def batch_term(self, logits: torch.Tensor) -> torch.Tensor:
         return expected_positive_penalty(torch.sigmoid(logits), self.expected_positives)
-
-
-def _expected(expected_positives: float | None) -> float:
-    if expected_positives is None:
-        raise ValueError("this scheme needs --expected-positives (the expected positives per image)")
-    return expected_positives
-
-
-LossFactory = Callable[[int, float | None], PartialLabelLoss]  # (num_classes, expected positives) -> loss
-
-LOSSES: dict[str, LossFactory] = {
-    "bce": lambda num_classes, k: KnownLabelLoss(),
-    "bce-ls": lambda num_classes, k: KnownLabelLoss(smoothing=LABEL_SMOOTHING),
-    "an": lambda num_classes, k: AssumeNegativeLoss(),
-    "an-ls": lambda num_classes, k: AssumeNegativeLoss(smoothing=LABEL_SMOOTHING),
-    "wan": lambda num_classes, k: AssumeNegativeLoss(unobserved_weight=1 / (num_classes - 1)),
-    "epr": lambda num_classes, k: ExpectedPositiveLoss(_expected(k)),
-    "iu": lambda num_classes, k: KnownLabelLoss(),
-    "iun": lambda num_classes, k: KnownLabelLoss(),
-}
-
-
-def make_loss(scheme: str, num_classes: int, expected_positives: float | None = None) -> PartialLabelLoss:
-    """The loss of `scheme` (large-loss schemes and ROLE train on `an` plus their callback)."""
-    if scheme not in LOSSES:
-        raise ValueError(f"no loss for scheme {scheme!r}; known: {', '.join(LOSSES)}")
-    return LOSSES[scheme](num_classes, expected_positives)

@@ -42,9 +42,9 @@ class MemorizationCallback(Callback, CheckpointedState):
     order = 66
 
     def __init__(
-        self, inputs: torch.Tensor, classes: np.ndarray, false_negative: np.ndarray, every: int, run_folder: RunFolder
+        self, rows: np.ndarray, classes: np.ndarray, false_negative: np.ndarray, every: int, run_folder: RunFolder
     ) -> None:
-        self.inputs, self.every, self.run_folder = inputs, max(1, every), run_folder
+        self.rows, self.every, self.run_folder = rows, max(1, every), run_folder
         self.classes = torch.as_tensor(classes)
         self.false_negative = np.asarray(false_negative, dtype=bool)
         self.iteration, self.records = 0, []
@@ -55,6 +55,11 @@ class MemorizationCallback(Callback, CheckpointedState):
     def load_state_dict(self, state: dict) -> None:
         self.iteration = state["iteration"]
         self.records = [(i, values.numpy()) for i, values in state["records"]]
+
+    def before_fit(self) -> None:
+        """The sampled images as the stage in progress sees them (images, or the frozen body's features)."""
+        if self.run_state.active:
+            self.inputs = torch.stack([self.run_state.data.truth_view[i][0] for i in self.rows])
 
     def after_batch(self) -> None:
         if not self.learn.training or not self.run_state.active:

@@ -10,6 +10,7 @@ checkpoint.pth         the last completed epoch's whole state: what `wsml train 
 model.pth              the best epoch's weights (state dict of the whole classifier)
 scheme_state.pt        the schemes' stored labels / label estimates at the best epoch
 corrected_labels.csv   llcp: every entry stored as positive, with its epoch
+pseudo_labels.csv      em-apl: every entry given a soft negative pseudo-label, with its value and epoch
 memorization.csv/.png  --track-memorization: losses of sampled unobserved entries
 results.json           best epoch, valid and test mAP, classes, input size (written when the run finishes)
 train.log              everything the run printed
@@ -32,8 +33,9 @@ from wsml_fast.errors import WsmlError
 
 CONFIG, STATUS, METRICS, RESULTS, LOG = "config.yaml", "status.json", "metrics.csv", "results.json", "train.log"
 WEIGHTS, CHECKPOINT, SCHEME_STATE = "model.pth", "checkpoint.pth", "scheme_state.pt"
-CORRECTIONS, MEMORIZATION_CSV, MEMORIZATION_PNG = "corrected_labels.csv", "memorization.csv", "memorization.png"
-RUN_FILES = (CONFIG, STATUS, METRICS, RESULTS, LOG, WEIGHTS, CHECKPOINT, SCHEME_STATE, CORRECTIONS)
+CORRECTIONS, PSEUDO_LABELS = "corrected_labels.csv", "pseudo_labels.csv"
+MEMORIZATION_CSV, MEMORIZATION_PNG = "memorization.csv", "memorization.png"
+RUN_FILES = (CONFIG, STATUS, METRICS, RESULTS, LOG, WEIGHTS, CHECKPOINT, SCHEME_STATE, CORRECTIONS, PSEUDO_LABELS)
 RUN_FILES += (MEMORIZATION_CSV, MEMORIZATION_PNG)
 
 
@@ -197,6 +199,9 @@ class RunFolder:
 
     def load_weights(self) -> dict:
         return self._load(WEIGHTS)
+
+    def load_scheme_state(self) -> dict:
+        return self._load(SCHEME_STATE)
 
     def load_checkpoint(self, mmap: bool = False) -> dict:
         """The last completed epoch's state (memory-mapped: only what is read is loaded)."""

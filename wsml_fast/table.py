@@ -11,8 +11,6 @@ from wsml_fast.errors import WsmlError
 from wsml_fast.labels import align_truth, outside_root_note, read_label_csv
 from wsml_fast.sources import DataSource
 
-TRUTH_SCHEMES = ("bce", "bce-ls", "iun")  # schemes that read truth.csv for training
-
 
 @dataclass
 class PartialLabelTable:
@@ -34,25 +32,9 @@ class PartialLabelTable:
         labels = self.truth if self.truth is not None else self.observed
         return labels[self.rows(split)]
 
-    def train_labels(self, scheme: str) -> np.ndarray:
-        """Training targets for `scheme`: the observed labels; the full truth for `bce`/`bce-ls`; for `iun`
-        the observed positives plus every true negative (an oracle baseline)."""
-        rows = self.rows("train")
-        if scheme not in TRUTH_SCHEMES:
-            if scheme == "iu" and not (self.observed[rows] == 0).any():
-                raise WsmlError(
-                    f"--scheme iu trains on observed negatives, and {self.source.observed_csv} has none in train; "
-                    "use an, wan, epr, role or a large-loss scheme"
-                )
-            return self.observed[rows]
-        if self.truth is None:
-            raise WsmlError(
-                f"--scheme {scheme} needs full labels but {self.source.observed_csv.parent} has no truth.csv; "
-                "use a partial-label scheme such as an"
-            )
-        if scheme == "iun":
-            return np.where(self.truth[rows] == 0, 0.0, self.observed[rows]).astype(np.float32)
-        return self.truth[rows]
+    def train_truth(self) -> np.ndarray | None:
+        """The full truth of the train rows, when there is a truth.csv."""
+        return None if self.truth is None else self.truth[self.rows("train")]
 
     def expected_positives(self) -> float | None:
         """Mean positives per train image from the truth, when there is a truth."""

@@ -19,12 +19,17 @@ Differences from the reference, for numerical safety in fp32 (the same values wh
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 import torch.nn.functional as F
+from fastai.callback.core import Callback
 
-from wsml_fast.losses import negative_term, positive_term
+from wsml_fast.losses import PartialLabelLoss, negative_term, positive_term
+from wsml_fast.schemes import Scheme, SchemeContext
+
+if TYPE_CHECKING:
+    from wsml_fast.config import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -103,3 +108,40 @@ def gr_losses(logits: torch.Tensor, targets: torch.Tensor, params: GrParams) -> 
     """Per-entry GR losses of fp32 logits against 1 / 0 / -1 (unobserved) targets; the caller takes the mean."""
     observed = torch.where(targets == 1, positive_term(logits), negative_term(logits))
     return torch.where(targets == -1, gr_unobserved(logits, params), observed)
+
+
+def gr_config(config: TrainConfig) -> GrConfig:
+    """The GR constants of a run's configuration (the `gr_*` settings: start and end of each schedule)."""
+    (w0, w_end), (b0, b_end) = config.gr_w, config.gr_b
+    (mu0, mu_end), (sigma0, sigma_end), (q2, q3) = config.gr_mu, config.gr_sigma, config.gr_q
+    return GrConfig(w0, w_end, b0, b_end, mu0, sigma0, mu_end, sigma_end, q2, q3)
+
+
+class GrLoss(PartialLabelLoss):
+    """GR as a loss whose schedule parameters `GrScheduleCallback` sets at each epoch."""
+
+    def __init__(self, params: GrParams) -> None:
+        super().__init__()
+        self.params = params
+
+    def entry_losses(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return gr_losses(logits, targets, self.params)
+
+
+class GrScheduleCallback(Callback):
+    """Move GR's w, b, mu, sigma along their schedules: the run's epoch t of its `epochs` (RunState)."""
+
+    order = -10
+
+    def __init__(self, loss: GrLoss, constants: GrConfig, epochs: int) -> None:
+        self.loss, self.constants, self.epochs = loss, constants, epochs
+
+    def before_epoch(self) -> None:
+        if self.run_state.active:
+            self.loss.params = gr_params(self.constants, self.run_state.epoch, self.epochs)
+
+
+def parts(scheme: Scheme, context: SchemeContext) -> tuple[PartialLabelLoss, list[Callback]]:
+    constants = gr_config(context.config)
+    loss = GrLoss(gr_params(constants, 1, context.total_epochs))
+    return loss, [GrScheduleCallback(loss, constants, context.total_epochs)]

@@ -23,7 +23,8 @@ from fastai.callback.core import Callback
 
 from wsml_fast.callbacks import ItemIndexCallback, SchemeState
 from wsml_fast.checkpoint import optimizer_state
-from wsml_fast.losses import ExpectedPositiveLoss, soft_bce
+from wsml_fast.losses import AssumeNegativeLoss, ExpectedPositiveLoss, PartialLabelLoss, soft_bce
+from wsml_fast.schemes import Scheme, SchemeContext
 
 START_POSITIVE, START_NEGATIVE = 0.995, 0.005  # the reference's start values for observed labels
 START_UNOBSERVED = (0.4, 0.6)  # unobserved entries start uniformly in this probability range
@@ -125,3 +126,8 @@ class RoleCallback(Callback, SchemeState):
             else:
                 self.estimate_opt.step()
         self.estimate_opt.zero_grad()
+
+
+def parts(scheme: Scheme, context: SchemeContext) -> tuple[PartialLabelLoss, list[Callback]]:
+    """AN as the loss (validation reports it); the callback trains on L_ROLE with its label estimates."""
+    return AssumeNegativeLoss(), [RoleCallback(context.train_labels, context.expected_positives)]

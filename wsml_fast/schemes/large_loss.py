@@ -16,14 +16,19 @@ import io
 import math
 from collections.abc import Callable
 from fractions import Fraction
+from functools import partial
 
 import numpy as np
 import torch
 from fastai.callback.core import Callback
 
+from wsml_fast.atomic import write_text
 from wsml_fast.callbacks import ItemIndexCallback, SchemeState
-from wsml_fast.config import LARGE_LOSS_SCHEMES
-from wsml_fast.losses import AssumeNegativeLoss, positive_term
+from wsml_fast.losses import AssumeNegativeLoss, PartialLabelLoss, positive_term
+from wsml_fast.runfolder import CORRECTIONS
+from wsml_fast.schemes import SCHEMES, Scheme, SchemeContext
+
+LARGE_LOSS_SCHEMES = tuple(name for name, scheme in SCHEMES.items() if scheme.family == "large-loss")
 
 _ASSUME_NEGATIVE = AssumeNegativeLoss()
 
@@ -180,3 +185,19 @@ class LargeLossCallback(Callback, SchemeState):
 def _ratio(part: torch.Tensor, whole: torch.Tensor) -> float:
     whole = int(whole)
     return int(part) / whole if whole else float("nan")
+
+
+def parts(scheme: Scheme, context: SchemeContext) -> tuple[PartialLabelLoss, list[Callback]]:
+    """AN as the loss (validation reports it); the callback replaces the training loss from epoch 2 on."""
+    table, rows = context.table, context.table.rows("train")
+    write = partial(write_text, context.run.file(CORRECTIONS)) if scheme.name == "llcp" else None
+    callback = LargeLossCallback(
+        scheme.name,
+        context.config.delta_rel,
+        context.train_labels,
+        table.train_truth(),
+        [table.images[i] for i in rows],
+        table.classes,
+        write,
+    )
+    return AssumeNegativeLoss(), [callback]

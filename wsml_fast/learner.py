@@ -1,0 +1,218 @@
+"""The Learner of a run and its fit: callbacks, optimizers, and the stages trained from the first incomplete epoch.
+
+Each stage gets its own inputs, model part and optimizer (a new one, as Cole et al.'s fine-tuning phase has);
+a stage after the first starts from the best epoch of the stage before, its weights and its schemes' state
+both. A resumed run puts the checkpoint's state back just before its first stage trains.
+"""
+
+from __future__ import annotations
+
+import sys
+from functools import partial
+
+import fastai.callback.schedule  # noqa: F401 - adds Learner.fit_one_cycle
+import numpy as np
+import torch
+from fastai.callback.core import CancelEpochException
+from fastai.callback.progress import ProgressCallback
+from fastai.learner import Learner
+from fastai.metrics import AccumMetric, ActivationType
+from fastai.optimizer import OptimWrapper
+from fastai.torch_core import params
+
+from wsml_fast.callbacks import (
+    DeviceMixedPrecision,
+    EarlyStopCallback,
+    ItemIndexCallback,
+    LossGuardCallback,
+    RunLogCallback,
+    RunState,
+    SaveBestCallback,
+    SchemeState,
+    StopOnRequestCallback,
+    TrainRecoveryCallback,
+)
+from wsml_fast.checkpoint import CheckpointCallback, restore
+from wsml_fast.data import check_train_batches, make_loader
+from wsml_fast.errors import WsmlError
+from wsml_fast.inference import AMP_DTYPES, predict_scores, score_split
+from wsml_fast.memorization import MemorizationCallback, sample_entries
+from wsml_fast.metrics import mean_average_precision
+from wsml_fast.run_setup import Setup
+from wsml_fast.runfolder import SCHEME_STATE, Reporter
+from wsml_fast.schemes import scheme_parts
+from wsml_fast.stages import IMAGES, StageData, stage_data, stages
+from wsml_fast.stopping import StopRequest
+
+OPTIMIZERS = {  # what the reference implementations used: torch's optimizers, driven through fastai's wrapper
+    "adam": partial(OptimWrapper, opt=partial(torch.optim.Adam, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)),
+    "sgd": partial(OptimWrapper, opt=partial(torch.optim.SGD, momentum=0.9, weight_decay=1e-3)),
+}
+
+
+def map_metric(convention: str) -> AccumMetric:
+    """Validation mAP over the epoch's gathered scores (fastai's APScoreMulti cannot skip unlabelled)."""
+
+    def valid_map(scores: np.ndarray, labels: np.ndarray) -> float:
+        return mean_average_precision(scores, labels, convention=convention).map
+
+    return AccumMetric(valid_map, activation=ActivationType.Sigmoid, flatten=False, to_np=True)
+
+
+def body_head_split(model: torch.nn.Module) -> list:
+    return [params(model.body), params(model.head)]
+
+
+def head_only(head: torch.nn.Module) -> list:
+    return [params(head)]
+
+
+class ResumableLearner(Learner):
+    """fastai's Learner whose fit can begin at a later epoch of its schedule (a resumed run): the epochs before
+    `first_epoch` raise no events at all (fastai's SkipToEpoch would still send them `after_epoch`), and the
+    schedulers see the same epoch / n_epoch, hence bit for bit the same learning rates, as an uninterrupted fit."""
+
+    first_epoch = 0
+
+    def _do_fit(self) -> None:
+        for epoch in range(self.first_epoch, self.n_epoch):
+            self.epoch = epoch
+            self._with_events(self._do_epoch, "epoch", CancelEpochException)
+
+
+def compile_in_place(model: torch.nn.Module, sample: torch.Tensor, say: Reporter) -> None:
+    """torch.compile the model in place (its state-dict keys stay as they are), after a trial on a sample batch;
+    where compiling fails, say so and train uncompiled."""
+    try:
+        with torch.no_grad():
+            torch.compile(model)(sample)
+    except Exception as exc:  # noqa: BLE001 - compilers fail in many ways; training goes on without
+        say(f"note: --compile failed ({exc.__class__.__name__}: {str(exc).splitlines()[0][:120]}); running uncompiled")
+        return
+    model.compile()
+    say("model compiled with torch.compile")
+
+
+def _diagnostics(setup: Setup, truth_known: bool) -> list:
+    """Callbacks that need the truth of the training set: recovery mAP, and memorization when asked for."""
+    config = setup.config
+    if not truth_known:
+        if config.track_memorization:
+            raise WsmlError("--track-memorization needs truth.csv (the truth of the unobserved training entries)")
+        return []
+    scoring = (config.map_convention, setup.precision, setup.device, config.bs * 2, config.workers)
+    callbacks = [TrainRecoveryCallback(lambda model, dataset: score_split(model, dataset, None, *scoring).map)]
+    if config.track_memorization:
+        entries = sample_entries(setup.train_labels, setup.table.train_truth(), seed=config.seed)
+        every = max(1, len(setup.train_labels) // config.bs // 20)  # about 20 points per epoch
+        callbacks.append(MemorizationCallback(*entries, every, setup.run))
+    return callbacks
+
+
+def build_learner(
+    setup: Setup, stop: StopRequest | None = None, history: list[dict] | None = None
+) -> tuple[Learner, dict[str, StageData]]:
+    """The callbacks, the data of every stage (by its inputs), and the Learner (set for the first stage)."""
+    config, model, device, run = setup.config, setup.model, setup.device, setup.run
+    model.to(device)
+    if device.type == "cuda" and setup.precision in AMP_DTYPES:
+        model.use_channels_last()
+    data = {stage.inputs: stage_data(setup, stage.inputs, stage.bs) for stage in stages(config)}
+    for stage in stages(config):
+        check_train_batches(data[stage.inputs].module, len(data[stage.inputs].train), stage.bs)
+    if config.compile and IMAGES in data:
+        compile_in_place(model, next(iter(data[IMAGES].loaders.valid))[0][:2], setup.say)
+    on_terminal = sys.stdout.isatty()
+    callbacks = [
+        RunState(history),
+        ItemIndexCallback(),
+        RunLogCallback(run.write_metrics, setup.say, print_lines=not on_terminal),
+        SaveBestCallback(model, run.save_weights, run.save_scheme_state),
+        CheckpointCallback(run.save_checkpoint, model, setup.meta()),
+        LossGuardCallback(config.lr, setup.say),
+        *_diagnostics(setup, setup.table.truth is not None),
+    ]
+    if stop is not None:
+        callbacks.append(StopOnRequestCallback(stop))
+    if setup.precision in AMP_DTYPES:
+        callbacks.append(DeviceMixedPrecision(amp_mode=setup.precision))
+    if config.early_stop:
+        callbacks.append(EarlyStopCallback(drop=config.early_stop_drop))
+
+    def score_train(module: torch.nn.Module) -> torch.Tensor:
+        """Probabilities on every training input of the stage in progress (read when called, hence `learn`)."""
+        plain = learn.run_state.data.plain_train
+        loader = make_loader(plain, config.bs * 2, False, config.workers, device)
+        return torch.from_numpy(predict_scores(module, loader, setup.precision, device))
+
+    loss, scheme_callbacks = scheme_parts(config, setup.table, setup.train_labels, run, setup.say, score_train)
+    first = data[stages(config)[0].inputs]
+    learn = ResumableLearner(
+        first.loaders,
+        first.module,
+        loss_func=loss,
+        opt_func=OPTIMIZERS[config.opt],
+        metrics=[map_metric(config.map_convention)],
+        path=run.path,
+        model_dir=".",
+        cbs=callbacks + scheme_callbacks,
+        train_bn=False,
+    )
+    if not on_terminal:
+        learn.remove_cb(ProgressCallback)
+        learn.logger = lambda *_: None
+    return learn, data
+
+
+def _use_stage(learn: Learner, data: StageData) -> None:
+    """Point the Learner at a stage's inputs and model part, with a new optimizer for its parameters."""
+    learn.dls, learn.model = data.loaders, data.module
+    learn.splitter = body_head_split if data.inputs == IMAGES else head_only
+    learn.run_state.data = data
+    learn.opt = None
+    learn.create_opt()
+
+
+def _load_best(learn: Learner, setup: Setup) -> None:
+    """The best epoch so far: its weights, and its schemes' state (stored labels, label estimates)."""
+    setup.model.load_state_dict(setup.run.load_weights())
+    if setup.run.file(SCHEME_STATE).is_file():
+        saved = setup.run.load_scheme_state()
+        for callback in learn.cbs:
+            if isinstance(callback, SchemeState):
+                callback.load_state_dict(saved[type(callback).__name__])
+
+
+def fit(
+    learn: Learner,
+    data: dict[str, StageData],
+    setup: Setup,
+    stop: StopRequest | None = None,
+    checkpoint: dict | None = None,
+) -> str | None:
+    """Train the stages from the run's first incomplete epoch (a checkpoint's state goes back in first).
+    Returns why training ended early (`interrupted`, or the early-stop reason), or None when every epoch ran."""
+    config, state = setup.config, learn.run_state
+    for index, stage in enumerate(stages(config)):
+        if state.completed >= stage.end:
+            continue
+        _use_stage(learn, data[stage.inputs])
+        if checkpoint is not None:
+            restore(learn, setup.model, checkpoint, mid_stage=state.completed > stage.start)
+            checkpoint = None
+        if index > 0 and state.completed == stage.start:
+            _load_best(learn, setup)  # the protocol: a stage starts from the best epoch of the stage before
+        learn.first_epoch = state.completed - stage.start
+        multiplied = config.head_lr_mult != 1
+        lr = slice(stage.lr, stage.lr * config.head_lr_mult) if multiplied else stage.lr
+        if config.schedule == "one-cycle":
+            learn.fit_one_cycle(stage.epochs, lr)
+        else:
+            learn.fit(stage.epochs, lr)
+        if stop is not None and stop():
+            return "interrupted"
+        reason = getattr(getattr(learn, "early_stop", None), "reason", None)
+        if reason:
+            setup.say(f"early stop: {reason}")
+            return reason
+    return None

@@ -1,0 +1,113 @@
+"""The first step of a run: read and check the data, build the model, open the run folder."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from fastai.torch_core import set_seed
+
+from wsml_fast.config import TrainConfig
+from wsml_fast.data import default_workers
+from wsml_fast.errors import WsmlError
+from wsml_fast.inference import pick_device, resolve_precision
+from wsml_fast.model import Classifier, build_model
+from wsml_fast.runfolder import LOG, Reporter, RunFolder
+from wsml_fast.schemes import get_scheme, settings_of, training_labels
+from wsml_fast.sources import DataSource
+from wsml_fast.table import PartialLabelTable, check_images, load_table
+
+
+@dataclass
+class Setup:
+    """What the steps of one run share."""
+
+    config: TrainConfig
+    table: PartialLabelTable
+    train_labels: np.ndarray
+    device: torch.device
+    precision: str
+    model: Classifier
+    origin: str
+    run: RunFolder
+    say: Reporter
+
+    def fingerprint(self) -> str:
+        """Identifies the training data: a resumed run must see the same images, splits, classes and labels."""
+        digest = hashlib.sha256()
+        for part in (self.table.images, list(self.table.splits), self.table.classes):
+            digest.update("\n".join(map(str, part)).encode())
+        digest.update(np.ascontiguousarray(self.train_labels).tobytes())
+        return digest.hexdigest()[:16]
+
+    def meta(self) -> dict:
+        """What the checkpoint says about the run besides its state."""
+        boost = self.config.boost_lu
+        return {
+            "config": self.config.values(),
+            "sources": dict(self.config.sources),
+            "backbone": self.config.backbone,
+            "classes": self.table.classes,
+            "img_size": self.config.img_size,
+            "head": "linear" if boost is None else f"boost-lu {boost:g}",
+            "weights_origin": self.origin,
+            "data": self.fingerprint(),
+        }
+
+
+def _resolved(config: TrainConfig, **values) -> TrainConfig:
+    """Fill in values the run decided itself (input size, workers, output folder) and say so."""
+    unset = {k: v for k, v in values.items() if getattr(config, k) is None}
+    updated = dataclasses.replace(config, **unset)
+    updated.sources = {**config.sources, **{k: "resolved" for k in unset}}
+    return updated
+
+
+def _describe(setup: Setup) -> None:
+    table, config, say = setup.table, setup.config, setup.say
+    counts = {s: len(table.rows(s)) for s in ("train", "valid", "test")}
+    train = table.observed[table.rows("train")]
+    say(
+        f"data: {table.source.observed_csv.parent} | {len(table.classes)} classes | "
+        + ", ".join(f"{n} {s}" for s, n in counts.items())
+        + f" | observed per train image: {(train == 1).sum(1).mean():.2f} positive, "
+        f"{(train == 0).sum(1).mean():.2f} negative | truth.csv: {'yes' if table.truth is not None else 'no'}"
+    )
+    for note in table.notes:
+        say(f"note: {note}")
+    settings = "".join(f" {k}={v}" for k, v in settings_of(config).items() if v is not None)
+    head = "" if config.boost_lu is None else f" | BoostLU head (alpha {config.boost_lu:g})"
+    say(
+        f"model: {config.backbone} ({setup.origin}) at {config.img_size}px{head} | scheme {config.scheme}{settings} "
+        f"| {setup.device.type} {setup.precision}"
+    )
+    say(f"run folder: {setup.run.path}")
+
+
+def set_up(config: TrainConfig, source: DataSource, run: RunFolder, resumed: dict | None = None) -> Setup:
+    """Read and check the data, build the model, and open the run folder (a new one, or a resumed run's)."""
+    table = load_table(source, config.valid_fraction, config.seed)
+    check_images(source.images_root, table.images, source.observed_csv)
+    train_labels = training_labels(get_scheme(config.scheme), table)
+    device = pick_device()
+    precision = resolve_precision(config.precision, device)
+    set_seed(config.seed, reproducible=device.type != "cuda")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # autotuned convolutions: inputs keep one shape all run
+    model, size, origin = build_model(
+        config.backbone, len(table.classes), config.pretrained, config.weights, config.img_size, config.boost_lu
+    )
+    say = Reporter(run.file(LOG)) if resumed else run.create()
+    config = _resolved(config, img_size=size, workers=default_workers(), out=str(run.path))
+    setup = Setup(config, table, train_labels, device, precision, model, origin, run, say)
+    if resumed and resumed["data"] != setup.fingerprint():
+        raise WsmlError(
+            f"--resume {run.path}: the training data changed since the run started (images, splits, classes or "
+            "labels); a run resumes only on the same data: start a new run"
+        )
+    run.write_config(config)
+    _describe(setup)
+    return setup

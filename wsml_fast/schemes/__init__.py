@@ -1,0 +1,268 @@
+"""The scheme registry: what each training scheme is, in one entry, and the one factory that builds it.
+
+In the spirit of timm's model registry, every scheme is one `Scheme` entry: its name, the family whose paper and
+settings it follows, a one-line description, the labels it trains on and what it needs, the settings it reads
+(with their defaults) and the ranges `wsml tune` searches. Its family's module builds the loss and callbacks
+(`parts(scheme, context)`). The entries are plain data, so the command line lists them without importing
+torch; a family module is imported only when one of its schemes is built. Adding a scheme is one module (or one
+function in its family's module) plus one entry here. The CLI help, config validation, the README table,
+`benchmarks/schemes.py` and `wsml tune` all read this registry.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from wsml_fast.errors import WsmlError
+
+if TYPE_CHECKING:  # the heavy types, for annotations only
+    from collections.abc import Callable
+
+    import numpy as np
+    import torch
+    from fastai.callback.core import Callback
+
+    from wsml_fast.config import TrainConfig
+    from wsml_fast.losses import PartialLabelLoss
+    from wsml_fast.runfolder import Reporter, RunFolder
+    from wsml_fast.table import PartialLabelTable
+
+
+@dataclass(frozen=True)
+class Range:
+    """A search range for `wsml tune`: uniform, or log-uniform, over [low, high] (integers if `integer`)."""
+
+    low: float
+    high: float
+    log: bool = False
+    integer: bool = False
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A search over listed values (for settings that come in published sets)."""
+
+    values: tuple
+
+
+@dataclass(frozen=True)
+class Family:
+    """Whose method a scheme is: the paper, and the module that implements its schemes."""
+
+    paper: str
+    module: str
+
+
+FAMILIES = {
+    "cole": Family("Cole et al., CVPR 2021 (Multi-Label Learning from Single Positive Labels)", "cole"),
+    "role": Family("Cole et al., CVPR 2021 (ROLE)", "role"),
+    "large-loss": Family("Kim et al., CVPR 2022 (Large Loss Matters)", "large_loss"),
+    "em": Family("Zhou et al., ECCV 2022 (Acknowledging the Unknown: EM and APL)", "em"),
+    "gr": Family("Chen et al., IJCAI 2024 (GR loss)", "gr"),
+}
+RECIPE_FAMILY = {"role": "cole"}  # ROLE has its own module but Cole et al.'s settings
+
+TARGETS = ("observed", "truth", "observed-positives-true-negatives")
+DELTA_SEARCH = Range(0.05, 1.0, log=True)  # Delta in percent; the papers used 0.1 to 0.5
+
+
+@dataclass(frozen=True)
+class Scheme:
+    """One training scheme. `settings` maps the TrainConfig fields it reads to their defaults (None: required,
+    or estimated where the scheme says how); `dense_state` says what per-entry state it keeps, if any (memory
+    that grows with images x classes, so it does not scale to OpenImages)."""
+
+    name: str
+    family: str
+    description: str
+    targets: str = "observed"
+    needs_observed_negatives: bool = False
+    needs_expected_positives: bool = False
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    search: Mapping[str, Range | Choice] = field(default_factory=dict)
+    dense_state: str | None = None
+
+    @property
+    def recipe_family(self) -> str:
+        return RECIPE_FAMILY.get(self.family, self.family)
+
+
+GR_DEFAULTS = {  # yan4xi1/GRLoss config.py:93-102: (start, end) of each schedule, and the powers (q2, q3)
+    "gr_w": [0.0, 2.0],
+    "gr_b": [-2.0, -2.0],
+    "gr_mu": [0.5, 0.8],
+    "gr_sigma": [2.0, 0.5],
+    "gr_q": [0.01, 1.0],
+}
+
+_ENTRIES = (
+    Scheme("an", "cole", "assume negative: unobserved entries are negatives"),
+    Scheme("an-ls", "cole", "`an` with label smoothing 0.1 (targets 0.9 / 0.1, as the Cole et al. code does)"),
+    Scheme("wan", "cole", "`an` with the negative term of unobserved entries weighted 1/(C-1)"),
+    Scheme(
+        "epr",
+        "cole",
+        "observed positives only, plus (batch mean of the expected count - k)^2 / C^2; k from "
+        "`--expected-positives` (estimated from `truth.csv` when absent, and said so)",
+        needs_expected_positives=True,
+        settings={"expected_positives": None},
+    ),
+    Scheme(
+        "role",
+        "role",
+        "jointly learns a label-estimate matrix (its own lr: 10 x `--lr`) with the classifier; its estimates "
+        "are saved with the weights",
+        needs_expected_positives=True,
+        settings={"expected_positives": None},
+        dense_state="a label estimate per training entry (float32)",
+    ),
+    Scheme(
+        "iu",
+        "cole",
+        "observed positives and observed negatives only (refused, with a reason, when there are no observed negatives)",
+        needs_observed_negatives=True,
+    ),
+    Scheme(
+        "iun",
+        "cole",
+        "observed positives and every true negative from `truth.csv` (an oracle baseline)",
+        targets="observed-positives-true-negatives",
+    ),
+    Scheme("bce", "cole", "full labels from `truth.csv` (the upper bound)", targets="truth"),
+    Scheme("bce-ls", "cole", "`bce` with label smoothing 0.1", targets="truth"),
+    Scheme(
+        "llr",
+        "large-loss",
+        "Large Loss Rejection: from epoch 2 on, the k largest AN losses among unobserved entries of each batch "
+        "count 0; k = ceil(B C (t-1) Delta / 100)",
+        settings={"delta_rel": 0.2},
+        search={"delta_rel": DELTA_SEARCH},
+    ),
+    Scheme(
+        "llct",
+        "large-loss",
+        "Large Loss Correction (temporary): those entries are trained as positives for this step",
+        settings={"delta_rel": 0.2},
+        search={"delta_rel": DELTA_SEARCH},
+    ),
+    Scheme(
+        "llcp",
+        "large-loss",
+        "Large Loss Correction (permanent): k = ceil(B C Delta / 100) entries a batch become observed positives "
+        "for the rest of training; listed in `corrected_labels.csv` and checkpointed",
+        settings={"delta_rel": 0.2},
+        search={"delta_rel": DELTA_SEARCH},
+    ),
+    Scheme(
+        "em",
+        "em",
+        "entropy maximisation: observed positives -log p, unobserved entries -alpha H(p) (`--em-alpha`)",
+        settings={"em_alpha": 0.1},
+        search={"em_alpha": Range(0.005, 0.5, log=True)},
+    ),
+    Scheme(
+        "em-apl",
+        "em",
+        "`em` plus asymmetric pseudo-labels: after each epoch from `--apl-warmup` on, the least likely "
+        "unobserved entries of each class get the soft negative label p, weighted `--em-beta`; listed in "
+        "`pseudo_labels.csv` and checkpointed",
+        settings={"em_alpha": 0.1, "em_beta": 0.9, "apl_warmup": 5},
+        search={"em_alpha": Range(0.005, 0.5, log=True), "em_beta": Range(0.01, 1.0, log=True)},
+        dense_state="a pseudo-label flag and value per training entry",
+    ),
+    Scheme(
+        "gr",
+        "gr",
+        "generalized robust loss: unobserved entries get a soft pseudo-label k = sigmoid(w p + b) and a weight "
+        "v = exp(-(p - mu)^2 / 2 sigma^2) on generalized cross-entropies; w, b, mu, sigma follow linear "
+        "schedules over the epochs",
+        settings=dict(GR_DEFAULTS),
+        search={"gr_w": Choice(([0.0, 2.0], [0.0, 10.0])), "gr_b": Choice(([-2.0, -2.0], [-2.0, -8.0]))},
+    ),
+)
+SCHEMES: dict[str, Scheme] = {scheme.name: scheme for scheme in _ENTRIES}
+
+
+def scheme_names() -> tuple[str, ...]:
+    return tuple(SCHEMES)
+
+
+def get_scheme(name: str) -> Scheme:
+    if name not in SCHEMES:
+        raise WsmlError(f"--scheme {name!r} is not one of: {', '.join(SCHEMES)}")
+    return SCHEMES[name]
+
+
+def settings_of(config: TrainConfig) -> dict[str, Any]:
+    """The scheme's own settings as this run resolved them (for the run's first lines)."""
+    return {name: getattr(config, name) for name in get_scheme(config.scheme).settings}
+
+
+@dataclass
+class SchemeContext:
+    """What a family's `parts` may use to build a scheme for one run."""
+
+    config: TrainConfig
+    table: PartialLabelTable
+    train_labels: np.ndarray
+    run: RunFolder
+    say: Reporter
+    expected_positives: float | None
+    score_train: Callable[[torch.nn.Module], torch.Tensor]  # probabilities on every training input, unaugmented
+
+    @property
+    def total_epochs(self) -> int:
+        return self.config.total_epochs
+
+
+def training_labels(scheme: Scheme, table: PartialLabelTable) -> np.ndarray:
+    """The targets `scheme` trains on (1 / 0 / -1 per train row and class), refused, naming the scheme, where the
+    data lacks what it needs: observed negatives for `iu`, a truth.csv for the full-label schemes."""
+    import numpy as np
+
+    observed = table.observed[table.rows("train")]
+    if scheme.needs_observed_negatives and not (observed == 0).any():
+        raise WsmlError(
+            f"--scheme {scheme.name} trains on observed negatives, and {table.source.observed_csv} has none in "
+            "train; use an, wan, epr, role or a large-loss scheme"
+        )
+    if scheme.targets == "observed":
+        return observed
+    truth = table.train_truth()
+    if truth is None:
+        raise WsmlError(
+            f"--scheme {scheme.name} needs full labels but {table.source.observed_csv.parent} has no truth.csv; "
+            "use a partial-label scheme such as an"
+        )
+    if scheme.targets == "truth":
+        return truth
+    return np.where(truth == 0, 0.0, observed).astype(np.float32)  # observed positives and every true negative
+
+
+def _expected_positives(scheme: Scheme, config: TrainConfig, table: PartialLabelTable, say: Reporter):
+    if not scheme.needs_expected_positives or config.expected_positives is not None:
+        return config.expected_positives
+    estimate = table.expected_positives()
+    if estimate is None:
+        raise WsmlError(f"--scheme {scheme.name} needs --expected-positives (positives per image); no truth.csv")
+    say(f"note: --expected-positives not given: {estimate:.2f}, the mean positives per train image in truth.csv")
+    return estimate
+
+
+def scheme_parts(
+    config: TrainConfig,
+    table: PartialLabelTable,
+    train_labels: np.ndarray,
+    run: RunFolder,
+    say: Reporter,
+    score_train: Callable[[torch.nn.Module], torch.Tensor],
+) -> tuple[PartialLabelLoss, list[Callback]]:
+    """The loss of `config.scheme` and the callbacks it needs, from its family's module."""
+    scheme = get_scheme(config.scheme)
+    expected = _expected_positives(scheme, config, table, say)
+    context = SchemeContext(config, table, train_labels, run, say, expected, score_train)
+    module = importlib.import_module(f"wsml_fast.schemes.{FAMILIES[scheme.family].module}")
+    return module.parts(scheme, context)
