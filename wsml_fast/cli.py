@@ -290,10 +290,19 @@ def recipes() -> None:
     """List the recipes that ship with wsml."""
     from wsml_fast.recipes import load_recipe, shipped_recipes
 
+    def listed(settings: dict) -> str:
+        return ", ".join(f"{k}={v}" for k, v in settings.items())
+
     for name, path in sorted(shipped_recipes().items()):
         settings = load_recipe(path)
         description = settings.pop("description", "")
-        typer.echo(f"{name}: {description}\n    " + ", ".join(f"{k}={v}" for k, v in settings.items()))
+        sections = {
+            label: settings.pop(key, None) or {} for key, label in (("families", "family"), ("schemes", "scheme"))
+        }
+        typer.echo(f"{name}: {description}\n    {listed(settings)}")
+        for label, section in sections.items():
+            for part, values in section.items():
+                typer.echo(f"    {label} {part}: {listed(values)}")
 
 
 def main(argv: list[str] | None = None) -> None:

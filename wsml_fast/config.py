@@ -117,6 +117,11 @@ class TrainConfig:
                 f"--boost-lu needs --mode end-to-end: the {self.mode} mode trains on cached pooled features, and "
                 "BoostLU's head needs the whole feature map"
             )
+        if "apl_warmup" in scheme.settings and self.apl_warmup is not None and self.apl_warmup >= self.total_epochs:
+            raise WsmlError(
+                f"--apl-warmup {self.apl_warmup}: APL pseudo-labels after the epochs from the warm-up on, before the "
+                f"last; with {self.total_epochs} epochs it would never run (use a smaller --apl-warmup)"
+            )
         for name, default in scheme.settings.items():
             if getattr(self, name) is None and default is None and name != "expected_positives":
                 raise WsmlError(f"--scheme {self.scheme} needs {_option(name)}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import yaml
 
 from wsml_fast.errors import WsmlError
+from wsml_fast.schemes import FAMILIES, RECIPE_FAMILY, SCHEMES, get_scheme
 
 
 def shipped_recipes() -> dict[str, Path]:
@@ -29,13 +31,24 @@ def load_recipe(path: Path) -> dict[str, Any]:
     return values
 
 
+def _section(path: Path, values: dict[str, Any], key: str, known: Iterable[str]) -> dict[str, dict]:
+    section = values.pop(key, None) or {}
+    if not isinstance(section, dict) or not all(isinstance(v, dict) for v in section.values()):
+        raise WsmlError(f"{path}: '{key}' must map names to settings")
+    unknown = sorted(set(section) - set(known))
+    if unknown:
+        raise WsmlError(f"{path}: '{key}' names {', '.join(unknown)}, not one of: {', '.join(known)}")
+    return section
+
+
 def find_recipe(
     recipe_file: str | None, dataset: str | None, scheme: str | None = None
 ) -> tuple[dict[str, Any] | None, str | None]:
     """The recipe to use: `--recipe FILE` if given, else the shipped recipe named like the dataset, if any.
 
-    A recipe's `schemes:` section holds per-scheme settings (Delta differs per scheme); the section of the
-    scheme in use (the command line's, else the recipe's, else `an`) is merged into the rest.
+    Settings belong to a scheme's family (each paper used its own): a recipe's common settings are overlaid by
+    its `families:` section for the family of the scheme in use, then by its `schemes:` section for the scheme
+    itself (the command line's scheme, else the recipe's, else `an`).
     """
     if recipe_file:
         path, name = Path(recipe_file), recipe_file
@@ -45,8 +58,9 @@ def find_recipe(
         return None, None
     values = load_recipe(path)
     values.pop("description", None)
-    per_scheme = values.pop("schemes", None) or {}
-    if not isinstance(per_scheme, dict):
-        raise WsmlError(f"{path}: 'schemes' must map scheme names to settings")
-    values.update(per_scheme.get(scheme or values.get("scheme", "an")) or {})
+    families = _section(path, values, "families", sorted(set(RECIPE_FAMILY.get(f, f) for f in FAMILIES)))
+    schemes = _section(path, values, "schemes", SCHEMES)
+    chosen = get_scheme(scheme or values.get("scheme", "an"))
+    values.update(families.get(chosen.recipe_family, {}))
+    values.update(schemes.get(chosen.name, {}))
     return values, name

@@ -64,6 +64,7 @@ class ModelInfo:
     backbone: str
     classes: list[str]
     img_size: int
+    boost_lu: float | None  # BoostLU's alpha, when the run trained that head
 
 
 def _probe_writable(folder: Path) -> None:
@@ -222,14 +223,14 @@ class RunFolder:
 
     def model_info(self) -> ModelInfo:
         """From results.json when the run finished, else from the checkpoint of an interrupted run."""
-        backbone = self.config().backbone
+        config = self.config()
         if self.file(RESULTS).is_file():
             results = self.results()
-            return ModelInfo(backbone, results["classes"], results["img_size"])
+            return ModelInfo(config.backbone, results["classes"], results["img_size"], config.boost_lu)
         if not self.file(CHECKPOINT).is_file():
             raise WsmlError(f"{self.path}: neither {RESULTS} nor {CHECKPOINT}; the run folder is incomplete")
         meta = self.load_checkpoint(mmap=True)["meta"]
-        return ModelInfo(backbone, meta["classes"], meta["img_size"])
+        return ModelInfo(config.backbone, meta["classes"], meta["img_size"], config.boost_lu)
 
     def weights_note(self) -> str | None:
         """For a run that did not finish: which epoch's weights `model.pth` holds, in one line."""
@@ -248,7 +249,9 @@ class RunFolder:
         from wsml_fast.model import build_model
 
         info = self.model_info()
-        model, _, _ = build_model(info.backbone, len(info.classes), False, img_size=info.img_size)
+        model, _, _ = build_model(
+            info.backbone, len(info.classes), False, img_size=info.img_size, boost_lu=info.boost_lu
+        )
         state = self.load_weights()
         try:
             model.load_state_dict(state)

@@ -66,7 +66,7 @@ FAMILIES = {
 RECIPE_FAMILY = {"role": "cole"}  # ROLE has its own module but Cole et al.'s settings
 
 TARGETS = ("observed", "truth", "observed-positives-true-negatives")
-DELTA_SEARCH = Range(0.05, 1.0, log=True)  # Delta in percent; the papers used 0.1 to 0.5
+DELTA = {"settings": {"delta_rel": 0.2}, "search": {"delta_rel": Range(0.05, 1.0, log=True)}}  # Delta in percent
 
 
 @dataclass(frozen=True)
@@ -138,23 +138,20 @@ _ENTRIES = (
         "large-loss",
         "Large Loss Rejection: from epoch 2 on, the k largest AN losses among unobserved entries of each batch "
         "count 0; k = ceil(B C (t-1) Delta / 100)",
-        settings={"delta_rel": 0.2},
-        search={"delta_rel": DELTA_SEARCH},
+        **DELTA,
     ),
     Scheme(
         "llct",
         "large-loss",
         "Large Loss Correction (temporary): those entries are trained as positives for this step",
-        settings={"delta_rel": 0.2},
-        search={"delta_rel": DELTA_SEARCH},
+        **DELTA,
     ),
     Scheme(
         "llcp",
         "large-loss",
         "Large Loss Correction (permanent): k = ceil(B C Delta / 100) entries a batch become observed positives "
         "for the rest of training; listed in `corrected_labels.csv` and checkpointed",
-        settings={"delta_rel": 0.2},
-        search={"delta_rel": DELTA_SEARCH},
+        **DELTA,
     ),
     Scheme(
         "em",
@@ -266,3 +263,20 @@ def scheme_parts(
     context = SchemeContext(config, table, train_labels, run, say, expected, score_train)
     module = importlib.import_module(f"wsml_fast.schemes.{FAMILIES[scheme.family].module}")
     return module.parts(scheme, context)
+
+
+def markdown_table() -> str:
+    """The README's table of schemes, made from the registry (a test keeps the two the same)."""
+    lines = ["| scheme | what it does | method | own settings (default) |", "| --- | --- | --- | --- |"]
+    for scheme in SCHEMES.values():
+        settings = ", ".join(
+            f"`--{k.replace('_', '-')}`" + (f" ({_plain(v)})" if v is not None else "")
+            for k, v in scheme.settings.items()
+        )
+        paper = FAMILIES[scheme.family].paper.split(" (")[0]
+        lines.append(f"| `{scheme.name}` | {scheme.description} | {paper} | {settings or '-'} |")
+    return "\n".join(lines)
+
+
+def _plain(value: Any) -> str:
+    return " ".join(f"{v:g}" for v in value) if isinstance(value, list) else f"{value:g}"

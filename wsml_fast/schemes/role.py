@@ -60,8 +60,9 @@ def role_loss(
 class RoleCallback(Callback, SchemeState):
     """Replace the training loss by L_ROLE and step the label estimates with every step of the model.
 
-    The estimates' learning rate follows the learner's schedule: `lr_mult` times the current learning rate
-    of its first parameter group (the base `lr`; Cole et al. use 10 x lr). `lr_find` trains nothing here.
+    The estimates' learning rate is `lr_mult` (10, Cole et al.'s) times the base learning rate as the schedule
+    has it now: the head group's current rate over the head multiplier, whatever that multiplier and whether
+    the Learner trains the head alone (linear) or body and head. `lr_find` trains nothing here.
     Under fp16 the estimates are stepped through fastai's GradScaler like a second optimizer. The estimates
     and their optimizer's moments live across every fit of the run, and go into the checkpoint together.
     """
@@ -72,12 +73,13 @@ class RoleCallback(Callback, SchemeState):
         self,
         train_labels: np.ndarray,
         expected_positives: float | None,
+        head_lr_mult: float = 1.0,
         lr_mult: float = 10.0,
         generator: torch.Generator | None = None,
     ) -> None:
         if expected_positives is None:
             raise ValueError("--scheme role needs --expected-positives (the expected positives per image)")
-        self.expected_positives, self.lr_mult = expected_positives, lr_mult
+        self.expected_positives, self.head_lr_mult, self.lr_mult = expected_positives, head_lr_mult, lr_mult
         self.estimate_logits = torch.nn.Parameter(initial_estimates(train_labels, generator))
         self.estimate_opt = torch.optim.Adam([self.estimate_logits])
 
@@ -119,7 +121,7 @@ class RoleCallback(Callback, SchemeState):
     def after_step(self) -> None:
         if self.run_state.active:
             for group in self.estimate_opt.param_groups:
-                group["lr"] = self.lr_mult * self.learn.opt.hypers[0]["lr"]
+                group["lr"] = self.lr_mult * float(self.learn.opt.hypers[-1]["lr"]) / self.head_lr_mult
             scaler = getattr(self.learn, "scaler", None)  # set by fastai's MixedPrecision during its fits
             if scaler is not None:
                 scaler.step(self.estimate_opt)
@@ -130,4 +132,5 @@ class RoleCallback(Callback, SchemeState):
 
 def parts(scheme: Scheme, context: SchemeContext) -> tuple[PartialLabelLoss, list[Callback]]:
     """AN as the loss (validation reports it); the callback trains on L_ROLE with its label estimates."""
-    return AssumeNegativeLoss(), [RoleCallback(context.train_labels, context.expected_positives)]
+    callback = RoleCallback(context.train_labels, context.expected_positives, context.config.head_lr_mult)
+    return AssumeNegativeLoss(), [callback]
