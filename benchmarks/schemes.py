@@ -1,6 +1,11 @@
-"""Every scheme on the demo dataset with the same settings and several seeds, as a Markdown table.
+"""Every registered scheme on the demo dataset with the same settings and several seeds, as a Markdown table.
 
-    python benchmarks/schemes.py [--mode linear] [--epochs 8] [--seeds 0 1 2] [--out benchmarks/schemes.md]
+    python benchmarks/schemes.py [--mode linear] [--epochs 8] [--seeds 0 1 2] [--runs an llr llr+boost-lu=5 ...]
+                                 [--out benchmarks/schemes.md] [--readme NAME]
+
+A run is a registered scheme, optionally with `+option=value` settings (`llr+boost-lu=5`); by default every
+scheme of the registry, and `llr` with the BoostLU head. `--readme NAME` also writes the table into README.md
+between the markers `<!-- schemes:NAME -->` and `<!-- /schemes:NAME -->`.
 
 Columns: test mAP (mean and spread over seeds), the large-loss schemes' `ll_fn_precision` (share of the
 selected entries that really are positives) and `train_recovery_map` (mAP on the training images against
@@ -26,22 +31,38 @@ from fastai.data.core import DataLoaders
 from fastai.learner import Learner
 from fastai.torch_core import set_seed
 
-from wsml_fast.callbacks import ItemIndexCallback
-from wsml_fast.config import SCHEMES, resolve
+from wsml_fast.callbacks import ItemIndexCallback, RunState
+from wsml_fast.config import resolve
 from wsml_fast.data import ImageLabelDataset, make_loader
 from wsml_fast.errors import WsmlError
 from wsml_fast.inference import pick_device
-from wsml_fast.large_loss import LargeLossCallback
-from wsml_fast.losses import make_loss
+from wsml_fast.learner import OPTIMIZERS
+from wsml_fast.losses import AssumeNegativeLoss
 from wsml_fast.model import build_model
 from wsml_fast.recipes import find_recipe
 from wsml_fast.runfolder import METRICS, RESULTS
+from wsml_fast.schemes import SCHEMES
+from wsml_fast.schemes.large_loss import LargeLossCallback
 from wsml_fast.sources import resolve_source
 from wsml_fast.table import load_table
-from wsml_fast.train import OPTIMIZERS, train
+from wsml_fast.train import train
+
+DEFAULT_RUNS = [*SCHEMES, "llr+boost-lu=5"]
+README = Path(__file__).parents[1] / "README.md"
 
 
-def run_scheme(scheme: str, seed: int, args: argparse.Namespace, out_root: Path) -> dict:
+def parse_run(run: str) -> tuple[str, dict]:
+    """`llr+boost-lu=5` -> ("llr", {"boost_lu": 5.0})."""
+    scheme, *settings = run.split("+")
+    options = {}
+    for setting in settings:
+        key, value = setting.split("=")
+        options[key.replace("-", "_")] = float(value)
+    return scheme, options
+
+
+def run_scheme(run: str, seed: int, args: argparse.Namespace, out_root: Path) -> dict:
+    scheme, extra = parse_run(run)
     recipe, name = find_recipe(None, "demo", scheme)
     options = {
         "dataset": "demo",
@@ -51,7 +72,8 @@ def run_scheme(scheme: str, seed: int, args: argparse.Namespace, out_root: Path)
         "epochs": args.epochs,
         "backbone": args.backbone,
         "lr": args.lr,
-        "out": str(out_root / f"{scheme}-{seed}"),
+        "out": str(out_root / f"{run}-{seed}"),
+        **extra,
     }
     config = resolve(recipe, name, options)
     run = train(config, resolve_source("demo", None, None, None))
@@ -83,8 +105,9 @@ def table(rows: dict[str, list[dict]]) -> str:
     ]
     for scheme, runs in rows.items():
         precision = [r["ll_fn_precision"] for r in runs if r["ll_fn_precision"] is not None]
+        name = scheme.replace("+", " --").replace("=", " ")
         lines.append(
-            f"| `{scheme}` | {spread([r['test_map'] for r in runs])} | "
+            f"| `{name}` | {spread([r['test_map'] for r in runs])} | "
             f"{spread([100 * p for p in precision]) if precision else '-'} | "
             f"{spread([r['train_recovery_map'] for r in runs])} | {statistics.mean(r['seconds'] for r in runs):.0f} |"
         )
@@ -127,7 +150,7 @@ def step_time_ratio(args: argparse.Namespace) -> tuple[float, float, int]:
     recipe, name = find_recipe(None, "demo", "llct")
     config = resolve(recipe, name, {"dataset": "demo", "scheme": "llct", "backbone": args.backbone})
     rows = table.rows("train")[: 16 * config.bs]
-    labels = table.train_labels("an")[: len(rows)]
+    labels = table.observed[rows]
     dataset = ImageLabelDataset(source.images_root, [table.images[i] for i in rows], labels, config.img_size, True)
     device = pick_device()
     set_seed(0)
@@ -138,9 +161,9 @@ def step_time_ratio(args: argparse.Namespace) -> tuple[float, float, int]:
     learn = Learner(
         DataLoaders(*loaders, device=device),
         model.to(device),
-        loss_func=make_loss("an", labels.shape[1]),
+        loss_func=AssumeNegativeLoss(),
         opt_func=OPTIMIZERS[config.opt],
-        cbs=[ItemIndexCallback(), large_loss, timer],
+        cbs=[RunState(), ItemIndexCallback(), large_loss, timer],
     )
     learn.remove_cb(ProgressCallback)
     learn.logger = lambda *_: None
@@ -156,7 +179,7 @@ def main() -> None:
     parser.add_argument("--backbone", default="tf_efficientnet_lite0")
     parser.add_argument("--lr", type=float, default=None, help="default: the demo recipe's")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--schemes", nargs="+", default=list(SCHEMES))
+    parser.add_argument("--runs", nargs="+", default=DEFAULT_RUNS, help="schemes, with +option=value settings")
     parser.add_argument(
         "--timing-repeats",
         type=int,
@@ -164,20 +187,21 @@ def main() -> None:
         help="epochs of alternating an/llct batches for the step ratio; 0 skips",
     )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/schemes.md"))
+    parser.add_argument("--readme", help="also write the table into README.md between the markers of this name")
     args = parser.parse_args()
 
     rows: dict[str, list[dict]] = {}
     refused: dict[str, str] = {}
     tmp = Path(tempfile.mkdtemp(prefix="wsml-schemes-"))
-    for scheme in args.schemes:
+    for run in args.runs:
         try:
-            rows[scheme] = [run_scheme(scheme, seed, args, tmp) for seed in args.seeds]
+            rows[run] = [run_scheme(run, seed, args, tmp) for seed in args.seeds]
         except WsmlError as exc:  # e.g. iu without observed negatives: a row that says why
-            refused[scheme] = str(exc)
+            refused[run] = str(exc)
     command = "python benchmarks/schemes.py " + " ".join(
         f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
         for k, v in vars(args).items()
-        if k != "out" and v is not None
+        if k not in ("out", "readme") and v is not None
     )
     notes = "".join(f"\n`{scheme}` not run: {why}\n" for scheme, why in refused.items())
     report = (
@@ -185,6 +209,8 @@ def main() -> None:
     )
     args.out.write_text(report)
     print(report)
+    if args.readme:
+        write_into_readme(args.readme, f"```bash\n{command}\n```\n\n{table(rows)}\n{notes}")
     if args.timing_repeats:
         an, llct, batches = step_time_ratio(args)
         ratio = (
@@ -193,6 +219,15 @@ def main() -> None:
         )
         args.out.write_text(f"{report}\n{ratio}\n")
         print(ratio)
+
+
+def write_into_readme(name: str, text: str) -> None:
+    start, end = f"<!-- schemes:{name} -->", f"<!-- /schemes:{name} -->"
+    readme = README.read_text()
+    if start not in readme or end not in readme:
+        raise SystemExit(f"README.md has no markers {start} ... {end}")
+    before, rest = readme.split(start, 1)
+    README.write_text(f"{before}{start}\n{text}\n{end}{rest.split(end, 1)[1]}")
 
 
 if __name__ == "__main__":
