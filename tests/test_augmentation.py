@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from wsml_fast.data import ImageLabelDataset, make_loader
+from wsml_fast.labelstore import LabelStore
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +29,7 @@ def flips(loader) -> list[tuple[bool, ...]]:
 @pytest.mark.parametrize("workers", [0, 2])
 def test_flips_differ_between_batches_workers_and_epochs(asymmetric_images, workers: int) -> None:
     root, images = asymmetric_images
-    dataset = ImageLabelDataset(root, images, np.zeros((128, 1), np.float32), 16, augment=True, seed=0)
+    dataset = ImageLabelDataset(root, images, LabelStore.empty(128, 1), 16, augment=True, seed=0)
     # no shuffle: only the flips vary; batches of 32 make a chance repeat of a pattern negligible (6 pairs / 2**32)
     loader = make_loader(dataset, 32, False, workers, torch.device("cpu"))
     first, second = flips(loader), flips(loader)

@@ -15,19 +15,19 @@ def test_dataset_yields_uint8_image_target_with_unobserved_and_index(demo_folder
     table = load_table(from_folder(demo_folder))
     rows = table.rows("train")
     ds = ImageLabelDataset(
-        demo_folder / "images", [table.images[i] for i in rows], table.observed[rows], 32, augment=True
+        demo_folder / "images", [table.images[i] for i in rows], table.observed.take(rows), 32, augment=True
     )
     image, target, index = ds[3]
     assert image.dtype == torch.uint8 and image.shape == (3, 32, 32)
     assert index == 3
-    assert target.tolist() == table.observed[rows[3]].tolist()
+    assert target.tolist() == table.observed.to_dense()[rows[3]].tolist()
     assert (target == 1).sum() == 1 and (target == -1).sum() == 9  # one observed positive, rest unobserved
 
 
 def test_loader_batches_carry_the_item_index(demo_folder: Path) -> None:
     table = load_table(from_folder(demo_folder))
     rows = table.rows("valid")
-    ds = ImageLabelDataset(demo_folder / "images", [table.images[i] for i in rows], table.truth[rows], 32)
+    ds = ImageLabelDataset(demo_folder / "images", [table.images[i] for i in rows], table.truth.take(rows), 32)
     images, targets, index = next(iter(make_loader(ds, 8, False, 0, torch.device("cpu"))))
     assert images.shape == (8, 3, 32, 32) and targets.shape == (8, 10)
     assert index.tolist() == list(range(8))
@@ -77,8 +77,9 @@ def test_demo_dataset_is_made_once_in_the_data_home_and_says_so(
 
 def test_demo_dataset_is_genuinely_multilabel(demo_folder: Path) -> None:
     table = load_table(from_folder(demo_folder))
-    positives = table.truth.sum(1)
+    positives = table.truth.count(1, axis=1)
     assert positives.min() >= 1 and positives.max() <= 4 and positives.mean() > 1.5
-    train = table.observed[table.rows("train")]
-    assert np.all((train == 1).sum(1) == 1)
-    assert np.all(table.truth[table.rows("train")][train == 1] == 1)  # the kept positive is a true one
+    train = table.observed_of("train")
+    assert np.all(train.count(1, axis=1) == 1)
+    rows, cols = train.entries(1)
+    assert np.all(table.train_truth().lookup(rows, cols) == 1)  # the kept positive is a true one

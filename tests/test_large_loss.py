@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 
 from wsml_fast.atomic import write_text
 from wsml_fast.callbacks import ItemIndexCallback, RunState
+from wsml_fast.labelstore import LabelStore
 from wsml_fast.losses import AssumeNegativeLoss
 from wsml_fast.schemes.large_loss import (
     LargeLossCallback,
@@ -181,7 +182,8 @@ def large_loss_run(scheme: str, tmp_path: Path, epochs: int = 3, workers: int = 
     tmp_path.mkdir(exist_ok=True)
     write = partial(write_text, tmp_path / "corrections.csv") if scheme == "llcp" else None
     names = [f"img{i}.jpg" for i in range(N)]
-    ll = LargeLossCallback(scheme, delta, labels, truth_labels(), names, list("abcde"), write)
+    truth = LabelStore.from_dense(truth_labels(), fill=0)
+    ll = LargeLossCallback(scheme, delta, C, truth, names, list("abcde"), write)
     learn = tiny_learner([ll, log], labels, workers)
     learn.fit(epochs, 0.1)
     return ll, log, learn
@@ -195,18 +197,18 @@ def test_llcp_stores_k_entries_per_batch_that_persist(tmp_path: Path, workers: i
     per_epoch = k * N // BS  # 8 corrections in each of epochs 2 and 3
     assert [e["ll_selected"] for e in log.extras] == [0, per_epoch, per_epoch]
     assert [e["ll_corrections"] for e in log.extras] == [0, per_epoch, 2 * per_epoch]
-    # stored labels: the observed ones unchanged, exactly the corrections added as positives
-    initial = torch.as_tensor(observed_labels())
-    changed = ll.labels.cpu() != initial
-    assert changed.sum().item() == 2 * per_epoch
-    assert (initial[changed] == -1).all() and (ll.labels.cpu()[changed] == 1).all()
+    # stored positives: exactly the corrections, all of them entries that were unobserved
+    keys = ll.stored.keys.cpu()
+    assert len(keys) == 2 * per_epoch and len(set(keys.tolist())) == len(keys)
+    assert (observed_labels().reshape(-1)[keys.numpy()] == -1).all()
+    assert ll.stored.epochs.tolist().count(2) == ll.stored.epochs.tolist().count(3) == per_epoch
     # epoch 3's batches carry epoch 2's corrections although the workers' Dataset copies never saw them
     assert log.positives_seen == [N, N, N + per_epoch]
     with (tmp_path / "corrections.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert [r["epoch"] for r in rows] == ["2"] * per_epoch + ["3"] * per_epoch
     stored = {(int(r["image"][3:-4]), "abcde".index(r["class"])) for r in rows}
-    assert stored == set(map(tuple, changed.nonzero().tolist()))
+    assert stored == {divmod(key, C) for key in keys.tolist()}
     truth = truth_labels() == 1
     precision = sum(truth[i, c] for i, c in stored) / len(stored)
     assert log.extras[-1]["ll_correction_precision"] == pytest.approx(precision)
@@ -218,8 +220,7 @@ def test_llcp_is_not_llct(tmp_path: Path):
     llct, ct_log, ct_learn = large_loss_run("llct", tmp_path / "ct")
     assert [e["ll_selected"] for e in cp_log.extras] == [0, 8, 8]
     assert [e["ll_selected"] for e in ct_log.extras] == [0, 8, 16]
-    assert llct.labels.cpu().equal(torch.as_tensor(observed_labels()))
-    assert not llcp.labels.cpu().equal(torch.as_tensor(observed_labels()))
+    assert llct.stored is None and len(llcp.stored.keys) == 16
     assert "ll_corrections" not in ct_log.extras[-1] and 0 <= ct_log.extras[-1]["ll_fn_precision"] <= 1
     weights = [learn.model[1].weight.detach() for learn in (cp_learn, ct_learn)]
     assert not torch.allclose(*weights)
@@ -228,15 +229,15 @@ def test_llcp_is_not_llct(tmp_path: Path):
 def test_llr_rejects_without_storing(tmp_path: Path):
     ll, log, _ = large_loss_run("llr", tmp_path)
     assert [e["ll_selected"] for e in log.extras] == [0, 8, 16]
-    assert ll.labels.cpu().equal(torch.as_tensor(observed_labels()))
+    assert ll.stored is None and ll.state_dict() == {}
 
 
 def test_lr_find_neither_advances_the_epoch_nor_changes_labels(tmp_path: Path):
     ll, log, learn = large_loss_run("llcp", tmp_path, epochs=2)
-    labels, csv_text = ll.labels.clone(), (tmp_path / "corrections.csv").read_text()
+    keys, csv_text = ll.stored.keys.clone(), (tmp_path / "corrections.csv").read_text()
     learn.lr_find(num_it=10, show_plot=False)
     assert learn.run_state.epoch == 2
-    assert ll.labels.equal(labels)
+    assert ll.stored.keys.equal(keys)
     assert (tmp_path / "corrections.csv").read_text() == csv_text
     learn.fit(1, 0.1)  # training goes on with epoch 3
     assert learn.run_state.epoch == 3 and log.extras[-1]["ll_corrections"] == 16
@@ -277,7 +278,7 @@ class LossGradSpy(Callback):
 def test_large_loss_runs_before_gradient_accumulation(tmp_path: Path):
     """GradientAccumulation must divide the loss this callback sets, so the callback has to run first."""
     labels = observed_labels()
-    ll = LargeLossCallback("llr", 5.0, labels, None, [str(i) for i in range(N)], list("abcde"), None)
+    ll = LargeLossCallback("llr", 5.0, C, None, [str(i) for i in range(N)], list("abcde"), None)
     spy = LossGradSpy()
     learn = tiny_learner([ll, GradientAccumulation(n_acc=BS), spy], labels, bs=BS // 2)
     learn.fit(2, 0.1)

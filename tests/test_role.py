@@ -9,13 +9,14 @@ import pytest
 import torch
 from test_large_loss import C, observed_labels, tiny_learner
 
+from wsml_fast.labelstore import LabelStore
 from wsml_fast.schemes.role import RoleCallback, initial_estimates, role_loss
 
 LN3 = math.log(3)
 
 
 def test_initial_estimates():
-    labels = np.array([[1.0, 0.0] + [-1.0] * 998])
+    labels = LabelStore.from_dense(np.array([[1.0, 0.0] + [-1.0] * 998]))
     start = torch.sigmoid(initial_estimates(labels, torch.Generator().manual_seed(0)))[0]
     assert start[0].item() == pytest.approx(0.995) and start[1].item() == pytest.approx(0.005)
     unobserved = start[2:]
@@ -48,12 +49,12 @@ def test_role_loss_by_hand():
 
 def test_role_needs_expected_positives():
     with pytest.raises(ValueError, match="--expected-positives"):
-        RoleCallback(observed_labels(), None)
+        RoleCallback(LabelStore.from_dense(observed_labels()), None)
 
 
 def test_estimates_train_with_the_model_and_round_trip():
     labels = observed_labels()
-    role = RoleCallback(labels, 1.5, generator=torch.Generator().manual_seed(0))
+    role = RoleCallback(LabelStore.from_dense(labels), 1.5, generator=torch.Generator().manual_seed(0))
     start = role.estimates.clone()
     learn = tiny_learner([role], labels)
     learn.fit(1, 0.01)
@@ -66,8 +67,8 @@ def test_estimates_train_with_the_model_and_round_trip():
     learn.lr_find(num_it=10, show_plot=False)  # trains nothing here
     torch.testing.assert_close(role.estimates, trained)
 
-    copy = RoleCallback(labels, 1.5)
+    copy = RoleCallback(LabelStore.from_dense(labels), 1.5)
     copy.load_state_dict(role.state_dict())
     torch.testing.assert_close(copy.estimates, trained)
     with pytest.raises(ValueError, match="shape"):
-        RoleCallback(labels[:, : C - 1], 1.5).load_state_dict(role.state_dict())
+        RoleCallback(LabelStore.from_dense(labels[:, : C - 1]), 1.5).load_state_dict(role.state_dict())

@@ -19,6 +19,7 @@ from test_large_loss import observed_labels, tiny_learner
 from wsml_fast.callbacks import EarlyStopCallback
 from wsml_fast.config import resolve
 from wsml_fast.errors import WsmlError
+from wsml_fast.labelstore import LabelStore
 from wsml_fast.recipes import find_recipe
 from wsml_fast.schemes import SCHEMES, get_scheme, markdown_table
 from wsml_fast.schemes.em import apl_quota
@@ -104,7 +105,7 @@ def test_shipped_recipes_follow_each_paper() -> None:
 
 
 def test_role_estimates_learn_at_ten_times_the_base_rate_whatever_the_head_multiplier() -> None:
-    role = RoleCallback(observed_labels(), 1.5, head_lr_mult=10)
+    role = RoleCallback(LabelStore.from_dense(observed_labels()), 1.5, head_lr_mult=10)
     learn = tiny_learner([role], observed_labels())
     learn.fit(1, slice(0.01, 0.1))  # body 0.01, head x10
     assert role.estimate_opt.param_groups[0]["lr"] == pytest.approx(0.1)  # 10 x 0.01, not 10 x 0.1

@@ -17,6 +17,7 @@ from PIL import Image
 from torch.utils.data import Dataset, get_worker_info
 
 from wsml_fast.errors import WsmlError
+from wsml_fast.labelstore import LabelStore
 
 
 def make_transform(size: int, train: bool, hflip: bool, seed: int = 0) -> albumentations.Compose:
@@ -96,7 +97,7 @@ def check_train_batches(model: torch.nn.Module, n_train: int, bs: int) -> None:
 
 
 class ImageLabelDataset(Dataset):
-    """Row i: (image as uint8 CxHxW tensor, float32 label row with -1 for unobserved, i).
+    """Row i: (image as uint8 CxHxW tensor, float32 label row (the store's fill where unlisted), i).
 
     Images are decoded no larger than needed and resized to `size` x `size`; `augment` adds random flips.
     """
@@ -105,18 +106,18 @@ class ImageLabelDataset(Dataset):
         self,
         root: Path,
         images: list[str],
-        labels: np.ndarray,
+        labels: LabelStore,
         size: int,
         augment: bool = False,
         hflip: bool = True,
         seed: int = 0,
     ) -> None:
-        if len(images) != len(labels):
-            raise ValueError(f"{len(images)} images but {len(labels)} label rows")
+        if len(images) != labels.n_rows:
+            raise ValueError(f"{len(images)} images but {labels.n_rows} label rows")
         self.root, self.images, self.size = Path(root), list(images), size
         self.augment, self.hflip, self.seed = augment, hflip, seed
         self.transform = make_transform(size, augment, hflip, seed)
-        self.labels = np.ascontiguousarray(labels, dtype=np.float32)
+        self.labels = labels
 
     def __len__(self) -> int:
         return len(self.images)
@@ -124,7 +125,7 @@ class ImageLabelDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         pixels = self.transform(image=load_rgb(self.root / self.images[i], self.size))["image"]
         image = torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
-        return image, torch.from_numpy(self.labels[i]), i
+        return image, torch.from_numpy(self.labels.dense_row(i)), i
 
     def reseed(self, seed: int) -> None:
         self.transform.set_random_seed(seed % 2**32)
@@ -143,9 +144,10 @@ class ImageLabelDataset(Dataset):
 
     def subset(self, rows: np.ndarray) -> ImageLabelDataset:
         images = [self.images[i] for i in rows]
-        return ImageLabelDataset(self.root, images, self.labels[rows], self.size, self.augment, self.hflip, self.seed)
+        labels = self.labels.take(rows)
+        return ImageLabelDataset(self.root, images, labels, self.size, self.augment, self.hflip, self.seed)
 
-    def without_augmentation(self, labels: np.ndarray | None = None) -> ImageLabelDataset:
+    def without_augmentation(self, labels: LabelStore | None = None) -> ImageLabelDataset:
         """The same images, unaugmented (feature extraction, scoring), optionally with other labels."""
         labels = self.labels if labels is None else labels
         return ImageLabelDataset(self.root, self.images, labels, self.size, False)

@@ -16,6 +16,7 @@ from torch.utils.data import Dataset
 
 from wsml_fast.data import ImageLabelDataset, make_loader
 from wsml_fast.inference import autocast
+from wsml_fast.labelstore import LabelStore
 from wsml_fast.model import Classifier
 from wsml_fast.randomness import untouched_random_state
 
@@ -72,14 +73,14 @@ def cached_features(
 class FeatureDataset(Dataset):
     """Row i: (feature vector, label row, i), the same item shape as ImageLabelDataset."""
 
-    def __init__(self, features: torch.Tensor, labels: np.ndarray) -> None:
-        self.features, self.labels = features, np.ascontiguousarray(labels, dtype=np.float32)
+    def __init__(self, features: torch.Tensor, labels: LabelStore) -> None:
+        self.features, self.labels = features, labels
 
     def __len__(self) -> int:
         return len(self.features)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-        return self.features[i], torch.from_numpy(self.labels[i]), i
+        return self.features[i], torch.from_numpy(self.labels.dense_row(i)), i
 
     def reseed(self, seed: int) -> None:  # nothing random here; the loader's worker hook calls it
         pass
@@ -91,4 +92,4 @@ class FeatureDataset(Dataset):
         pass
 
     def subset(self, rows: np.ndarray) -> FeatureDataset:
-        return FeatureDataset(self.features[rows], self.labels[rows])
+        return FeatureDataset(self.features[rows], self.labels.take(rows))

@@ -63,4 +63,4 @@ def score_split(
 
     loader = make_loader(dataset, bs, False, workers, device)
     scores = predict_scores(model, loader, precision, device)
-    return mean_average_precision(scores, dataset.labels, classes, convention)
+    return mean_average_precision(scores, dataset.labels.to_dense(), classes, convention)

@@ -51,6 +51,10 @@ class LabelStore:
         return cls(n_rows, n_classes, keys[keep], values[keep], fill)
 
     @classmethod
+    def empty(cls, n_rows: int, n_classes: int, fill: int = UNOBSERVED) -> LabelStore:
+        return cls(n_rows, n_classes, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int8), fill)
+
+    @classmethod
     def from_dense(cls, matrix: np.ndarray, fill: int = UNOBSERVED) -> LabelStore:
         matrix = np.asarray(matrix)
         rows, cols = np.nonzero(matrix != fill)
@@ -90,6 +94,13 @@ class LabelStore:
     def _sorted(self) -> LabelStore:
         order = np.argsort(self.keys, kind="stable")
         return LabelStore(self.n_rows, self.n_classes, self.keys[order], self.values[order], self.fill)
+
+    def dense_row(self, row: int) -> np.ndarray:
+        """One row as float32, the fill value in its unlisted entries."""
+        start, end = np.searchsorted(self.keys, [row * self.n_classes, (row + 1) * self.n_classes])
+        dense = np.full(self.n_classes, self.fill, dtype=np.float32)
+        dense[self.keys[start:end] - row * self.n_classes] = self.values[start:end]
+        return dense
 
     def lookup(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         """The values at (rows[i], cols[i])."""
@@ -139,19 +150,9 @@ class DeviceLabels:
         self.values = torch.from_numpy(store.values).to(self.device, torch.float32)
 
     def dense(self, rows: torch.Tensor) -> torch.Tensor:
-        rows = rows.to(self.device, torch.int64)
-        start = torch.searchsorted(self.keys, rows * self.n_classes)
-        end = torch.searchsorted(self.keys, (rows + 1) * self.n_classes)
-        lengths = end - start
         batch = torch.full((len(rows), self.n_classes), float(self.fill), device=self.device)
-        total = int(lengths.sum())  # one small host sync per batch
-        if total:
-            owner = torch.repeat_interleave(torch.arange(len(rows), device=self.device), lengths, output_size=total)
-            offsets = torch.arange(total, device=self.device) - torch.repeat_interleave(
-                torch.cumsum(lengths, 0) - lengths, lengths, output_size=total
-            )
-            positions = start[owner] + offsets
-            batch[owner, self.keys[positions] % self.n_classes] = self.values[positions]
+        owner, cols, positions = row_entries(self.keys, rows.to(self.device), self.n_classes)
+        batch[owner, cols] = self.values[positions]
         return batch
 
     def lookup(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
@@ -163,3 +164,16 @@ class DeviceLabels:
         return torch.where(
             self.keys[where] == keys, self.values[where], torch.tensor(float(self.fill), device=self.device)
         )
+
+
+def row_entries(keys: torch.Tensor, rows: torch.Tensor, n_classes: int) -> tuple[torch.Tensor, ...]:
+    """The entries of sorted flat `keys` that lie in `rows`: (position in `rows`, class, position in `keys`),
+    found by two binary searches per row (one small host sync for their count)."""
+    rows = rows.to(torch.int64)
+    start = torch.searchsorted(keys, rows * n_classes)
+    lengths = torch.searchsorted(keys, (rows + 1) * n_classes) - start
+    total = int(lengths.sum())
+    owner = torch.repeat_interleave(torch.arange(len(rows), device=keys.device), lengths, output_size=total)
+    offsets = torch.arange(total, device=keys.device) - (torch.cumsum(lengths, 0) - lengths)[owner]
+    positions = start[owner] + offsets
+    return owner, keys[positions] % n_classes, positions

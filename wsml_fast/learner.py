@@ -104,7 +104,7 @@ def _diagnostics(setup: Setup, truth_known: bool) -> list:
     callbacks = [TrainRecoveryCallback(lambda model, dataset: score_split(model, dataset, None, *scoring).map)]
     if config.track_memorization:
         entries = sample_entries(setup.train_labels, setup.table.train_truth(), seed=config.seed)
-        every = max(1, len(setup.train_labels) // config.bs // 20)  # about 20 points per epoch
+        every = max(1, setup.train_labels.n_rows // config.bs // 20)  # about 20 points per epoch
         callbacks.append(MemorizationCallback(*entries, every, setup.run))
     return callbacks
 

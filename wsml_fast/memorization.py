@@ -16,23 +16,35 @@ from fastai.callback.core import Callback
 
 from wsml_fast.atomic import atomic_write, write_text
 from wsml_fast.callbacks import CheckpointedState
+from wsml_fast.labelstore import LabelStore
 from wsml_fast.losses import negative_term
 from wsml_fast.runfolder import MEMORIZATION_CSV, MEMORIZATION_PNG, RunFolder
 
 
 def sample_entries(
-    train_labels: np.ndarray, truth: np.ndarray, per_kind: int = 16, seed: int = 0
+    train_labels: LabelStore, truth: LabelStore, per_kind: int = 16, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(image rows, classes, is false negative) of up to `per_kind` unobserved false and true negatives."""
+    """(image rows, classes, is false negative) of up to `per_kind` unobserved false and true negatives.
+
+    False negatives are drawn from the truth's positives that are unobserved; true negatives by drawing cells
+    at random and keeping the unobserved negatives (a list of all of them would be images x classes).
+    """
     rng = np.random.default_rng(seed)
-    unobserved = train_labels == -1
-    picks = []
-    for kind in (1, 0):
-        rows, cols = np.nonzero(unobserved & (truth == kind))
-        chosen = rng.choice(len(rows), size=min(per_kind, len(rows)), replace=False)
-        picks.append((rows[chosen], cols[chosen], np.full(len(chosen), kind == 1)))
-    rows, cols, false_negative = (np.concatenate(parts) for parts in zip(*picks, strict=True))
-    return rows, cols, false_negative
+    rows, cols = truth.entries(1)
+    unseen = train_labels.lookup(rows, cols) == -1
+    chosen = rng.permutation(int(unseen.sum()))[:per_kind]
+    false_negatives = rows[unseen][chosen], cols[unseen][chosen]
+    cells = rng.integers(0, truth.n_rows * truth.n_classes, size=100 * per_kind)
+    cells = cells[np.sort(np.unique(cells, return_index=True)[1])]  # each cell once, in drawing order
+    r, c = np.divmod(cells, truth.n_classes)
+    negative = (truth.lookup(r, c) == 0) & (train_labels.lookup(r, c) == -1)
+    true_negatives = r[negative][:per_kind], c[negative][:per_kind]
+    kinds = np.concatenate([np.ones(len(chosen), bool), np.zeros(len(true_negatives[0]), bool)])
+    return (
+        np.concatenate([false_negatives[0], true_negatives[0]]),
+        np.concatenate([false_negatives[1], true_negatives[1]]),
+        kinds,
+    )
 
 
 class MemorizationCallback(Callback, CheckpointedState):

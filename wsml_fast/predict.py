@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from wsml_fast.data import ImageLabelDataset, make_loader
 from wsml_fast.errors import WsmlError
 from wsml_fast.inference import pick_device, predict_scores, resolve_precision
+from wsml_fast.labelstore import LabelStore
 from wsml_fast.runfolder import CONFIG, RUN_FILES, RunFolder
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -40,7 +40,7 @@ def predict(run: RunFolder, paths: list[Path], batch_size: int = 64) -> pd.DataF
     dataset = ImageLabelDataset(
         Path("."),
         [str(p) for p in images],
-        np.full((len(images), len(classes)), -1.0, dtype=np.float32),
+        LabelStore.empty(len(images), len(classes)),
         info.img_size,
     )
     loader = make_loader(dataset, batch_size, False, 0, device)

@@ -6,7 +6,6 @@ import dataclasses
 import hashlib
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from fastai.torch_core import set_seed
 
@@ -14,6 +13,7 @@ from wsml_fast.config import TrainConfig
 from wsml_fast.data import default_workers
 from wsml_fast.errors import WsmlError
 from wsml_fast.inference import pick_device, resolve_precision
+from wsml_fast.labelstore import LabelStore
 from wsml_fast.model import Classifier, build_model
 from wsml_fast.runfolder import LOG, Reporter, RunFolder
 from wsml_fast.schemes import get_scheme, settings_of, training_labels
@@ -27,7 +27,7 @@ class Setup:
 
     config: TrainConfig
     table: PartialLabelTable
-    train_labels: np.ndarray
+    train_labels: LabelStore
     device: torch.device
     precision: str
     model: Classifier
@@ -40,7 +40,7 @@ class Setup:
         digest = hashlib.sha256()
         for part in (self.table.images, list(self.table.splits), self.table.classes):
             digest.update("\n".join(map(str, part)).encode())
-        digest.update(np.ascontiguousarray(self.train_labels).tobytes())
+        digest.update(self.train_labels.digest().encode())
         return digest.hexdigest()[:16]
 
     def meta(self) -> dict:
@@ -69,12 +69,12 @@ def _resolved(config: TrainConfig, **values) -> TrainConfig:
 def _describe(setup: Setup) -> None:
     table, config, say = setup.table, setup.config, setup.say
     counts = {s: len(table.rows(s)) for s in ("train", "valid", "test")}
-    train = table.observed[table.rows("train")]
+    train = table.observed_of("train")
     say(
         f"data: {table.source.observed_csv.parent} | {len(table.classes)} classes | "
         + ", ".join(f"{n} {s}" for s, n in counts.items())
-        + f" | observed per train image: {(train == 1).sum(1).mean():.2f} positive, "
-        f"{(train == 0).sum(1).mean():.2f} negative | truth.csv: {'yes' if table.truth is not None else 'no'}"
+        + f" | observed per train image: {train.count(1, axis=1).mean():.2f} positive, "
+        f"{train.count(0, axis=1).mean():.2f} negative | truth.csv: {'yes' if table.truth is not None else 'no'}"
     )
     for note in table.notes:
         say(f"note: {note}")

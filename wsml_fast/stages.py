@@ -19,6 +19,7 @@ from torch.utils.data import Dataset
 from wsml_fast.config import TrainConfig
 from wsml_fast.data import ImageLabelDataset, make_loader
 from wsml_fast.features import FeatureDataset, cache_key, cached_features
+from wsml_fast.labelstore import LabelStore
 from wsml_fast.run_setup import Setup
 
 RECOVERY_SAMPLE = 1000  # training images scored per epoch for train_recovery_map
@@ -68,7 +69,7 @@ class StageData:
         return self.loaders.train.dataset
 
 
-def image_dataset(setup: Setup, split: str, labels: np.ndarray, augment: bool) -> ImageLabelDataset:
+def image_dataset(setup: Setup, split: str, labels: LabelStore, augment: bool) -> ImageLabelDataset:
     config, table = setup.config, setup.table
     images = [table.images[i] for i in table.rows(split)]
     return ImageLabelDataset(

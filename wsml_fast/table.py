@@ -9,36 +9,42 @@ import numpy as np
 
 from wsml_fast.errors import WsmlError
 from wsml_fast.labels import align_truth, outside_root_note, read_label_csv
+from wsml_fast.labelstore import LabelStore
 from wsml_fast.sources import DataSource
 
 
 @dataclass
 class PartialLabelTable:
-    """Rows are images; `observed` holds 1 / 0 / -1 (unobserved), `truth` (if known) holds 1 / 0."""
+    """Rows are images; `observed` holds 1 / 0 and -1 (unobserved) elsewhere, `truth` (if known) 1 and 0
+    elsewhere; both are sparse stores (memory grows with the listed labels)."""
 
     source: DataSource
     images: list[str]
     splits: np.ndarray
     classes: list[str]
-    observed: np.ndarray
-    truth: np.ndarray | None
+    observed: LabelStore
+    truth: LabelStore | None
     notes: list[str] = field(default_factory=list)
 
     def rows(self, split: str) -> np.ndarray:
         return np.flatnonzero(self.splits == split)
 
-    def eval_labels(self, split: str) -> np.ndarray:
+    def observed_of(self, split: str) -> LabelStore:
+        return self.observed.take(self.rows(split))
+
+    def eval_labels(self, split: str) -> LabelStore:
         """Labels to score `split` against: the full truth when known, else the observed entries only."""
         labels = self.truth if self.truth is not None else self.observed
-        return labels[self.rows(split)]
+        return labels.take(self.rows(split))
 
-    def train_truth(self) -> np.ndarray | None:
+    def train_truth(self) -> LabelStore | None:
         """The full truth of the train rows, when there is a truth.csv."""
-        return None if self.truth is None else self.truth[self.rows("train")]
+        return None if self.truth is None else self.truth.take(self.rows("train"))
 
     def expected_positives(self) -> float | None:
         """Mean positives per train image from the truth, when there is a truth."""
-        return None if self.truth is None else float(self.truth[self.rows("train")].sum(1).mean())
+        truth = self.train_truth()
+        return None if truth is None else float(truth.count(1, axis=1).mean())
 
 
 def _hold_out_valid(splits: np.ndarray, fraction: float, seed: int) -> np.ndarray:
@@ -52,12 +58,11 @@ def _hold_out_valid(splits: np.ndarray, fraction: float, seed: int) -> np.ndarra
     return splits
 
 
-def _without_positives(observed: np.ndarray, train: np.ndarray, classes: list[str]) -> str | None:
+def _without_positives(observed: LabelStore, train: np.ndarray, classes: list[str]) -> str | None:
     """A line naming the classes with no observed positive among the train rows, or None."""
     if not train.any():
         return None
-    best = np.max(observed, axis=0, where=train[:, None], initial=-1.0)  # no copy of the train rows
-    absent = np.flatnonzero(best < 1.0)
+    absent = np.flatnonzero(observed.take(np.flatnonzero(train)).count(1, axis=0) == 0)
     if not absent.size:
         return None
     names = ", ".join(classes[i] for i in absent[:3])
@@ -78,7 +83,8 @@ def load_table(
     observed = read_label_csv(source.observed_csv)
     truth = None
     if source.truth_csv is not None:
-        truth = align_truth(observed, read_label_csv(source.truth_csv, complete=True))
+        truth = LabelStore.from_dense(align_truth(observed, read_label_csv(source.truth_csv, complete=True)), 0)
+    labels = LabelStore.from_dense(observed.matrix, -1)
     notes = []
     splits = observed.splits
     if splits is None:
@@ -89,11 +95,11 @@ def load_table(
     if not (splits == "valid").any() and (for_training or (splits == "train").sum() > 1):
         splits = _hold_out_valid(splits, valid_fraction, seed)
         notes.append(f"no valid rows: held out {valid_fraction:.0%} of train as valid (seed {seed})")
-    if (unseen := _without_positives(observed.matrix, splits == "train", observed.classes)) is not None:
+    if (unseen := _without_positives(labels, splits == "train", observed.classes)) is not None:
         notes.append(unseen)
     if (outside := outside_root_note(observed.images, source.images_root)) is not None:
         notes.append(outside)
-    return PartialLabelTable(source, observed.images, splits, observed.classes, observed.matrix, truth, notes)
+    return PartialLabelTable(source, observed.images, splits, observed.classes, labels, truth, notes)
 
 
 def check_images(root: Path, images: list[str], csv: Path) -> None:

@@ -21,11 +21,11 @@ from wsml_fast.errors import WsmlError
 if TYPE_CHECKING:  # the heavy types, for annotations only
     from collections.abc import Callable
 
-    import numpy as np
     import torch
     from fastai.callback.core import Callback
 
     from wsml_fast.config import TrainConfig
+    from wsml_fast.labelstore import LabelStore
     from wsml_fast.losses import PartialLabelLoss
     from wsml_fast.runfolder import Reporter, RunFolder
     from wsml_fast.table import PartialLabelTable
@@ -204,7 +204,7 @@ class SchemeContext:
 
     config: TrainConfig
     table: PartialLabelTable
-    train_labels: np.ndarray
+    train_labels: LabelStore
     run: RunFolder
     say: Reporter
     expected_positives: float | None
@@ -215,13 +215,13 @@ class SchemeContext:
         return self.config.total_epochs
 
 
-def training_labels(scheme: Scheme, table: PartialLabelTable) -> np.ndarray:
+def training_labels(scheme: Scheme, table: PartialLabelTable) -> LabelStore:
     """The targets `scheme` trains on (1 / 0 / -1 per train row and class), refused, naming the scheme, where the
     data lacks what it needs: observed negatives for `iu`, a truth.csv for the full-label schemes."""
-    import numpy as np
+    from wsml_fast.labelstore import LabelStore
 
-    observed = table.observed[table.rows("train")]
-    if scheme.needs_observed_negatives and not (observed == 0).any():
+    observed = table.observed_of("train")
+    if scheme.needs_observed_negatives and not observed.count(0, axis=0).any():
         raise WsmlError(
             f"--scheme {scheme.name} trains on observed negatives, and {table.source.observed_csv} has none in "
             "train; use an, wan, epr, role or a large-loss scheme"
@@ -236,7 +236,9 @@ def training_labels(scheme: Scheme, table: PartialLabelTable) -> np.ndarray:
         )
     if scheme.targets == "truth":
         return truth
-    return np.where(truth == 0, 0.0, observed).astype(np.float32)  # observed positives and every true negative
+    # observed positives and every true negative: a true positive keeps its observed value (1, or -1 unobserved)
+    rows, cols = truth.entries(1)
+    return LabelStore.from_entries(*truth.shape, rows, cols, observed.lookup(rows, cols), fill=0)
 
 
 def _expected_positives(scheme: Scheme, config: TrainConfig, table: PartialLabelTable, say: Reporter):
@@ -252,7 +254,7 @@ def _expected_positives(scheme: Scheme, config: TrainConfig, table: PartialLabel
 def scheme_parts(
     config: TrainConfig,
     table: PartialLabelTable,
-    train_labels: np.ndarray,
+    train_labels: LabelStore,
     run: RunFolder,
     say: Reporter,
     score_train: Callable[[torch.nn.Module], torch.Tensor],

@@ -26,12 +26,12 @@ from collections.abc import Callable
 from fractions import Fraction
 from functools import partial
 
-import numpy as np
 import torch
 from fastai.callback.core import Callback
 
 from wsml_fast.atomic import write_text
 from wsml_fast.callbacks import ItemIndexCallback, SchemeState
+from wsml_fast.labelstore import LabelStore
 from wsml_fast.losses import PartialLabelLoss, negative_term, positive_term, soft_bce
 from wsml_fast.runfolder import PSEUDO_LABELS
 from wsml_fast.schemes import Scheme, SchemeContext
@@ -136,20 +136,20 @@ class AplCallback(Callback, SchemeState):
 
     def __init__(
         self,
-        train_labels: np.ndarray,
+        train_labels: LabelStore,
         alpha: float,
         beta: float,
         warmup: int,
         epochs: int,
         score_train: Callable[[torch.nn.Module], torch.Tensor],
-        truth: np.ndarray | None,
+        truth: LabelStore | None,
         write: Callable[[str], None] | None = None,
         names: tuple[list[str], list[str]] = ([], []),
     ) -> None:
-        self.targets = torch.as_tensor(np.asarray(train_labels, dtype=np.float32))
+        self.targets = torch.from_numpy(train_labels.to_dense())  # APL scores and labels every entry: dense
         self.alpha, self.beta, self.warmup, self.epochs = alpha, beta, warmup, epochs
         self.score_train, self.write, (self.image_names, self.class_names) = score_train, write, names
-        self.truth = None if truth is None else torch.as_tensor(np.asarray(truth) == 1)
+        self.truth = None if truth is None else torch.from_numpy(truth.to_dense() == 1)
         self.quota = apl_quota((self.targets == -1).sum(0), epochs, warmup)
         self.mask = torch.zeros(self.targets.shape, dtype=torch.bool)
         self.values = torch.zeros(self.targets.shape, dtype=torch.float32)

@@ -18,12 +18,12 @@ from collections.abc import Callable
 from fractions import Fraction
 from functools import partial
 
-import numpy as np
 import torch
 from fastai.callback.core import Callback
 
 from wsml_fast.atomic import write_text
 from wsml_fast.callbacks import ItemIndexCallback, SchemeState
+from wsml_fast.labelstore import DeviceLabels, LabelStore, row_entries
 from wsml_fast.losses import AssumeNegativeLoss, PartialLabelLoss, positive_term
 from wsml_fast.runfolder import CORRECTIONS
 from wsml_fast.schemes import SCHEMES, Scheme, SchemeContext
@@ -81,12 +81,58 @@ def large_loss_losses(
     return apply_large_loss(an_losses, positive_term(logits), selected, scheme), selected
 
 
-class LargeLossCallback(Callback, SchemeState):
-    """Replace the training loss by LL-R / LL-Ct / LL-Cp and keep the training labels for LL-Cp.
+class StoredPositives:
+    """LL-Cp's corrections: the entries stored as positives, and the epoch of each, on the model's device.
 
-    The label matrix lives here, on the model's device, and every training batch reads its targets from it
-    by item index (DataLoader workers hold stale copies of the Dataset). The epoch is the run's (RunState);
-    `lr_find` selects nothing.
+    Sorted flat keys (row * C + class, int64) with an int16 epoch each: 10 bytes a correction, so memory grows
+    with the corrections, from nothing. A bit-packed images x classes matrix would take a fixed 2 GB at
+    OpenImages' 1.7 M x 9,600 and lose the epochs; LL-Cp at Delta 0.2% with batches of 64 stores about 33 M
+    corrections (330 MB) an epoch there, so the keys stay the smaller for the first six epochs, and scale down
+    with any smaller dataset. A row is visited once an epoch, so an epoch's new keys are merged at its end.
+    """
+
+    def __init__(self, n_classes: int) -> None:
+        self.n_classes = n_classes
+        self.keys = torch.zeros(0, dtype=torch.int64)
+        self.epochs = torch.zeros(0, dtype=torch.int16)
+        self.new: list[torch.Tensor] = []
+
+    def to(self, device: torch.device) -> None:
+        self.keys, self.epochs = self.keys.to(device), self.epochs.to(device)
+
+    def overlay(self, targets: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """The batch's targets with every stored positive of its rows set to 1."""
+        owner, cols, _ = row_entries(self.keys, rows, self.n_classes)
+        targets = targets.clone()
+        targets[owner, cols] = 1.0
+        return targets
+
+    def add(self, rows: torch.Tensor, cols: torch.Tensor) -> None:
+        self.new.append(rows * self.n_classes + cols)
+
+    def merge(self, epoch: int) -> None:
+        """The epoch's new corrections join the stored ones (kept sorted)."""
+        if not self.new:
+            return
+        new = torch.cat(self.new)
+        keys = torch.cat([self.keys, new])
+        epochs = torch.cat([self.epochs, torch.full_like(new, epoch, dtype=torch.int16)])
+        order = torch.argsort(keys)
+        self.keys, self.epochs, self.new = keys[order], epochs[order], []
+
+    def state_dict(self) -> dict:
+        return {"keys": self.keys.cpu(), "epochs": self.epochs.cpu()}
+
+    def load_state_dict(self, state: dict) -> None:
+        device = self.keys.device
+        self.keys, self.epochs, self.new = state["keys"].to(device), state["epochs"].to(device), []
+
+
+class LargeLossCallback(Callback, SchemeState):
+    """Replace the training loss by LL-R / LL-Ct / LL-Cp; for LL-Cp, keep the stored positives and lay them
+    over every training batch's targets (they live here, in the main process: DataLoader workers hold stale
+    copies of a Dataset). The epoch is the run's (RunState); `lr_find` selects nothing. With the training set's
+    truth, it reports how many of the selected entries, and of the stored ones, really are positives.
     """
 
     order = ItemIndexCallback.order + 1  # needs `learn.item_index`; must precede GradientAccumulation (6)
@@ -95,46 +141,41 @@ class LargeLossCallback(Callback, SchemeState):
         self,
         scheme: str,
         delta_rel: float,
-        train_labels: np.ndarray,
-        truth: np.ndarray | None,
+        n_classes: int,
+        truth: LabelStore | None,
         image_names: list[str],
         class_names: list[str],
         write_corrections: Callable[[str], None] | None,
     ) -> None:
         large_loss_k(1, 1, 1, delta_rel, scheme)  # validates the scheme
-        self.scheme, self.delta_rel = scheme, delta_rel
-        self.labels = torch.tensor(train_labels, dtype=torch.float32)  # a copy: LL-Cp writes to it
-        self.truth = None if truth is None else torch.as_tensor(np.asarray(truth) == 1)
+        self.scheme, self.delta_rel, self.truth_store = scheme, delta_rel, truth
         self.image_names, self.class_names = list(image_names), list(class_names)
         self.write_corrections = write_corrections
-        # LL-Cp: the epoch in which each entry was stored as positive (0: never)
-        self.corrected_in = torch.zeros(self.labels.shape, dtype=torch.int16) if scheme == "llcp" else None
+        self.stored = StoredPositives(n_classes) if scheme == "llcp" else None
+        self.truth: DeviceLabels | None = None
 
     def state_dict(self) -> dict:
-        """The stored training labels (LL-Cp's corrections included) and the epoch of each correction."""
-        state = {"labels": self.labels.cpu()}
-        if self.corrected_in is not None:
-            state["corrected_in"] = self.corrected_in.cpu()
-        return state
+        """LL-Cp's stored positives and the epoch of each (nothing for LL-R / LL-Ct, which store nothing)."""
+        return {} if self.stored is None else self.stored.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
-        self.labels = state["labels"].to(self.labels.device)
-        if self.corrected_in is not None:
-            self.corrected_in = state["corrected_in"].to(self.corrected_in.device)
+        if self.stored is not None:
+            self.stored.load_state_dict(state)
 
     def before_fit(self) -> None:
-        device = next(self.learn.model.parameters()).device
-        self.labels = self.labels.to(device)
-        self.truth = None if self.truth is None else self.truth.to(device)
-        self.corrected_in = None if self.corrected_in is None else self.corrected_in.to(device)
+        self.device = device = next(self.learn.model.parameters()).device
+        if self.truth_store is not None and (self.truth is None or self.truth.device != device):
+            self.truth = self.truth_store.to(device)
+        if self.stored is not None:
+            self.stored.to(device)
 
     def before_epoch(self) -> None:
-        self.n_selected = torch.zeros((), dtype=torch.long, device=self.labels.device)
+        self.n_selected = torch.zeros((), dtype=torch.long, device=self.device)
         self.n_selected_true = torch.zeros_like(self.n_selected)
 
     def before_batch(self) -> None:
-        if self.learn.training:
-            self.learn.yb = (self.labels[self.learn.item_index],)
+        if self.learn.training and self.stored is not None:
+            self.learn.yb = (self.stored.overlay(self.learn.yb[0], self.learn.item_index),)
 
     def after_loss(self) -> None:
         epoch = self.run_state.epoch
@@ -145,40 +186,44 @@ class LargeLossCallback(Callback, SchemeState):
         losses, selected = large_loss_losses(logits, targets, k, self.scheme)
         loss = losses.mean()
         self.learn.loss_grad, self.learn.loss = loss, loss.detach().clone()
-
-        index = self.learn.item_index
         self.n_selected += selected.sum()
+        if self.truth is None and self.stored is None:
+            return  # LL-R / LL-Ct without a truth: no host synchronisation
+        batch, cols = selected.nonzero(as_tuple=True)
+        rows = self.learn.item_index[batch]
         if self.truth is not None:
-            self.n_selected_true += (selected & self.truth[index]).sum()
-        if self.corrected_in is not None:
-            self.labels[index] = targets.masked_fill(selected, 1.0)
-            self.corrected_in[index] = self.corrected_in[index].masked_fill(selected, epoch)
+            self.n_selected_true += (self.truth.lookup(rows, cols) == 1).sum()
+        if self.stored is not None:
+            self.stored.add(rows, cols)
 
     def after_epoch(self) -> None:
         if not self.run_state.active:
             return
-        extras = {"ll_selected": int(self.n_selected)}
+        values = {"ll_selected": int(self.n_selected)}
         if self.truth is not None:
-            extras["ll_fn_precision"] = _ratio(self.n_selected_true, self.n_selected)
-        if self.corrected_in is not None:
-            stored = self.corrected_in > 0
-            extras["ll_corrections"] = int(stored.sum())
+            values["ll_fn_precision"] = _ratio(self.n_selected_true, self.n_selected)
+        if self.stored is not None:
+            self.stored.merge(self.run_state.epoch)
+            values["ll_corrections"] = len(self.stored.keys)
             if self.truth is not None:
-                extras["ll_correction_precision"] = _ratio((stored & self.truth).sum(), stored.sum())
+                rows, cols = self.stored.keys // self.stored.n_classes, self.stored.keys % self.stored.n_classes
+                values["ll_correction_precision"] = _ratio((self.truth.lookup(rows, cols) == 1).sum(), len(rows))
             if self.write_corrections is not None:
                 self.write_corrections(self._corrections_csv())
-        self.run_state.record(**extras)
+        self.run_state.record(**values)
 
     def _corrections_csv(self) -> str:
         """Every entry stored as positive so far, one row (image, class, epoch) each, in order of epoch."""
-        rows, cols = (self.corrected_in > 0).nonzero(as_tuple=True)
-        epochs = self.corrected_in[rows, cols]
-        order = torch.argsort(epochs, stable=True).tolist()
-        rows, cols, epochs = rows.tolist(), cols.tolist(), epochs.tolist()
+        order = torch.argsort(self.stored.epochs, stable=True)
+        keys, epochs = self.stored.keys[order].tolist(), self.stored.epochs[order].tolist()
         text = io.StringIO()
         writer = csv.writer(text, lineterminator="\n")
         writer.writerow(["image", "class", "epoch"])
-        writer.writerows((self.image_names[rows[i]], self.class_names[cols[i]], epochs[i]) for i in order)
+        n = self.stored.n_classes
+        writer.writerows(
+            (self.image_names[key // n], self.class_names[key % n], epoch)
+            for key, epoch in zip(keys, epochs, strict=True)
+        )
         return text.getvalue()
 
 
@@ -194,7 +239,7 @@ def parts(scheme: Scheme, context: SchemeContext) -> tuple[PartialLabelLoss, lis
     callback = LargeLossCallback(
         scheme.name,
         context.config.delta_rel,
-        context.train_labels,
+        len(table.classes),
         table.train_truth(),
         [table.images[i] for i in rows],
         table.classes,

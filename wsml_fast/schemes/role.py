@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 from fastai.callback.core import Callback
 
 from wsml_fast.callbacks import ItemIndexCallback, SchemeState
 from wsml_fast.checkpoint import optimizer_state
+from wsml_fast.labelstore import LabelStore
 from wsml_fast.losses import AssumeNegativeLoss, ExpectedPositiveLoss, PartialLabelLoss, soft_bce
 from wsml_fast.schemes import Scheme, SchemeContext
 
@@ -34,9 +34,9 @@ def _logit(p: float) -> float:
     return math.log(p / (1 - p))
 
 
-def initial_estimates(train_labels: np.ndarray, generator: torch.Generator | None = None) -> torch.Tensor:
+def initial_estimates(train_labels: LabelStore, generator: torch.Generator | None = None) -> torch.Tensor:
     """Start logits of the estimates: near-certain where observed, undecided (0.4 to 0.6) where not."""
-    labels = torch.as_tensor(np.asarray(train_labels, dtype=np.float32))
+    labels = torch.from_numpy(train_labels.to_dense())  # ROLE's estimates are dense by design
     low, high = START_UNOBSERVED
     probs = low + (high - low) * torch.rand(labels.shape, generator=generator)
     logits = torch.log(probs / (1 - probs))
@@ -71,7 +71,7 @@ class RoleCallback(Callback, SchemeState):
 
     def __init__(
         self,
-        train_labels: np.ndarray,
+        train_labels: LabelStore,
         expected_positives: float | None,
         head_lr_mult: float = 1.0,
         lr_mult: float = 10.0,
