@@ -128,7 +128,7 @@ def test_early_stopping_fires_at_the_drop_and_not_before() -> None:
     learn = tiny_learner([History([50.0, 52.0, 49.5, 48.9, 60.0, 61.0]), stop], observed_labels())
     learn.fit(6, 0.1)
     assert learn.run_state.epoch == 4  # 49.5 is 2.5 below 52: goes on; 48.9 is 3.1 below: stops
-    assert stop.reason == "valid mAP 48.90 fell over 3 points below 52.00"
+    assert stop.reason == "early stop: valid mAP 48.90 fell over 3 points below 52.00"
 
 
 def test_gr_schedule_follows_the_runs_epochs() -> None:

@@ -187,7 +187,7 @@ class EarlyStopCallback(Callback):
             return
         best, value = self.run_state.best()[MONITOR], self.run_state.history[-1][MONITOR]
         if value < best - self.drop:
-            self.reason = f"valid mAP {value:.2f} fell over {self.drop:g} points below {best:.2f}"
+            self.reason = f"early stop: valid mAP {value:.2f} fell over {self.drop:g} points below {best:.2f}"
             raise CancelFitException()
 
 

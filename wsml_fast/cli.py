@@ -43,6 +43,12 @@ def _absolute(path: str | None) -> str | None:
     return str(Path(path).expanduser().resolve()) if path else None
 
 
+DatasetOpt = Annotated[
+    str | None, typer.Option("--dataset", help="Prepared dataset under $WSML_HOME/data (default: the built-in demo).")
+]
+RecipeOpt = Annotated[
+    str | None, typer.Option("--recipe", help="Recipe YAML (default: the recipe named like --dataset).")
+]
 DataOpt = Annotated[str | None, typer.Option("--data", help="Dataset folder: images/, observed.csv[, truth.csv].")]
 CsvOpt = Annotated[str | None, typer.Option("--csv", help="A label CSV (with --images).")]
 ImagesOpt = Annotated[str | None, typer.Option("--images", help="Folder the CSV's image paths are relative to.")]
@@ -51,13 +57,11 @@ ImagesOpt = Annotated[str | None, typer.Option("--images", help="Folder the CSV'
 @app.command()
 @friendly
 def train(
-    dataset: Annotated[
-        str | None, typer.Option(help="Prepared dataset under $WSML_HOME/data (default: the built-in demo).")
-    ] = None,
+    dataset: DatasetOpt = None,
     data: DataOpt = None,
     csv: CsvOpt = None,
     images: ImagesOpt = None,
-    recipe: Annotated[str | None, typer.Option(help="Recipe YAML (default: the recipe named like --dataset).")] = None,
+    recipe: RecipeOpt = None,
     scheme: Annotated[
         str | None, typer.Option(help=f"Loss scheme: {', '.join(SCHEMES)} (`wsml schemes`: what each does).")
     ] = None,
@@ -122,19 +126,29 @@ def train(
             )
         _with_signals(lambda stop: _resume(resume, epochs, stop))
         return
-    from wsml_fast.config import resolve
-    from wsml_fast.recipes import find_recipe
     from wsml_fast.sources import resolve_source
 
-    options.pop("recipe")
-    implied = {} if dataset or data or csv else {"dataset": "demo"}
-    options.update(data=_absolute(data), csv=_absolute(csv), images=_absolute(images))
-    values, recipe_name = find_recipe(recipe, dataset or implied.get("dataset"), scheme)
-    config = resolve(values, recipe_name, options, implied)
+    config = _configure(options, options.pop("recipe"), scheme)
     source = resolve_source(config.dataset, config.data, config.csv, config.images)
     from wsml_fast.train import train as run_training
 
     _with_signals(lambda stop: run_training(config, source, stop))
+
+
+DATA_KEYS = ("dataset", "data", "csv")
+
+
+def _configure(options: dict, recipe_file: str | None, scheme: str | None):
+    """The command line's options over the recipe (`--recipe FILE`, else the one named like the dataset) over
+    the defaults; the built-in demo when neither the options nor the recipe name any data."""
+    from wsml_fast.config import resolve
+    from wsml_fast.recipes import find_recipe
+
+    options = {**options, **{k: _absolute(options.get(k)) for k in ("data", "csv", "images")}}
+    named = any(options.get(k) for k in DATA_KEYS)
+    values, recipe_name = find_recipe(recipe_file, options.get("dataset") or (None if named else "demo"), scheme)
+    implied = {} if named or any((values or {}).get(k) for k in DATA_KEYS) else {"dataset": "demo"}
+    return resolve(values, recipe_name, options, implied)
 
 
 def _resume(run_dir: Path, epochs: int | None, stop) -> None:
@@ -270,6 +284,71 @@ def prepare(
     typer.echo(
         f"train on it with: wsml train --data {target}" if out else f"train on it with: wsml train --dataset {name}"
     )
+
+
+@app.command()
+@friendly
+def tune(
+    dataset: Annotated[
+        str | None, typer.Option(help="Prepared dataset under $WSML_HOME/data (default: the demo).")
+    ] = None,
+    data: DataOpt = None,
+    csv: CsvOpt = None,
+    images: ImagesOpt = None,
+    recipe: Annotated[str | None, typer.Option(help="Recipe YAML (default: the recipe named like --dataset).")] = None,
+    schemes: Annotated[
+        str, typer.Option(help="Schemes to search, comma-separated (`wsml schemes` lists them).")
+    ] = "an,llr,llct,llcp,em,em-apl,gr",
+    trials: Annotated[int, typer.Option(help="The study's total number of trials (over every process).")] = 30,
+    epochs: Annotated[int | None, typer.Option(help="Epochs of each trial (default: the recipe's).")] = None,
+    timeout: Annotated[str | None, typer.Option(help="Stop starting trials after this long: 2h, 30m, 90s.")] = None,
+    study: Annotated[str, typer.Option(help="Study name (processes sharing a study and storage cooperate).")] = "wsml",
+    storage: Annotated[
+        str | None, typer.Option(help="Journal file or database URL (default: OUT/study.journal).")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Tune folder (default tunes/<dataset>); rerun to continue.")] = None,
+    search: Annotated[Path | None, typer.Option(help="YAML of search ranges that replace the defaults.")] = None,
+    pruner: Annotated[str, typer.Option(help="median or halving (on each epoch's valid mAP).")] = "median",
+    backbone: Annotated[str | None, typer.Option(help="Any timm model name.")] = None,
+    pretrained: Annotated[bool | None, typer.Option("--pretrained/--no-pretrained")] = None,
+    img_size: Annotated[int | None, typer.Option(help="Square input size.")] = None,
+    mode: Annotated[str | None, typer.Option(help="end-to-end, linear or linear-init.")] = None,
+    workers: Annotated[int | None, typer.Option(help="DataLoader workers.")] = None,
+    precision: Annotated[str | None, typer.Option(help="auto, fp32, fp16 or bf16.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of every trial's run and of the sampler.")] = None,
+) -> None:
+    """Search scheme, learning rate, batch size and the schemes' own settings by valid mAP (Optuna); every trial
+    is a run folder in OUT, and the best becomes OUT/best.yaml, scored once on the test split."""
+    import optuna
+
+    from wsml_fast.schemes import get_scheme
+    from wsml_fast.sources import resolve_source
+    from wsml_fast.tune import Tuner, open_study, parse_duration, read_space, run_study
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # wsml prints a line per trial itself
+    names = [name.strip() for name in schemes.split(",") if name.strip()]
+    for name in names:
+        get_scheme(name)
+    if trials < 1:
+        raise WsmlError(f"--trials must be at least 1 (got {trials})")
+    if pruner not in ("median", "halving"):
+        raise WsmlError(f"--pruner {pruner!r} is not one of: median, halving")
+    fixed = {"dataset": dataset, "data": data, "csv": csv, "images": images, "epochs": epochs, "backbone": backbone}
+    fixed |= {"img_size": img_size, "mode": mode, "workers": workers, "precision": precision, "seed": seed}
+    fixed |= {"pretrained": pretrained}
+    configs = {name: _configure({**fixed, "scheme": name}, recipe, name) for name in names}
+    first = configs[names[0]]
+    source = resolve_source(first.dataset, first.data, first.csv, first.images)
+    folder = out or Path("tunes") / source.name
+    if folder.exists() and not folder.is_dir():
+        raise WsmlError(f"--out {folder}: is a file, not a folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    space = read_space(search) if search else {}
+    tuner = Tuner(
+        configs.__getitem__, source, names, space, folder, open_study(folder, study, storage, first.seed, pruner)
+    )
+    seconds = parse_duration(timeout) if timeout else None
+    _with_signals(lambda stop: run_study(tuner, trials, seconds, stop))
 
 
 @app.command()

@@ -211,8 +211,8 @@ def fit(
             learn.fit(stage.epochs, lr)
         if stop is not None and stop():
             return "interrupted"
-        reason = getattr(getattr(learn, "early_stop", None), "reason", None)
-        if reason:
-            setup.say(f"early stop: {reason}")
-            return reason
+        reasons = [cb.reason for cb in learn.cbs if getattr(cb, "reason", None)]  # callbacks that ended the fit
+        if reasons:
+            setup.say(f"stopped early: {reasons[0]}")
+            return reasons[0]
     return None

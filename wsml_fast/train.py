@@ -23,7 +23,7 @@ from wsml_fast.stages import image_dataset
 from wsml_fast.stopping import RunInterrupted, StopRequest
 
 
-def score(setup: Setup, history: list[dict], started: float) -> dict:
+def score(setup: Setup, history: list[dict], started: float, test: bool = True) -> dict:
     """results.json of a run: its best epoch, and the test split scored with that epoch's weights."""
     config, table = setup.config, setup.table
     setup.model.load_state_dict(setup.run.load_weights())
@@ -40,23 +40,31 @@ def score(setup: Setup, history: list[dict], started: float) -> dict:
         "precision": setup.precision,
         "train_seconds": round(time.perf_counter() - started, 1),
     }
-    if len(table.rows("test")):
+    if test and len(table.rows("test")):
         test_ds = image_dataset(setup, "test", table.eval_labels("test"), False)
         args = (config.map_convention, setup.precision, setup.device, config.bs * 2, config.workers)
         test = score_split(setup.model, test_ds, table.classes, *args)
         results.update(test_map=test.map, test_per_class=test.per_class, test_skipped=test.skipped)
-    else:
+    elif test:
         setup.say("note: no test rows: test mAP not computed")
     return results
 
 
-def _run(setup: Setup, stop: StopRequest | None, checkpoint: dict | None) -> RunFolder:
-    """Build, fit and score, recording in the run folder how the run ended: finished, interrupted or failed."""
+def _run(
+    setup: Setup,
+    stop: StopRequest | None,
+    checkpoint: dict | None,
+    callbacks: list | None = None,
+    test: bool = True,
+) -> RunFolder:
+    """Build, fit and score, recording in the run folder how the run ended: finished, interrupted or failed.
+    `callbacks` join the Learner's (wsml tune reports to its trial); `test=False` leaves the test split alone."""
     run, say, started = setup.run, setup.say, time.perf_counter()
     completed = checkpoint["meta"]["epoch"] if checkpoint else 0
     run.write_status("running", epoch=completed)
     try:
         learn, data = build_learner(setup, stop, checkpoint["meta"]["history"] if checkpoint else None)
+        learn.add_cbs(callbacks or [])
         ended = fit(learn, data, setup, stop, checkpoint)
         history = learn.run_state.history
         if ended == "interrupted":
@@ -67,8 +75,8 @@ def _run(setup: Setup, stop: StopRequest | None, checkpoint: dict | None) -> Run
             say(message)
             run.write_status("interrupted", reason=stop.name, epoch=len(history))
             raise RunInterrupted(message, stop.exit_code)
-        results = score(setup, history, started)
-        results["status"] = "finished" if ended is None else f"finished: early stop ({ended})"
+        results = score(setup, history, started, test)
+        results["status"] = "finished" if ended is None else f"finished: {ended}"
         run.write_results(results)
     except RunInterrupted:
         raise
@@ -112,10 +120,17 @@ def _what_now(run: RunFolder) -> str:
     return f"no epoch completed: remove {run.path} and start again"
 
 
-def train(config: TrainConfig, source: DataSource, stop: StopRequest | None = None) -> RunFolder:
-    """Train a new run: keep the best epoch's weights, evaluate the test split, and write the run folder."""
+def train(
+    config: TrainConfig,
+    source: DataSource,
+    stop: StopRequest | None = None,
+    callbacks: list | None = None,
+    test: bool = True,
+) -> RunFolder:
+    """Train a new run: keep the best epoch's weights, evaluate the test split (unless `test` is False), and
+    write the run folder."""
     run = RunFolder.check_new(Path(config.out) if config.out else default_run_dir(source.name, config.scheme))
-    return _run(set_up(config, source, run), stop, None)
+    return _run(set_up(config, source, run), stop, None, callbacks, test)
 
 
 def resume(run_dir: Path, epochs: int | None = None, stop: StopRequest | None = None) -> RunFolder | None:
