@@ -83,7 +83,7 @@ def _run(
     except BaseException as exc:
         line = _record_failure(run, exc)
         if isinstance(exc, WsmlError):
-            raise WsmlError(line) from None
+            raise type(exc)(line) from None  # its own kind (a tuner tells a trial's failure by it), one line
         raise
     run.write_status("finished", epoch=len(history))
     test_text = f"{results['test_map']:.2f}" if results["test_map"] is not None else "n/a"

@@ -322,12 +322,15 @@ def run_study(
     tuner.say(f"study '{tuner.study.study_name}': {done} of {trials} trials done; results in {tuner.folder}")
 
     def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        tuner.say(_line(trial, finished(study), trials))
+        """A line per finished trial; stop when the study's total is reached, counting the trials other
+        processes are running (so that together they run `trials`, none twice), or when asked to."""
+        count = finished(study)
+        tuner.say(_line(trial, count, trials))
         write_trials(tuner.folder, trial_rows(study))
-        if tuner.stop is not None and tuner.stop():
+        running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+        if count + running >= trials or (tuner.stop is not None and tuner.stop()):
             study.stop()
 
-    limit = optuna.study.MaxTrialsCallback(trials, states=(*DONE, TrialState.RUNNING))
     interrupted = None
     if done < trials:
         try:
@@ -336,7 +339,7 @@ def run_study(
                 n_trials=trials - done,
                 timeout=timeout,
                 catch=(TrialFailed,),
-                callbacks=[limit, after_trial],
+                callbacks=[after_trial],
             )
         except RunInterrupted as exc:
             interrupted = exc

@@ -1,0 +1,136 @@
+"""`wsml tune`: a tiny study completes, prunes a clearly worse trial, records failures, writes a recipe that
+`wsml train --recipe` reruns, continues after an interruption, and two processes share one study."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+import yaml
+from conftest import write
+from test_cli import invoke
+
+from wsml_fast.config import resolve
+from wsml_fast.schemes import Choice
+from wsml_fast.sources import from_folder
+from wsml_fast.stopping import RunInterrupted, StopRequest
+from wsml_fast.tune import JOURNAL, Tuner, open_study, run_study
+
+TINY = ["--backbone", "test_efficientnet", "--no-pretrained", "--img-size", "32", "--epochs", "2"]
+
+
+def tune(demo_folder: Path, out: Path, *args: str):
+    return invoke("tune", "--data", demo_folder, *TINY, "--schemes", "an,llct", "--out", out, *args)
+
+
+def load(out: Path) -> optuna.Study:
+    return open_study(out, "wsml", None, 0, "median")
+
+
+def test_a_tiny_study_prunes_a_clearly_worse_trial_and_writes_a_recipe_that_reruns(
+    demo_folder: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "tune"
+    first = tune(demo_folder, out, "--trials", "1")
+    assert first.exit_code == 0, first.output
+    real = load(out).trials[0]
+    study = load(out)
+    for _ in range(2):  # two trials far better at every epoch: the next real one is clearly worse
+        better = optuna.trial.create_trial(  # (a final value of 0: the pruner reads the epochs' values alone)
+            params=real.params, distributions=real.distributions, value=0.0, intermediate_values={1: 99.0, 2: 99.0}
+        )
+        study.add_trial(better)
+    result = tune(demo_folder, out, "--trials", "4")
+    assert result.exit_code == 0, result.output
+    assert "3 of 4 trials done" in result.output and "pruned after epoch 1" in result.output
+    trials = pd.read_csv(out / "trials.csv")
+    assert trials["state"].tolist() == ["complete", "complete", "complete", "pruned"]
+    pruned = out / "trial-0003"
+    assert "pruned after epoch 1" in json.loads((pruned / "results.json").read_text())["status"]
+    assert len(pd.read_csv(pruned / "metrics.csv")) == 1  # the run stopped after its first epoch
+    assert json.loads((pruned / "results.json").read_text())["test_map"] is None  # trials never see the test split
+    best = json.loads((out / "best.json").read_text())
+    assert best["trial"] == 0 and best["test_map"] is not None and (out / "tune.png").stat().st_size > 1000
+    recipe = yaml.safe_load((out / "best.yaml").read_text())
+    assert recipe["scheme"] == real.params["scheme"] and recipe["lr"] == pytest.approx(real.params["lr"])
+    rerun = invoke("train", "--recipe", out / "best.yaml", "--out", tmp_path / "rerun")
+    assert rerun.exit_code == 0, rerun.output
+    again = json.loads((tmp_path / "rerun" / "results.json").read_text())
+    assert again["valid_map"] == pytest.approx(best["valid_map"])  # the best trial, rerun as is
+
+
+def test_a_failing_trial_is_recorded_and_the_study_goes_on(demo_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "tune"
+    out.mkdir()
+    search = write(tmp_path / "search.yaml", "lr: [1.0e+20, 0.01]\nbs: [16]\n")
+    study = load(out)
+    study.enqueue_trial({"scheme": "an", "lr": 1e20, "bs": 16})  # diverges: a non-finite loss
+    study.enqueue_trial({"scheme": "an", "lr": 0.01, "bs": 16})
+    result = tune(demo_folder, out, "--trials", "2", "--search", search)
+    assert result.exit_code == 0, result.output
+    trials = pd.read_csv(out / "trials.csv")
+    assert trials["state"].tolist()[0] == "fail" and trials["state"].tolist()[1] in ("complete", "pruned")
+    assert trials["note"][0].startswith("the training loss became nan")
+
+
+def test_an_error_every_trial_would_hit_ends_the_study_in_one_line(demo_folder: Path, tmp_path: Path) -> None:
+    result = invoke("tune", "--data", demo_folder, "--backbone", "resnet5", "--trials", "3", "--out", tmp_path)
+    assert result.exit_code == 2 and "not a timm model" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+class StopInTrial(StopRequest):
+    """A SIGTERM after `batches` batch boundaries, whichever trial is running."""
+
+    def __init__(self, batches: int) -> None:
+        super().__init__()
+        self.left = batches
+
+    def __call__(self) -> bool:
+        self.left -= 1
+        if self.left < 0:
+            self.signum = signal.SIGTERM
+        return super().__call__()
+
+
+def test_an_interrupted_study_continues_without_redoing_finished_trials(demo_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "tune"
+    out.mkdir()
+    options = {"data": str(demo_folder), "backbone": "test_efficientnet", "pretrained": False, "img_size": 32}
+    configs = {s: resolve(None, None, {**options, "epochs": 2, "scheme": s}) for s in ("an", "llct")}
+
+    def tuner() -> Tuner:
+        batches = {"bs": Choice((16,))}  # 2 epochs of 3 training and 1 validation batches: 8 boundaries a trial
+        return Tuner(configs.__getitem__, from_folder(demo_folder), ["an", "llct"], batches, out, load(out), print)
+
+    with pytest.raises(RunInterrupted):  # the 13th batch boundary is in trial 1
+        run_study(tuner(), 3, None, StopInTrial(12))
+    first = (out / "trial-0000" / "metrics.csv").read_bytes()
+    best = run_study(tuner(), 3, None)
+    trials = load(out).trials
+    assert [t.user_attrs.get("interrupted", False) for t in trials] == [False, True, False, False]
+    assert trials[2].params == trials[1].params  # the interrupted trial runs again, as a new one
+    assert (out / "trial-0000" / "metrics.csv").read_bytes() == first  # a finished trial is not redone
+    assert best is not None and pd.read_csv(out / "trials.csv")["state"].tolist()[1] == "interrupted"
+
+
+def test_two_processes_share_one_study(demo_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "tune"
+    out.mkdir()
+    command = [sys.executable, "-m", "wsml_fast", "tune", "--data", str(demo_folder), *TINY, "--schemes", "an,llct"]
+    command += ["--trials", "4", "--out", str(out), "--storage", str(out / JOURNAL)]
+    processes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in "ab"]
+    outputs = [process.communicate(timeout=600) for process in processes]
+    assert all(process.returncode == 0 for process in processes), outputs
+    done = [t for t in load(out).trials if t.state.is_finished()]
+    assert len(done) == 4 and sorted(t.number for t in done) == [0, 1, 2, 3]
+    runs = [t.user_attrs["run"] for t in done]
+    assert len(set(runs)) == 4 and all((Path(run) / "results.json").is_file() for run in runs)
+    pids = {t.user_attrs["pid"] for t in done}
+    assert len(pids) == 2  # both processes ran trials of the one study
