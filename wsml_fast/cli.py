@@ -105,6 +105,15 @@ def train(
         bool | None, typer.Option("--compile", help="torch.compile the model (falls back if it fails).")
     ] = None,
     map_convention: Annotated[str | None, typer.Option(help="skip or paper (classes without positives).")] = None,
+    check_images: Annotated[
+        bool | None,
+        typer.Option(
+            "--check-images/--no-check-images",
+            help="Check every image (exists, readable header) before training (default). Without the check, a "
+            "missing or unreadable image is found only when its batch loads: one error line stops the run; put the "
+            "image right under the same name, then `wsml train --resume` continues from the last complete epoch.",
+        ),
+    ] = None,
     out: Annotated[str | None, typer.Option(help="Run folder (default runs/<dataset>-<scheme>-<time>).")] = None,
     resume: Annotated[
         Path | None, typer.Option(help="Continue this run from its last complete epoch (only --epochs may be given).")
