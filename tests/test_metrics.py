@@ -5,7 +5,7 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score
 
-from wsml_fast.metrics import APAccumulator, MapMetric, mean_average_precision
+from wsml_fast.metrics import APAccumulator, MapMetric, _labelled, _labelled_tensors, mean_average_precision
 
 
 def test_map_leaves_out_unlabelled_entries_per_class() -> None:
@@ -132,3 +132,24 @@ def test_fastai_metric_scores_sigmoid_of_the_logits_batch_by_batch() -> None:
     probabilities = torch.sigmoid(logits.float()).numpy()
     assert metric.value == pytest.approx(sklearn_map(probabilities, labels, "paper")[2], rel=1e-12)
     assert metric.name == "valid_map"
+
+
+def test_device_tensors_are_filtered_where_they_are() -> None:
+    """The filter `add` uses on tensors of a GPU, run here on CPU tensors: the same entries as numpy's."""
+    scores, labels = partial_labels(np.random.default_rng(2), 30, 7)
+    on_device = _labelled_tensors(torch.from_numpy(scores), torch.from_numpy(labels))
+    for got, expected in zip(on_device, _labelled(scores, labels), strict=True):
+        np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(on_device[0], np.flatnonzero(labels >= 0))
+
+
+def test_class_numbers_beyond_sixteen_bits_are_kept() -> None:
+    rng = np.random.default_rng(4)
+    scores, labels = rng.random((6, 70_000)), np.full((6, 70_000), -1.0)
+    for c in (3, 65_537, 69_999):
+        labels[:, c] = rng.permutation([1, 0, 1, 0, 0, 1])
+    accumulator = APAccumulator()
+    accumulator.add(scores, labels)
+    result = accumulator.result()
+    expected = {str(c): 100 * average_precision_score(labels[:, c], scores[:, c]) for c in (3, 65_537, 69_999)}
+    assert result.per_class == pytest.approx(expected, rel=1e-12) and len(result.skipped) == 70_000 - 3

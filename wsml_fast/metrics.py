@@ -40,22 +40,18 @@ class APAccumulator:
         self._positive: list[np.ndarray] = []
 
     def add(self, scores: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray) -> None:
-        """Keep the labelled entries of a batch: scores and labels (B, C). Tensors are filtered where they are,
-        so only the labelled entries leave the device."""
-        scores = torch.as_tensor(scores)
-        labels = torch.as_tensor(labels, device=scores.device)
-        if scores.ndim != 2 or scores.shape != labels.shape:
+        """Keep the labelled entries of a batch: scores and labels (B, C)."""
+        if scores.ndim != 2 or tuple(scores.shape) != tuple(labels.shape):
             raise ValueError(f"scores {tuple(scores.shape)} and labels {tuple(labels.shape)}: need two equal (B, C)")
         if self.n_classes not in (None, scores.shape[1]):
             raise ValueError(f"a batch of {scores.shape[1]} classes after batches of {self.n_classes}")
         self.n_classes = scores.shape[1]
-        known = labels >= 0
-        kept = scores.detach()[known]
-        if torch.isnan(kept).any():
+        flat, kept, values = _labelled(scores, labels)
+        if np.isnan(kept).any():
             raise ValueError("scores hold NaN: no AP can be computed")
-        self._classes.append(known.nonzero()[:, 1].to(torch.int32).cpu().numpy())
-        self._scores.append(kept.cpu().numpy())
-        self._positive.append((labels[known] > 0.5).cpu().numpy())
+        self._classes.append((flat % self.n_classes).astype(np.uint16 if self.n_classes <= 2**16 else np.int32))
+        self._scores.append(kept)
+        self._positive.append(values > 0.5)
 
     @property
     def n_entries(self) -> int:
@@ -85,8 +81,28 @@ class APAccumulator:
 
     def _joined(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if not self._classes:
-            return np.zeros(0, np.int32), np.zeros(0), np.zeros(0, bool)
+            return np.zeros(0, np.uint16), np.zeros(0), np.zeros(0, bool)
         return np.concatenate(self._classes), np.concatenate(self._scores), np.concatenate(self._positive)
+
+
+def _labelled(
+    scores: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Flat positions, scores and labels of the labelled entries (label >= 0), on the host. On the host, numpy
+    filters (several times faster than torch on a CPU)."""
+    device = next((a.device for a in (scores, labels) if torch.is_tensor(a) and a.device.type != "cpu"), None)
+    if device is not None:
+        return _labelled_tensors(torch.as_tensor(scores, device=device), torch.as_tensor(labels, device=device))
+    scores, labels = (np.asarray(a.detach() if torch.is_tensor(a) else a).reshape(-1) for a in (scores, labels))
+    flat = np.flatnonzero(labels >= 0)
+    return flat, scores[flat], labels[flat]
+
+
+def _labelled_tensors(scores: torch.Tensor, labels: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`_labelled` of tensors on one device, filtered there: only the labelled entries are copied to the host."""
+    scores, labels = scores.detach().reshape(-1), labels.reshape(-1)
+    flat = torch.nonzero(labels >= 0).squeeze(1)
+    return flat.cpu().numpy(), scores[flat].cpu().numpy(), labels[flat].cpu().numpy()
 
 
 def _per_class_ap(
@@ -101,15 +117,15 @@ def _per_class_ap(
     positives = np.bincount(classes[positive], minlength=n_classes)
     if not len(classes):
         return np.full(n_classes, np.nan), positives, labelled
-    order = np.lexsort((-scores, classes))
-    classes, scores, positive = classes[order], scores[order], positive[order]
-    start = np.repeat(np.cumsum(labelled) - labelled, labelled)  # where each entry's class begins
-    hits = np.cumsum(positive) - np.repeat(np.cumsum(positives) - positives, labelled)  # positives up to here
+    order = np.argsort(-scores)  # the order within tied scores does not matter: they form one threshold
+    order = order[np.argsort(classes[order], kind="stable")]  # a radix sort for uint16 classes
+    classes, scores, hits = classes[order], scores[order], np.cumsum(positive[order])
     ends = np.flatnonzero(np.append((classes[1:] != classes[:-1]) | (scores[1:] != scores[:-1]), True))
-    first_of_class = np.append(True, classes[ends[1:]] != classes[ends[:-1]])
-    gain = hits[ends] - np.where(first_of_class, 0, np.append(0, hits[ends[:-1]]))
-    precision = hits[ends] / (ends - start[ends] + 1)
-    summed = np.bincount(classes[ends], weights=gain * precision, minlength=n_classes)
+    hits, owner = hits[ends], classes[ends]  # positives up to each threshold's last entry, and its class
+    gain = np.diff(hits, prepend=0)  # the threshold's positives (thresholds split the sorted entries)
+    entries_before, positives_before = np.cumsum(labelled) - labelled, np.cumsum(positives) - positives
+    precision = (hits - positives_before[owner]) / (ends - entries_before[owner] + 1)
+    summed = np.bincount(owner, weights=gain * precision, minlength=n_classes)
     with np.errstate(invalid="ignore", divide="ignore"):
         return summed / positives, positives, labelled
 
