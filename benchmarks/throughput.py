@@ -31,12 +31,13 @@ from PIL import Image
 from wsml_fast.callbacks import DeviceMixedPrecision, ItemIndexCallback
 from wsml_fast.data import ImageLabelDataset, make_loader
 from wsml_fast.inference import AMP_DTYPES, autocast, resolve_precision
-from wsml_fast.large_loss import large_loss_losses
-from wsml_fast.losses import make_loss
+from wsml_fast.labelstore import LabelStore
+from wsml_fast.learner import OPTIMIZERS
+from wsml_fast.losses import AssumeNegativeLoss
 from wsml_fast.model import build_model
+from wsml_fast.schemes.large_loss import large_loss_losses
 from wsml_fast.sources import data_home, resolve_source
 from wsml_fast.table import load_table
-from wsml_fast.train import OPTIMIZERS
 
 JPEG_SIZE = (500, 375)
 
@@ -119,7 +120,7 @@ def compare(args: argparse.Namespace, bs: int, device: torch.device, precision: 
     root, images, labels = benchmark_jpegs(bs * args.batches)
     model, size, _ = build_model(args.backbone, labels.shape[1], pretrained=False, img_size=args.img_size)
     mean, std = (model.mean.flatten() / 255).tolist(), (model.std.flatten() / 255).tolist()
-    ours = ImageLabelDataset(root, images, labels, args.pipeline_size, augment=True)
+    ours = ImageLabelDataset(root, images, LabelStore.from_dense(labels), args.pipeline_size, augment=True)
     reference = ReferenceDataset(root, images, labels, args.pipeline_size, mean, std)
     figures = {
         "input pipeline, images/s per worker": (per_item_rate(ours, args.items), per_item_rate(reference, args.items)),
@@ -129,7 +130,7 @@ def compare(args: argparse.Namespace, bs: int, device: torch.device, precision: 
     model = model.to(device)
     if device.type == "cuda" and precision in AMP_DTYPES:
         model.use_channels_last()
-    loss_func = make_loss("an", labels.shape[1])
+    loss_func = AssumeNegativeLoss()
     uint8 = torch.randint(0, 256, (bs, 3, size, size), dtype=torch.uint8, device=device)
     floats = ((uint8.float() / 255 - model.mean / 255) / (model.std / 255)).contiguous()
     targets = torch.from_numpy(labels[:bs]).to(device)
@@ -164,7 +165,7 @@ def compare(args: argparse.Namespace, bs: int, device: torch.device, precision: 
     ll_share = ours_step / selection_rate
 
     # full training: wsml through fastai (resized to the model size) vs the reference loop
-    train_ours = ImageLabelDataset(root, images, labels, size, augment=True)
+    train_ours = ImageLabelDataset(root, images, LabelStore.from_dense(labels), size, augment=True)
     timer = TrainPhaseTimer()
     loader = make_loader(train_ours, bs, True, args.workers, device)
     callbacks = [ItemIndexCallback(), timer] + (

@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -13,6 +14,10 @@ from typer.testing import CliRunner
 
 import wsml_fast.train
 from wsml_fast.cli import app
+from wsml_fast.data import ImageLabelDataset
+from wsml_fast.labelstore import LabelStore
+from wsml_fast.predict import collect_images, predict_batches
+from wsml_fast.runfolder import RunFolder
 
 TINY = ["--backbone", "test_efficientnet", "--no-pretrained", "--img-size", "32", "--bs", "16", "--epochs", "2"]
 
@@ -72,6 +77,35 @@ def test_predict_writes_probabilities_for_files_and_folders(
     assert list(frame.columns[:3]) == ["image", "zero", "one"] and len(frame) == 17
     assert frame.iloc[:, 1:].to_numpy().min() >= 0 and frame.iloc[:, 1:].to_numpy().max() <= 1
     assert f"{one}: zero (" in result.output  # threshold 0: every label printed
+
+
+def test_predict_scores_a_batch_at_a_time(trained_run: Path, demo_folder: Path) -> None:
+    run = RunFolder.open(trained_run)
+    images = collect_images([demo_folder / "images" / "valid"])
+    batches = list(predict_batches(run, images, batch_size=5))
+    assert [len(names) for names, _ in batches] == [5, 5, 5, 1]
+    assert [name for names, _ in batches for name in names] == [str(p) for p in images]
+    model = run.load_model(torch.device("cpu")).eval()
+    no_labels = LabelStore.empty(16, 0)
+    dataset = ImageLabelDataset(Path("."), [str(p) for p in images], no_labels, run.model_info().img_size)
+    with torch.no_grad():
+        expected = torch.sigmoid(model(torch.stack([dataset[i][0] for i in range(16)]))).numpy()
+    np.testing.assert_allclose(np.concatenate([p for _, p in batches]), expected, atol=1e-5)
+
+
+def test_predict_top_k_writes_and_prints_the_best_classes(trained_run: Path, demo_folder: Path, tmp_path: Path) -> None:
+    folder = demo_folder / "images" / "valid"
+    assert invoke("predict", trained_run, folder, "--out", tmp_path / "all.csv").exit_code == 0
+    result = invoke("predict", trained_run, folder, "--out", tmp_path / "top.csv", "--top-k", "2")
+    assert result.exit_code == 0, result.output
+    every, top = pd.read_csv(tmp_path / "all.csv"), pd.read_csv(tmp_path / "top.csv")
+    assert list(top.columns) == ["image", "labels", "scores"] and list(top["image"]) == list(every["image"])
+    for (image, labels, scores), (_, *row) in zip(top.itertuples(index=False), every.itertuples(), strict=True):
+        ranked = sorted(zip(row[1:], every.columns[1:], strict=True), reverse=True)[:2]
+        assert labels.split("|") == [name for _, name in ranked]
+        assert [float(s) for s in scores.split("|")] == pytest.approx([p for p, _ in ranked], abs=1e-6)
+        assert f"{image}: {ranked[0][1]} ({ranked[0][0]:.2f}), {ranked[1][1]} ({ranked[1][0]:.2f})" in result.output
+    assert "--top-k 0: give a number from 1 to" in error_of("predict", trained_run, folder, "--top-k", "0")
 
 
 def test_full_label_scheme_trains_on_truth(demo_folder: Path, tmp_path: Path) -> None:

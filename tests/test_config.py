@@ -2,6 +2,7 @@ from pathlib import Path
 
 import pytest
 from conftest import write
+from typer.testing import CliRunner
 
 from wsml_fast.config import TrainConfig, resolve
 from wsml_fast.errors import WsmlError
@@ -40,3 +41,18 @@ def test_the_demo_recipe_ships_with_the_package() -> None:
     assert "demo" in shipped_recipes()
     values, name = find_recipe(None, "demo")
     assert name == "demo" and values["backbone"] == "tf_efficientnet_lite0" and "description" not in values
+
+
+def test_check_images_option_reaches_the_config(demo_folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import wsml_fast.train
+    from wsml_fast.cli import app
+
+    seen = []
+    monkeypatch.setattr(wsml_fast.train, "train", lambda config, source, stop: seen.append(config))
+    for flag in ([], ["--no-check-images"], ["--check-images"]):
+        assert CliRunner().invoke(app, ["train", "--data", str(demo_folder), *flag]).exit_code == 0
+    assert [(c.check_images, c.sources["check_images"]) for c in seen] == [
+        (True, "default"),
+        (False, "cli"),
+        (True, "cli"),
+    ]

@@ -206,7 +206,7 @@ def test_predict_checks_its_output_before_scoring(
     def no_scoring(*args, **kwargs):
         raise AssertionError("scored before checking --out")
 
-    monkeypatch.setattr(wsml_fast.predict, "predict_scores", no_scoring)
+    monkeypatch.setattr(wsml_fast.predict, "scored_batches", no_scoring)
     image = demo_folder / "images" / "test" / "00000.png"
     assert "is a file of the run folder" in error_of(
         "predict", interrupted_run, image, "--out", interrupted_run / "metrics.csv"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -32,7 +33,8 @@ CASES = {  # scheme with state, workers, schedule and mode: each value at least 
 
 def kill_during(epoch: int, batch: int, *args: str) -> subprocess.CompletedProcess:
     command = [sys.executable, str(KILLER), str(epoch), str(batch), "train", *map(str, args)]
-    return subprocess.run(command, capture_output=True, text=True, timeout=300)
+    env = {**os.environ, "PYTHONPATH": str(KILLER.parents[1])}  # this checkout's wsml_fast, wherever installed
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
 
 
 def state_of(run: Path) -> dict:

@@ -27,8 +27,11 @@ def _explain(path: Path, exc: OSError) -> WsmlError:
 
 
 def _os_error(exc: BaseException) -> OSError | None:
-    """The OSError behind `exc` (torch's zip writer reports a failed write as a RuntimeError raised from it)."""
+    """The OSError behind `exc` (torch's zip writer reports a failed write as a RuntimeError raised from it);
+    None for an error that is not about the file (a WsmlError from the writer, or one raised `from None`)."""
     while exc is not None and not isinstance(exc, OSError):
+        if isinstance(exc, WsmlError) or exc.__suppress_context__ and exc.__cause__ is None:
+            return None
         exc = exc.__cause__ or exc.__context__
     return exc
 

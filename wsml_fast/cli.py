@@ -109,6 +109,15 @@ def train(
         bool | None, typer.Option("--compile", help="torch.compile the model (falls back if it fails).")
     ] = None,
     map_convention: Annotated[str | None, typer.Option(help="skip or paper (classes without positives).")] = None,
+    check_images: Annotated[
+        bool | None,
+        typer.Option(
+            "--check-images/--no-check-images",
+            help="Check every image (exists, readable header) before training (default). Without the check, a "
+            "missing or unreadable image is found only when its batch loads: one error line stops the run; put the "
+            "image right under the same name, then `wsml train --resume` continues from the last complete epoch.",
+        ),
+    ] = None,
     out: Annotated[str | None, typer.Option(help="Run folder (default runs/<dataset>-<scheme>-<time>).")] = None,
     resume: Annotated[
         Path | None, typer.Option(help="Continue this run from its last complete epoch (only --epochs may be given).")
@@ -221,30 +230,30 @@ def evaluate(
 def predict(
     run_dir: Annotated[Path, typer.Argument(help="A run folder written by `wsml train`.")],
     paths: Annotated[list[Path], typer.Argument(help="Images, or folders of images.")],
-    out: Annotated[Path, typer.Option(help="CSV of probabilities: image + one column per class.")] = Path("preds.csv"),
+    out: Annotated[
+        Path, typer.Option(help="CSV: image + one probability column per class (with --top-k: labels, scores).")
+    ] = Path("preds.csv"),
     threshold: Annotated[float, typer.Option(help="Probability at which a label is predicted.")] = 0.5,
+    top_k: Annotated[
+        int | None,
+        typer.Option(help="Write and print the K most probable classes of each image (|-separated), not all."),
+    ] = None,
 ) -> None:
-    """Class probabilities for new images; prints the labels at or above the threshold."""
-    from wsml_fast.predict import predict as run_predict
+    """Class probabilities for new images, written a batch at a time; prints the labels at or above the threshold
+    (with --top-k: the K most probable)."""
+    from wsml_fast.predict import PredictionRows, check_output, collect_images, predict_batches, write_predictions
     from wsml_fast.runfolder import RunFolder
 
     if not 0 <= threshold <= 1:
         raise WsmlError(f"--threshold must be between 0 and 1 (got {threshold})")
-    from wsml_fast.atomic import write_text
-    from wsml_fast.predict import check_output
-
     run = RunFolder.open(run_dir)
     check_output(out, run)
+    rows = PredictionRows(run.model_info().classes, threshold, top_k)
     note = run.weights_note()
     if note:
         typer.echo(note)
-    frame = run_predict(run, paths)
-    write_text(out, frame.to_csv(index=False, float_format="%.6f"))
-    classes = frame.columns[1:]
-    for image, row in zip(frame["image"], frame[classes].to_numpy(), strict=True):
-        labels = [f"{c} ({p:.2f})" for c, p in zip(classes, row, strict=True) if p >= threshold]
-        typer.echo(f"{image}: {', '.join(labels) if labels else '(none)'}")
-    typer.echo(f"wrote {len(frame)} rows to {out}")
+    written = write_predictions(out, predict_batches(run, collect_images(paths)), rows, typer.echo)
+    typer.echo(f"wrote {written} rows to {out}")
 
 
 @app.command()

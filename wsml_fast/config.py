@@ -69,6 +69,7 @@ class TrainConfig:
     precision: str = "auto"
     compile: bool = False  # torch.compile the model (falls back, with a message, where it fails)
     map_convention: str = "skip"  # classes without positives: left out ("skip") or AP 0 ("paper")
+    check_images: bool = True  # check every image before training (False: a bad one stops the run at its batch)
     out: str | None = None
     sources: dict[str, str] = field(default_factory=dict, compare=False)
 

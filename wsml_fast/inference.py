@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
 
 from wsml_fast.errors import WsmlError
+from wsml_fast.metrics import APAccumulator, MapResult
 
 AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -32,15 +34,25 @@ def autocast(precision: str, device: torch.device) -> contextlib.AbstractContext
 
 
 @torch.inference_mode()
-def predict_scores(model: torch.nn.Module, loader, precision: str, device: torch.device) -> np.ndarray:
-    """Sigmoid scores (N, C) for every item of `loader` (images, or features for a bare head), in dataset order."""
+def scored_batches(
+    model: torch.nn.Module, loader, precision: str, device: torch.device
+) -> Iterator[tuple[torch.Tensor, list]]:
+    """Per batch of `loader`: the sigmoid scores (B, C, fp32, on `device`) and the batch's other items (labels
+    and index, or index alone), so that no caller needs every score at once."""
     model.eval()
-    scores, order = [], []
-    for inputs, _, index in loader:
+    for inputs, *rest in loader:
         with autocast(precision, device):
             logits = model(inputs.to(device, non_blocking=True))
-        scores.append(torch.sigmoid(logits.float()).cpu())
-        order.append(index.cpu())
+        yield torch.sigmoid(logits.float()), rest
+
+
+def predict_scores(model: torch.nn.Module, loader, precision: str, device: torch.device) -> np.ndarray:
+    """Sigmoid scores (N, C) for every item of `loader` (images, or features for a bare head), in dataset order:
+    for schemes that need every training score at once; scoring a split streams instead (`score_split`)."""
+    scores, order = [], []
+    for batch_scores, rest in scored_batches(model, loader, precision, device):
+        scores.append(batch_scores.cpu())
+        order.append(rest[-1].cpu())
     result = np.zeros((len(loader.dataset), scores[0].shape[1]), dtype=np.float32)
     result[torch.cat(order).numpy()] = torch.cat(scores).numpy()
     return result
@@ -49,18 +61,21 @@ def predict_scores(model: torch.nn.Module, loader, precision: str, device: torch
 def score_split(
     model: torch.nn.Module,
     dataset,
-    classes: list[str],
+    classes: list[str] | None,
     convention: str,
     precision: str,
     device: torch.device,
     bs: int,
     workers: int,
-):
+    targets: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> MapResult:
     """mAP and per-class AP of `model` on a dataset of (input, labels, index) items: training's test pass and
-    recovery diagnostic, and `wsml eval`, all score this one way."""
+    recovery diagnostic, and `wsml eval`, all score this one way. Batch by batch, keeping only the labelled
+    entries; `targets` (item indices to dense label rows, -1 unlabelled) stands in for the batch's labels."""
     from wsml_fast.data import make_loader
-    from wsml_fast.metrics import mean_average_precision
 
     loader = make_loader(dataset, bs, False, workers, device)
-    scores = predict_scores(model, loader, precision, device)
-    return mean_average_precision(scores, dataset.labels.to_dense(), classes, convention)
+    accumulator = APAccumulator()
+    for scores, rest in scored_batches(model, loader, precision, device):
+        accumulator.add(scores, rest[0] if targets is None else targets(rest[-1]))
+    return accumulator.result(classes, convention)

@@ -11,12 +11,10 @@ import sys
 from functools import partial
 
 import fastai.callback.schedule  # noqa: F401 - adds Learner.fit_one_cycle
-import numpy as np
 import torch
 from fastai.callback.core import CancelEpochException
 from fastai.callback.progress import ProgressCallback
 from fastai.learner import Learner
-from fastai.metrics import AccumMetric, ActivationType
 from fastai.optimizer import OptimWrapper
 from fastai.torch_core import params
 
@@ -37,7 +35,7 @@ from wsml_fast.data import check_train_batches, make_loader
 from wsml_fast.errors import WsmlError
 from wsml_fast.inference import AMP_DTYPES, predict_scores, score_split
 from wsml_fast.memorization import MemorizationCallback, sample_entries
-from wsml_fast.metrics import mean_average_precision
+from wsml_fast.metrics import MapMetric
 from wsml_fast.run_setup import Setup
 from wsml_fast.runfolder import SCHEME_STATE, Reporter
 from wsml_fast.schemes import scheme_parts
@@ -48,15 +46,6 @@ OPTIMIZERS = {  # what the reference implementations used: torch's optimizers, d
     "adam": partial(OptimWrapper, opt=partial(torch.optim.Adam, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)),
     "sgd": partial(OptimWrapper, opt=partial(torch.optim.SGD, momentum=0.9, weight_decay=1e-3)),
 }
-
-
-def map_metric(convention: str) -> AccumMetric:
-    """Validation mAP over the epoch's gathered scores (fastai's APScoreMulti cannot skip unlabelled)."""
-
-    def valid_map(scores: np.ndarray, labels: np.ndarray) -> float:
-        return mean_average_precision(scores, labels, convention=convention).map
-
-    return AccumMetric(valid_map, activation=ActivationType.Sigmoid, flatten=False, to_np=True)
 
 
 def body_head_split(model: torch.nn.Module) -> list:
@@ -152,7 +141,7 @@ def build_learner(
         first.module,
         loss_func=loss,
         opt_func=OPTIMIZERS[config.opt],
-        metrics=[map_metric(config.map_convention)],
+        metrics=[MapMetric(config.map_convention)],
         path=run.path,
         model_dir=".",
         cbs=callbacks + scheme_callbacks,

@@ -1,17 +1,25 @@
-"""`wsml predict`: class probabilities for images or folders of images, from a run folder alone."""
+"""`wsml predict`: class probabilities for images or folders of images, from a run folder alone.
+
+Images are scored and written a batch at a time, so a million images never make an images x classes frame."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
+import numpy as np
 import pandas as pd
 
+from wsml_fast.atomic import atomic_write
 from wsml_fast.data import ImageLabelDataset, make_loader
 from wsml_fast.errors import WsmlError
-from wsml_fast.inference import pick_device, predict_scores, resolve_precision
+from wsml_fast.inference import pick_device, resolve_precision, scored_batches
 from wsml_fast.labelstore import LabelStore
 from wsml_fast.runfolder import CONFIG, RUN_FILES, RunFolder
 
+SEPARATOR = "|"  # between the labels, and between the scores, of --top-k
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
@@ -31,23 +39,91 @@ def collect_images(paths: list[Path]) -> list[Path]:
     return found
 
 
-def predict(run: RunFolder, paths: list[Path], batch_size: int = 64) -> pd.DataFrame:
-    """A frame with `image` and one probability column per class."""
+def predict_batches(run: RunFolder, images: list[Path], batch_size: int = 64) -> Iterator[tuple[list[str], np.ndarray]]:
+    """(image names, probabilities B x C) a batch at a time, in the order of `images`: never all at once. The
+    model is loaded here, before any output is opened; the images are read as the batches are asked for."""
     info = run.model_info()
-    images = collect_images(paths)
-    classes = info.classes
     device = pick_device()
-    dataset = ImageLabelDataset(
-        Path("."),
-        [str(p) for p in images],
-        LabelStore.empty(len(images), len(classes)),
-        info.img_size,
-    )
+    model = run.load_model(device)
+    no_labels = LabelStore.empty(len(images), 0)  # label rows without columns: nothing N x C
+    dataset = ImageLabelDataset(Path("."), [str(p) for p in images], no_labels, info.img_size)
     loader = make_loader(dataset, batch_size, False, 0, device)
-    scores = predict_scores(run.load_model(device), loader, resolve_precision("auto", device), device)
-    frame = pd.DataFrame(scores, columns=classes)
-    frame.insert(0, "image", [str(p) for p in images])
-    return frame
+    batches = scored_batches(model, loader, resolve_precision("auto", device), device)
+    return (([dataset.images[i] for i in rest[-1].tolist()], scores.cpu().numpy()) for scores, rest in batches)
+
+
+def best_classes(probabilities: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the columns of the `k` highest probabilities and those probabilities, highest first."""
+    top = np.argpartition(-probabilities, k - 1, axis=1)[:, :k]
+    order = np.argsort(-np.take_along_axis(probabilities, top, axis=1), axis=1, kind="stable")
+    top = np.take_along_axis(top, order, axis=1)
+    return top, np.take_along_axis(probabilities, top, axis=1)
+
+
+@dataclass
+class PredictionRows:
+    """How a batch of probabilities becomes CSV rows and terminal lines: every class's probability (the
+    default) or the `top_k` best classes, `|`-separated."""
+
+    classes: list[str]
+    threshold: float = 0.5
+    top_k: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.top_k is None:
+            return
+        if not 1 <= self.top_k <= len(self.classes):
+            raise WsmlError(f"--top-k {self.top_k}: give a number from 1 to {len(self.classes)} (the run's classes)")
+        if clash := next((c for c in self.classes if SEPARATOR in c), None):
+            raise WsmlError(
+                f"--top-k: class {clash!r} holds {SEPARATOR!r}, the separator of the labels column; leave out "
+                "--top-k to get one column per class"
+            )
+
+    def frame(self, names: list[str], probabilities: np.ndarray) -> pd.DataFrame:
+        if self.top_k is None:
+            frame = pd.DataFrame(probabilities, columns=self.classes)
+            frame.insert(0, "image", names)
+            return frame
+        top, scores = best_classes(probabilities, self.top_k)
+        classes = np.array(self.classes, dtype=object)
+        return pd.DataFrame(
+            {
+                "image": names,
+                "labels": [SEPARATOR.join(row) for row in classes[top]],
+                "scores": [SEPARATOR.join(f"{p:.6f}" for p in row) for row in scores],
+            }
+        )
+
+    def lines(self, names: list[str], probabilities: np.ndarray) -> Iterator[str]:
+        """`image: label (p), ...`: the labels at or above the threshold, or the top k."""
+        if self.top_k is None:
+            chosen = [np.flatnonzero(row >= self.threshold) for row in probabilities]
+        else:
+            chosen = best_classes(probabilities, self.top_k)[0]
+        for name, row, columns in zip(names, probabilities, chosen, strict=True):
+            labels = [f"{self.classes[c]} ({row[c]:.2f})" for c in columns]
+            yield f"{name}: {', '.join(labels) if labels else '(none)'}"
+
+
+def write_predictions(
+    out: Path, batches: Iterable[tuple[list[str], np.ndarray]], rows: PredictionRows, show: Callable[[str], None]
+) -> int:
+    """Write the CSV a batch at a time, showing each image's line as its batch is done; return the row count.
+    The file appears under `out` only when complete (an atomic write); an interrupted predict leaves none."""
+    written = 0
+
+    def write(handle: BinaryIO) -> None:
+        nonlocal written
+        for names, probabilities in batches:
+            text = rows.frame(names, probabilities).to_csv(index=False, header=not written, float_format="%.6f")
+            handle.write(text.encode())
+            written += len(names)
+            for line in rows.lines(names, probabilities):
+                show(line)
+
+    atomic_write(out, write)
+    return written
 
 
 def check_output(out: Path, run: RunFolder) -> None:

@@ -90,7 +90,8 @@ def _describe(setup: Setup) -> None:
 def set_up(config: TrainConfig, source: DataSource, run: RunFolder, resumed: dict | None = None) -> Setup:
     """Read and check the data, build the model, and open the run folder (a new one, or a resumed run's)."""
     table = load_table(source, config.valid_fraction, config.seed)
-    check_images(source.images_root, table.images, source.observed_csv)
+    if config.check_images:
+        check_images(source.images_root, table.images, source.observed_csv)
     train_labels = training_labels(get_scheme(config.scheme), table)
     device = pick_device()
     precision = resolve_precision(config.precision, device)
