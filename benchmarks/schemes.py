@@ -31,7 +31,7 @@ from fastai.data.core import DataLoaders
 from fastai.learner import Learner
 from fastai.torch_core import set_seed
 
-from wsml_fast.callbacks import ItemIndexCallback, RunState
+from wsml_fast.callbacks import RunState, TargetsCallback
 from wsml_fast.config import resolve
 from wsml_fast.data import ImageLabelDataset, make_loader
 from wsml_fast.errors import WsmlError
@@ -163,7 +163,7 @@ def step_time_ratio(args: argparse.Namespace) -> tuple[float, float, int]:
         model.to(device),
         loss_func=AssumeNegativeLoss(),
         opt_func=OPTIMIZERS[config.opt],
-        cbs=[RunState(), ItemIndexCallback(), large_loss, timer],
+        cbs=[RunState(), TargetsCallback(), large_loss, timer],
     )
     learn.remove_cb(ProgressCallback)
     learn.logger = lambda *_: None

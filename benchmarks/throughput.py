@@ -28,7 +28,7 @@ from fastai.data.core import DataLoaders
 from fastai.learner import Learner
 from PIL import Image
 
-from wsml_fast.callbacks import DeviceMixedPrecision, ItemIndexCallback
+from wsml_fast.callbacks import DeviceMixedPrecision, TargetsCallback
 from wsml_fast.data import ImageLabelDataset, make_loader
 from wsml_fast.inference import AMP_DTYPES, autocast, resolve_precision
 from wsml_fast.labelstore import LabelStore
@@ -168,7 +168,7 @@ def compare(args: argparse.Namespace, bs: int, device: torch.device, precision: 
     train_ours = ImageLabelDataset(root, images, LabelStore.from_dense(labels), size, augment=True)
     timer = TrainPhaseTimer()
     loader = make_loader(train_ours, bs, True, args.workers, device)
-    callbacks = [ItemIndexCallback(), timer] + (
+    callbacks = [TargetsCallback(), timer] + (
         [DeviceMixedPrecision(amp_mode=precision)] if precision in AMP_DTYPES else []
     )
     learn = Learner(

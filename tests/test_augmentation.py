@@ -23,7 +23,7 @@ def asymmetric_images(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, l
 
 def flips(loader) -> list[tuple[bool, ...]]:
     """Per batch: which items came out flipped."""
-    return [tuple(bool(x) for x in (images[:, 0, 0, -1] > 0)) for images, _, _ in loader]
+    return [tuple(bool(x) for x in (images[:, 0, 0, -1] > 0)) for images, _ in loader]
 
 
 @pytest.mark.parametrize("workers", [0, 2])

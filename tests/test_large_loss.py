@@ -21,7 +21,7 @@ from fastai.optimizer import SGD
 from torch.utils.data import Dataset
 
 from wsml_fast.atomic import write_text
-from wsml_fast.callbacks import ItemIndexCallback, RunState
+from wsml_fast.callbacks import RunState, TargetsCallback
 from wsml_fast.labelstore import LabelStore
 from wsml_fast.losses import AssumeNegativeLoss
 from wsml_fast.schemes.large_loss import (
@@ -109,17 +109,17 @@ N, C, BS = 32, 5, 8
 
 
 class TinyDataset(Dataset):
-    """(float image, label row, item index) like wsml's ImageLabelDataset."""
+    """(float image, item index) and a label store, like wsml's ImageLabelDataset."""
 
     def __init__(self, labels: np.ndarray) -> None:
         self.images = torch.randn(len(labels), 3, 4, 4, generator=torch.Generator().manual_seed(1))
-        self.labels = torch.tensor(labels)  # a copy, as wsml's Dataset holds
+        self.labels = LabelStore.from_dense(labels)
 
     def __len__(self) -> int:
-        return len(self.labels)
+        return len(self.images)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-        return self.images[i], self.labels[i], i
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.images[i], i
 
 
 def observed_labels(seed: int = 0) -> np.ndarray:
@@ -137,7 +137,7 @@ def truth_labels(seed: int = 0) -> np.ndarray:
 def tiny_learner(
     cbs: list[Callback], labels: np.ndarray, workers: int = 0, bs: int = BS, shuffle: bool = True, opt_func=SGD
 ) -> Learner:
-    """A Learner shaped like wsml's: item indices ride with the batch, ItemIndexCallback takes them off."""
+    """A Learner shaped like wsml's: batches carry item indices, and TargetsCallback makes their targets."""
     dataset = TinyDataset(labels)
     train = DataLoader(dataset, bs=bs, shuffle=shuffle, drop_last=True, num_workers=workers)
     valid = DataLoader(dataset, bs=bs, num_workers=0)
@@ -149,7 +149,7 @@ def tiny_learner(
         model,
         loss_func=AssumeNegativeLoss(),
         opt_func=opt_func,
-        cbs=[RunState(), ItemIndexCallback(), *cbs],
+        cbs=[RunState(), TargetsCallback(), *cbs],
     )
     learn.remove_cb(ProgressCallback)
     learn.logger = lambda *_: None

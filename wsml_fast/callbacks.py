@@ -22,6 +22,7 @@ from fastai.callback.core import Callback, CancelFitException
 from fastai.callback.fp16 import MixedPrecision
 
 from wsml_fast.errors import WsmlError
+from wsml_fast.labelstore import DeviceLabels
 
 MONITOR = "valid_map"
 
@@ -93,15 +94,29 @@ class RunState(Callback):
         return self.history[-1] if np.all(np.isnan(scores)) else self.history[int(np.nanargmax(scores))]
 
 
-class ItemIndexCallback(Callback):
-    """Take the item index off the batch so losses and metrics see one target; keep it for other callbacks."""
+class TargetsCallback(Callback):
+    """Make each batch's targets on the device, from its dataset's label store, by item index.
+
+    Loaders carry only the inputs and the item indices; the B x C targets (1, 0, -1) are made here, for the
+    batch alone and on the device, so no label matrix is ever dense. The index stays as `learn.item_index` for
+    the callbacks that keep state per training entry.
+    """
 
     order = -20
 
+    def __init__(self) -> None:
+        self.on_device: dict[int, DeviceLabels] = {}  # a dataset's labels, moved to the device once
+
     def before_batch(self) -> None:
-        if len(self.learn.yb) == 2:
-            self.learn.item_index = self.learn.yb[1]
-            self.learn.yb = self.learn.yb[:1]
+        index = self.learn.yb[0]
+        self.learn.item_index = index
+        self.learn.yb = (self.labels_of(self.learn.dl.dataset, index.device).dense(index),)
+
+    def labels_of(self, dataset, device: torch.device) -> DeviceLabels:
+        key = id(dataset.labels)
+        if key not in self.on_device or self.on_device[key].device != device:
+            self.on_device[key] = dataset.labels.to(device)
+        return self.on_device[key]
 
 
 class DeviceMixedPrecision(MixedPrecision):

@@ -97,7 +97,8 @@ def check_train_batches(model: torch.nn.Module, n_train: int, bs: int) -> None:
 
 
 class ImageLabelDataset(Dataset):
-    """Row i: (image as uint8 CxHxW tensor, float32 label row (the store's fill where unlisted), i).
+    """Row i: (image as uint8 CxHxW tensor, i); its labels stay in `labels`, a store the targets callback reads
+    by index (a batch's targets are made on the device, never here).
 
     Images are decoded no larger than needed and resized to `size` x `size`; `augment` adds random flips.
     """
@@ -122,10 +123,9 @@ class ImageLabelDataset(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         pixels = self.transform(image=load_rgb(self.root / self.images[i], self.size))["image"]
-        image = torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
-        return image, torch.from_numpy(self.labels.dense_row(i)), i
+        return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1))), i
 
     def reseed(self, seed: int) -> None:
         self.transform.set_random_seed(seed % 2**32)
@@ -168,7 +168,7 @@ def default_workers() -> int:
 
 
 def make_loader(dataset: ImageLabelDataset, bs: int, train: bool, workers: int, device: torch.device):
-    """A fastai DataLoader yielding (image, labels, index) with one input, on `device`."""
+    """A fastai DataLoader yielding (input, item index) with one input, on `device`."""
     from fastai.data.load import DataLoader
 
     loader = DataLoader(

@@ -41,7 +41,7 @@ def extract_features(
     """Pooled body features (N, F) of every image, in dataset order, computed without augmentation."""
     model.eval()
     features = torch.zeros(len(dataset), model.body.num_features)
-    for images, _, index in make_loader(dataset, bs, False, workers, device):
+    for images, index in make_loader(dataset, bs, False, workers, device):
         with autocast(precision, device):
             out = model.features(images)
         features[index.cpu()] = out.float().cpu()
@@ -71,7 +71,7 @@ def cached_features(
 
 
 class FeatureDataset(Dataset):
-    """Row i: (feature vector, label row, i), the same item shape as ImageLabelDataset."""
+    """Row i: (feature vector, i), the same item shape as ImageLabelDataset (labels in `labels`, a store)."""
 
     def __init__(self, features: torch.Tensor, labels: LabelStore) -> None:
         self.features, self.labels = features, labels
@@ -79,8 +79,8 @@ class FeatureDataset(Dataset):
     def __len__(self) -> int:
         return len(self.features)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-        return self.features[i], torch.from_numpy(self.labels.dense_row(i)), i
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.features[i], i
 
     def reseed(self, seed: int) -> None:  # nothing random here; the loader's worker hook calls it
         pass

@@ -69,13 +69,15 @@ def score_split(
     workers: int,
     targets: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> MapResult:
-    """mAP and per-class AP of `model` on a dataset of (input, labels, index) items: training's test pass and
-    recovery diagnostic, and `wsml eval`, all score this one way. Batch by batch, keeping only the labelled
-    entries; `targets` (item indices to dense label rows, -1 unlabelled) stands in for the batch's labels."""
+    """mAP and per-class AP of `model` on a dataset of (input, index) items: training's test pass and recovery
+    diagnostic, and `wsml eval`, all score this one way. Batch by batch, keeping only the labelled entries;
+    each batch's labels are made dense on the device from the dataset's store (or by `targets`: item indices
+    to dense label rows, -1 unlabelled)."""
     from wsml_fast.data import make_loader
 
     loader = make_loader(dataset, bs, False, workers, device)
+    targets = targets or dataset.labels.to(device).dense
     accumulator = APAccumulator()
     for scores, rest in scored_batches(model, loader, precision, device):
-        accumulator.add(scores, rest[0] if targets is None else targets(rest[-1]))
+        accumulator.add(scores, targets(rest[-1]))
     return accumulator.result(classes, convention)

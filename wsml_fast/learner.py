@@ -21,13 +21,13 @@ from fastai.torch_core import params
 from wsml_fast.callbacks import (
     DeviceMixedPrecision,
     EarlyStopCallback,
-    ItemIndexCallback,
     LossGuardCallback,
     RunLogCallback,
     RunState,
     SaveBestCallback,
     SchemeState,
     StopOnRequestCallback,
+    TargetsCallback,
     TrainRecoveryCallback,
 )
 from wsml_fast.checkpoint import CheckpointCallback, restore
@@ -114,7 +114,7 @@ def build_learner(
     on_terminal = sys.stdout.isatty()
     callbacks = [
         RunState(history),
-        ItemIndexCallback(),
+        TargetsCallback(),
         RunLogCallback(run.write_metrics, setup.say, print_lines=not on_terminal),
         SaveBestCallback(model, run.save_weights, run.save_scheme_state),
         CheckpointCallback(run.save_checkpoint, model, setup.meta()),

@@ -30,7 +30,7 @@ import torch
 from fastai.callback.core import Callback
 
 from wsml_fast.atomic import write_text
-from wsml_fast.callbacks import ItemIndexCallback, SchemeState
+from wsml_fast.callbacks import SchemeState, TargetsCallback
 from wsml_fast.labelstore import LabelStore
 from wsml_fast.losses import PartialLabelLoss, negative_term, positive_term, soft_bce
 from wsml_fast.runfolder import PSEUDO_LABELS
@@ -132,7 +132,7 @@ class AplCallback(Callback, SchemeState):
     reference's pass went through its training loader's random flips); it is skipped after the last epoch,
     where its labels would never be trained on."""
 
-    order = ItemIndexCallback.order + 1  # needs `learn.item_index`; must precede GradientAccumulation (6)
+    order = TargetsCallback.order + 1  # needs `learn.item_index`; must precede GradientAccumulation (6)
 
     def __init__(
         self,

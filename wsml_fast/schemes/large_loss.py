@@ -22,7 +22,7 @@ import torch
 from fastai.callback.core import Callback
 
 from wsml_fast.atomic import write_text
-from wsml_fast.callbacks import ItemIndexCallback, SchemeState
+from wsml_fast.callbacks import SchemeState, TargetsCallback
 from wsml_fast.labelstore import DeviceLabels, LabelStore, row_entries
 from wsml_fast.losses import AssumeNegativeLoss, PartialLabelLoss, positive_term
 from wsml_fast.runfolder import CORRECTIONS
@@ -135,7 +135,7 @@ class LargeLossCallback(Callback, SchemeState):
     truth, it reports how many of the selected entries, and of the stored ones, really are positives.
     """
 
-    order = ItemIndexCallback.order + 1  # needs `learn.item_index`; must precede GradientAccumulation (6)
+    order = TargetsCallback.order + 1  # needs `learn.item_index`; must precede GradientAccumulation (6)
 
     def __init__(
         self,

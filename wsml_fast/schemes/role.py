@@ -20,7 +20,7 @@ import math
 import torch
 from fastai.callback.core import Callback
 
-from wsml_fast.callbacks import ItemIndexCallback, SchemeState
+from wsml_fast.callbacks import SchemeState, TargetsCallback
 from wsml_fast.checkpoint import optimizer_state
 from wsml_fast.labelstore import LabelStore
 from wsml_fast.losses import AssumeNegativeLoss, ExpectedPositiveLoss, PartialLabelLoss, soft_bce
@@ -67,7 +67,7 @@ class RoleCallback(Callback, SchemeState):
     and their optimizer's moments live across every fit of the run, and go into the checkpoint together.
     """
 
-    order = ItemIndexCallback.order + 1  # needs `learn.item_index`; must precede GradientAccumulation (6)
+    order = TargetsCallback.order + 1  # needs `learn.item_index`; must precede GradientAccumulation (6)
 
     def __init__(
         self,
