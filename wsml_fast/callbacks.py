@@ -21,6 +21,7 @@ import torch
 from fastai.callback.core import Callback, CancelFitException
 from fastai.callback.fp16 import MixedPrecision
 
+from wsml_fast.distributed import active, all_reduce_sum, bare
 from wsml_fast.errors import WsmlError
 from wsml_fast.labelstore import DeviceLabels
 
@@ -217,7 +218,7 @@ class TrainRecoveryCallback(Callback):
 
     def after_epoch(self) -> None:
         if self.run_state.active:
-            self.run_state.record(train_recovery_map=self.score(self.learn.model, self.run_state.data.recovery))
+            self.run_state.record(train_recovery_map=self.score(bare(self.learn.model), self.run_state.data.recovery))
 
 
 class LossGuardCallback(Callback, CheckpointedState):
@@ -239,7 +240,7 @@ class LossGuardCallback(Callback, CheckpointedState):
     def after_loss(self) -> None:
         if not self.learn.training:
             return
-        if not torch.isfinite(self.learn.loss).all():
+        if not everyone_agrees(bool(torch.isfinite(self.learn.loss).all())):  # any process's loss: all stop
             value = float(self.learn.loss.detach().float().mean())
             raise NonFiniteLoss(
                 f"the training loss became {value} in epoch {self.run_state.epoch}, batch {self.learn.iter + 1}; "
@@ -251,7 +252,7 @@ class LossGuardCallback(Callback, CheckpointedState):
     def after_epoch(self) -> None:
         if not self.run_state.active or not self.first_loss:
             return
-        now = float(self.learn.recorder.smooth_loss.value)  # what the epoch's train_loss column shows
+        now = _number(self.learn.recorder.smooth_loss.value)  # what the epoch's train_loss column shows
         if now > self.explosion * self.first_loss:
             self.say(
                 f"warning: epoch {self.run_state.epoch}'s training loss {now:.4g} is over {self.explosion:g} times "
@@ -272,12 +273,21 @@ class StopOnRequestCallback(Callback):
         self.requested = requested
 
     def after_batch(self) -> None:
-        if self.requested():
+        if not everyone_agrees(not self.requested()):  # every process stops at the same batch boundary
             raise CancelFitException()
 
 
+def everyone_agrees(this_process: bool) -> bool:
+    """True when the condition holds in every process of a data-parallel run (the condition itself with one):
+    processes that decided apart would wait forever for each other in the next collective."""
+    if not active():
+        return this_process
+    return int(all_reduce_sum(torch.tensor([int(not this_process)]))) == 0
+
+
 def _number(value) -> float:
-    return float(value) if value is not None else float("nan")
+    """A logged value as a float; data-parallel training logs the smoothed loss once per process: their mean."""
+    return float("nan") if value is None else float(torch.as_tensor(value, dtype=torch.float64).mean())
 
 
 def _fmt(name: str, value) -> str:

@@ -108,6 +108,9 @@ def train(
     compile: Annotated[
         bool | None, typer.Option("--compile", help="torch.compile the model (falls back if it fails).")
     ] = None,
+    sync_bn: Annotated[
+        bool | None, typer.Option("--sync-bn/--no-sync-bn", help="torchrun: batch norm over the global batch.")
+    ] = None,
     map_convention: Annotated[str | None, typer.Option(help="skip or paper (classes without positives).")] = None,
     check_images: Annotated[
         bool | None,

@@ -68,6 +68,7 @@ class TrainConfig:
     workers: int | None = None  # None: chosen from the CPU count
     precision: str = "auto"
     compile: bool = False  # torch.compile the model (falls back, with a message, where it fails)
+    sync_bn: bool = False  # data-parallel runs: batch-norm statistics over the global batch (SyncBatchNorm)
     map_convention: str = "skip"  # classes without positives: left out ("skip") or AP 0 ("paper")
     check_images: bool = True  # check every image before training (False: a bad one stops the run at its batch)
     out: str | None = None

@@ -153,12 +153,21 @@ class ImageLabelDataset(Dataset):
         return ImageLabelDataset(self.root, self.images, labels, self.size, False)
 
 
+def process_seed(seed: int) -> int:
+    """This process's augmentation seed: `seed` itself in process 0 (so a single-process run draws as it always
+    did), and one derived from (seed, rank) in every other process of a data-parallel run, whose images would
+    otherwise all get the same flips."""
+    from wsml_fast.distributed import rank
+
+    return seed if rank() == 0 else int(np.random.SeedSequence([seed, rank()]).generate_state(1)[0])
+
+
 def _init_worker() -> None:
     """Give each worker, in each epoch, its own augmentation stream (albumentations would repeat them), and
     leave Ctrl-C to the main process, which stops training at the next batch boundary."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     info = get_worker_info()
-    info.dataset.d.dataset.reseed(info.seed)
+    info.dataset.d.dataset.reseed(process_seed(info.seed))
 
 
 def default_workers() -> int:

@@ -22,8 +22,10 @@ import os
 import numpy as np
 import torch
 import torch.distributed as dist
+from fastai.callback.core import Callback
 from fastai.data.load import DataLoader
 from fastai.distributed import DistributedTrainer
+from fastai.torch_core import to_detach
 
 
 def world_size() -> int:
@@ -131,6 +133,23 @@ class ProcessLoader(DataLoader):
         if self.shuffle:
             return self.n // (self.bs * self.processes)
         return math.ceil(len(shard(self.n, self.processes, self.process)) / self.bs)
+
+    def to_detach(self, b, cpu: bool = True, gather: bool = True):
+        """Detach without gathering: processes may run different numbers of evaluation batches, so a gather per
+        batch would wait forever; metrics and the loss are shared once, at the end of the epoch."""
+        return to_detach(b, cpu, gather=False)
+
+
+class ShareValidLoss(Callback):
+    """Make the validation loss the mean over every process's images (each averaged only its own share)."""
+
+    order = 49  # before the Recorder (50) reads the loss after validating
+
+    def after_validate(self) -> None:
+        loss = self.learn.recorder.loss
+        total = torch.as_tensor(loss.total, dtype=torch.float64).cpu().reshape(1)
+        both = all_reduce_sum(torch.cat([total, torch.tensor([float(loss.count)], dtype=torch.float64)]))
+        loss.total, loss.count = both[0], int(both[1])
 
 
 class DataParallel(DistributedTrainer):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -15,7 +16,12 @@ AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def pick_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """The GPU (in a data-parallel run, this process's own: torchrun's LOCAL_RANK), else the CPU."""
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    torch.cuda.set_device(device)
+    return device
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:

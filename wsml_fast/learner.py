@@ -32,6 +32,16 @@ from wsml_fast.callbacks import (
 )
 from wsml_fast.checkpoint import CheckpointCallback, restore
 from wsml_fast.data import check_train_batches, make_loader
+from wsml_fast.distributed import (
+    DataParallel,
+    ShareValidLoss,
+    all_gather_varying,
+    bare,
+    is_main,
+    rank,
+    shard,
+    world_size,
+)
 from wsml_fast.errors import WsmlError
 from wsml_fast.inference import AMP_DTYPES, predict_scores, score_split
 from wsml_fast.memorization import MemorizationCallback, sample_entries
@@ -89,6 +99,8 @@ def _diagnostics(setup: Setup, truth_known: bool) -> list:
         if config.track_memorization:
             raise WsmlError("--track-memorization needs truth.csv (the truth of the unobserved training entries)")
         return []
+    if not is_main():  # diagnostics go to the run folder, which the main process alone writes
+        return []
     scoring = (config.map_convention, setup.precision, setup.device, config.bs * 2, config.workers)
     callbacks = [TrainRecoveryCallback(lambda model, dataset: score_split(model, dataset, None, *scoring).map)]
     if config.track_memorization:
@@ -127,12 +139,19 @@ def build_learner(
         callbacks.append(DeviceMixedPrecision(amp_mode=setup.precision))
     if config.early_stop:
         callbacks.append(EarlyStopCallback(drop=config.early_stop_drop))
+    if world_size() > 1:
+        callbacks += [DataParallel(sync_bn=config.sync_bn, cpu=device.type == "cpu"), ShareValidLoss()]
 
     def score_train(module: torch.nn.Module) -> torch.Tensor:
-        """Probabilities on every training input of the stage in progress (read when called, hence `learn`)."""
+        """Probabilities on every training input of the stage in progress (read when called, hence `learn`);
+        in a data-parallel run each process scores its share and they exchange them."""
         plain = learn.run_state.data.plain_train
-        loader = make_loader(plain, config.bs * 2, False, config.workers, device)
-        return torch.from_numpy(predict_scores(module, loader, setup.precision, device))
+        rows = shard(len(plain), world_size(), rank())
+        loader = make_loader(plain.subset(rows), config.bs * 2, False, config.workers, device)
+        probs = torch.from_numpy(predict_scores(bare(module), loader, setup.precision, device))
+        everyone = torch.zeros(len(plain), probs.shape[1])
+        everyone[all_gather_varying(torch.as_tensor(rows))] = all_gather_varying(probs)
+        return everyone
 
     loss, scheme_callbacks = scheme_parts(config, setup.table, setup.train_labels, run, setup.say, score_train)
     first = data[stages(config)[0].inputs]
@@ -147,7 +166,7 @@ def build_learner(
         cbs=callbacks + scheme_callbacks,
         train_bn=False,
     )
-    if not on_terminal:
+    if not on_terminal or not is_main():
         learn.remove_cb(ProgressCallback)
         learn.logger = lambda *_: None
     return learn, data

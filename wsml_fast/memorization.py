@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from fastai.callback.core import Callback
 
-from wsml_fast.atomic import atomic_write, write_text
 from wsml_fast.callbacks import CheckpointedState
+from wsml_fast.distributed import bare
 from wsml_fast.labelstore import LabelStore
 from wsml_fast.losses import negative_term
 from wsml_fast.runfolder import MEMORIZATION_CSV, MEMORIZATION_PNG, RunFolder
@@ -77,7 +77,7 @@ class MemorizationCallback(Callback, CheckpointedState):
         if not self.learn.training or not self.run_state.active:
             return
         if self.iteration % self.every == 0:
-            model = self.learn.model
+            model = bare(self.learn.model)
             device = next(model.parameters()).device
             model.eval()
             with torch.no_grad():
@@ -101,7 +101,7 @@ class MemorizationCallback(Callback, CheckpointedState):
         for iteration, losses in self.records:
             for entry, (loss, fn) in enumerate(zip(losses, self.false_negative, strict=True)):
                 writer.writerow([iteration, entry, "false_negative" if fn else "true_negative", f"{loss:.5f}"])
-        write_text(self.run_folder.file(MEMORIZATION_CSV), text.getvalue())
+        self.run_folder.write_text(MEMORIZATION_CSV, text.getvalue())
 
     def _plot(self) -> None:
         import matplotlib
@@ -124,6 +124,7 @@ class MemorizationCallback(Callback, CheckpointedState):
         axis.set_title("Memorization of unobserved labels")
         axis.legend()
         figure.tight_layout()
-        png = self.run_folder.file(MEMORIZATION_PNG)
-        atomic_write(png, lambda handle: figure.savefig(handle, format="png", dpi=120))
+        image = io.BytesIO()
+        figure.savefig(image, format="png", dpi=120)
+        self.run_folder.write_bytes(MEMORIZATION_PNG, image.getvalue())
         plt.close(figure)

@@ -79,6 +79,21 @@ class APAccumulator:
             result.map = float(np.mean(list(result.per_class.values())))
         return result
 
+    def shared(self) -> APAccumulator:
+        """Every process's entries together (data-parallel evaluation scores a share of the images in each);
+        itself when there is one process. AP does not depend on the entries' order."""
+        from wsml_fast.distributed import active, all_gather_varying
+
+        if not active():
+            return self
+        everyone = APAccumulator()
+        everyone.n_classes = self.n_classes
+        classes, scores, positive = (torch.from_numpy(part) for part in self._joined())
+        everyone._classes = [all_gather_varying(classes.to(torch.int32)).numpy().astype(classes.numpy().dtype)]
+        everyone._scores = [all_gather_varying(scores).numpy()]
+        everyone._positive = [all_gather_varying(positive).numpy()]
+        return everyone
+
     def _joined(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if not self._classes:
             return np.zeros(0, np.uint16), np.zeros(0), np.zeros(0, bool)
@@ -157,4 +172,4 @@ class MapMetric(Metric):
 
     @property
     def value(self) -> float:
-        return self.accumulator.result(convention=self.convention).map
+        return self.accumulator.shared().result(convention=self.convention).map

@@ -11,6 +11,7 @@ from fastai.torch_core import set_seed
 
 from wsml_fast.config import TrainConfig
 from wsml_fast.data import default_workers
+from wsml_fast.distributed import world_size
 from wsml_fast.errors import WsmlError
 from wsml_fast.inference import pick_device, resolve_precision
 from wsml_fast.labelstore import LabelStore
@@ -84,6 +85,12 @@ def _describe(setup: Setup) -> None:
         f"model: {config.backbone} ({setup.origin}) at {config.img_size}px{head} | scheme {config.scheme}{settings} "
         f"| {setup.device.type} {setup.precision}"
     )
+    if world_size() > 1:
+        bs = config.bs
+        say(
+            f"data parallel: {world_size()} processes | global batch {bs} x {world_size()} = {bs * world_size()} "
+            f"| SyncBatchNorm {'on' if config.sync_bn else 'off'}"
+        )
     say(f"run folder: {setup.run.path}")
 
 

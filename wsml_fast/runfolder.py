@@ -27,8 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from wsml_fast.atomic import save_torch, write_text
+from wsml_fast.atomic import atomic_write, save_torch, write_text
 from wsml_fast.config import TrainConfig
+from wsml_fast.distributed import is_main
 from wsml_fast.errors import WsmlError
 
 CONFIG, STATUS, METRICS, RESULTS, LOG = "config.yaml", "status.json", "metrics.csv", "results.json", "train.log"
@@ -44,12 +45,15 @@ def default_run_dir(dataset: str, scheme: str) -> Path:
 
 
 class Reporter:
-    """Prints to the console and appends the same lines to the run's log file."""
+    """Prints to the console and appends the same lines to the run's log file; in a data-parallel run, only the
+    main process (rank 0) says anything."""
 
     def __init__(self, log_path: Path | None = None) -> None:
-        self.log_path = log_path
+        self.log_path, self.main = log_path, is_main()
 
     def __call__(self, message: str, console: bool = True) -> None:
+        if not self.main:
+            return
         if console:
             print(message, file=sys.stdout, flush=True)
         if self.log_path is not None:
@@ -75,10 +79,11 @@ def _probe_writable(folder: Path) -> None:
 
 
 class RunFolder:
-    """A training run on disk: finished, running, interrupted or failed."""
+    """A training run on disk: finished, running, interrupted or failed. In a data-parallel run every process
+    reads it and only the main one (rank 0) writes: the others' writes do nothing."""
 
     def __init__(self, path: Path) -> None:
-        self.path = Path(path)
+        self.path, self.writes = Path(path), is_main()
 
     def file(self, name: str) -> Path:
         return self.path / name
@@ -97,7 +102,7 @@ class RunFolder:
                     raise WsmlError(f"--out {path}: {parent} is a file, so no folder can be made under it")
                 break
         run = cls(path)
-        if run.file(CONFIG).exists() or run.file(WEIGHTS).exists():
+        if run.writes and (run.file(CONFIG).exists() or run.file(WEIGHTS).exists()):  # the main process checks
             raise WsmlError(
                 f"--out {path}: already holds a run; choose another folder, or `wsml train --resume {path}`"
             )
@@ -105,6 +110,8 @@ class RunFolder:
 
     def create(self) -> Reporter:
         """Make the folder (a fresh log) and prove it writable; returns the run's reporter."""
+        if not self.writes:
+            return Reporter(self.file(LOG))
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -134,7 +141,7 @@ class RunFolder:
         run = cls(path)
         run._require_folder()
         status = run.status()
-        if status.get("state") == "running":
+        if status.get("state") == "running" and run.writes:  # (the others start after the main one said so)
             raise WsmlError(f"--resume {path}: the run is still running (process {status.get('pid')}); stop it first")
         if not run.file(CHECKPOINT).is_file():
             raise WsmlError(
@@ -148,7 +155,7 @@ class RunFolder:
     def write_status(self, state: str, reason: str | None = None, epoch: int | None = None) -> None:
         status = {"state": state, "epoch": epoch, "reason": reason, "pid": os.getpid(), "host": socket.gethostname()}
         status["time"] = time.strftime("%Y-%m-%d %H:%M:%S")
-        write_text(self.file(STATUS), json.dumps(status, indent=2) + "\n")
+        self.write_text(STATUS, json.dumps(status, indent=2) + "\n")
 
     def status(self) -> dict[str, Any]:
         """How the run stands. A run marked running whose process is gone on this host was killed."""
@@ -160,8 +167,20 @@ class RunFolder:
 
     # --- files of the run ---
 
+    def write_text(self, name: str, text: str) -> None:
+        """Write a file of the run atomically (the main process only)."""
+        self.write_bytes(name, text.encode())
+
+    def write_bytes(self, name: str, data: bytes) -> None:
+        if self.writes:
+            atomic_write(self.file(name), lambda handle: handle.write(data))
+
+    def _save(self, name: str, obj: object) -> None:
+        if self.writes:
+            save_torch(self.file(name), obj)
+
     def write_config(self, config: TrainConfig) -> None:
-        write_text(self.file(CONFIG), config.to_yaml())
+        self.write_text(CONFIG, config.to_yaml())
 
     def config(self) -> TrainConfig:
         return TrainConfig.from_yaml(self.file(CONFIG))
@@ -175,10 +194,10 @@ class RunFolder:
         writer = csv.DictWriter(text, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
-        write_text(self.file(METRICS), text.getvalue())
+        self.write_text(METRICS, text.getvalue())
 
     def write_results(self, results: dict) -> None:
-        write_text(self.file(RESULTS), json.dumps(results, indent=2) + "\n")
+        self.write_text(RESULTS, json.dumps(results, indent=2) + "\n")
 
     def results(self) -> dict:
         return self._read_json(RESULTS)
@@ -190,13 +209,13 @@ class RunFolder:
             raise WsmlError(f"{self.file(name)}: not readable JSON; the run folder is damaged") from None
 
     def save_weights(self, state_dict: dict) -> None:
-        save_torch(self.file(WEIGHTS), state_dict)
+        self._save(WEIGHTS, state_dict)
 
     def save_scheme_state(self, states: dict) -> None:
-        save_torch(self.file(SCHEME_STATE), states)
+        self._save(SCHEME_STATE, states)
 
     def save_checkpoint(self, checkpoint: dict) -> None:
-        save_torch(self.file(CHECKPOINT), checkpoint)
+        self._save(CHECKPOINT, checkpoint)
 
     def load_weights(self) -> dict:
         return self._load(WEIGHTS)

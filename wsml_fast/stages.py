@@ -17,7 +17,7 @@ from fastai.data.core import DataLoaders
 from torch.utils.data import Dataset
 
 from wsml_fast.config import TrainConfig
-from wsml_fast.data import ImageLabelDataset, make_loader
+from wsml_fast.data import ImageLabelDataset, make_loader, process_seed
 from wsml_fast.features import FeatureDataset, cache_key, cached_features
 from wsml_fast.labelstore import LabelStore
 from wsml_fast.run_setup import Setup
@@ -73,7 +73,7 @@ def image_dataset(setup: Setup, split: str, labels: LabelStore, augment: bool) -
     config, table = setup.config, setup.table
     images = [table.images[i] for i in table.rows(split)]
     return ImageLabelDataset(
-        table.source.images_root, images, labels, config.img_size, augment, config.hflip, config.seed
+        table.source.images_root, images, labels, config.img_size, augment, config.hflip, process_seed(config.seed)
     )
 
 

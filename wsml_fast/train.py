@@ -13,6 +13,7 @@ from pathlib import Path
 
 from wsml_fast.callbacks import NonFiniteLoss, RunState
 from wsml_fast.config import TrainConfig, apply_layer
+from wsml_fast.distributed import is_main
 from wsml_fast.errors import WsmlError, one_line
 from wsml_fast.inference import score_split
 from wsml_fast.learner import build_learner, fit
@@ -75,7 +76,7 @@ def _run(
             say(message)
             run.write_status("interrupted", reason=stop.name, epoch=len(history))
             raise RunInterrupted(message, stop.exit_code)
-        results = score(setup, history, started, test)
+        results = score(setup, history, started, test and is_main())  # (the others write nothing)
         results["status"] = "finished" if ended is None else f"finished: {ended}"
         run.write_results(results)
     except RunInterrupted:

@@ -29,7 +29,6 @@ from functools import partial
 import torch
 from fastai.callback.core import Callback
 
-from wsml_fast.atomic import write_text
 from wsml_fast.callbacks import SchemeState, TargetsCallback
 from wsml_fast.labelstore import LabelStore
 from wsml_fast.losses import PartialLabelLoss, negative_term, positive_term, soft_bce
@@ -221,7 +220,7 @@ def parts(scheme: Scheme, context: SchemeContext) -> tuple[PartialLabelLoss, lis
         context.total_epochs,
         context.score_train,
         table.train_truth(),
-        partial(write_text, context.run.file(PSEUDO_LABELS)),
+        partial(context.run.write_text, PSEUDO_LABELS),
         names,
     )
     return loss, [callback]

@@ -21,8 +21,8 @@ from functools import partial
 import torch
 from fastai.callback.core import Callback
 
-from wsml_fast.atomic import write_text
 from wsml_fast.callbacks import SchemeState, TargetsCallback
+from wsml_fast.distributed import all_gather, rank
 from wsml_fast.labelstore import DeviceLabels, LabelStore, row_entries
 from wsml_fast.losses import AssumeNegativeLoss, PartialLabelLoss, positive_term
 from wsml_fast.runfolder import CORRECTIONS
@@ -182,19 +182,32 @@ class LargeLossCallback(Callback, SchemeState):
         if not self.learn.training or not self.run_state.active or epoch < 2:
             return
         logits, targets = self.learn.pred.float(), self.learn.yb[0]
-        k = large_loss_k(logits.shape[0], logits.shape[1], epoch, self.delta_rel, self.scheme)
-        losses, selected = large_loss_losses(logits, targets, k, self.scheme)
-        loss = losses.mean()
+        an_losses = _ASSUME_NEGATIVE.entry_losses(logits, targets)
+        selected, every_selected, rows = self._select(an_losses, targets == -1, epoch)
+        loss = apply_large_loss(an_losses, positive_term(logits), selected, self.scheme).mean()
         self.learn.loss_grad, self.learn.loss = loss, loss.detach().clone()
-        self.n_selected += selected.sum()
+        self.n_selected += every_selected.sum()
         if self.truth is None and self.stored is None:
             return  # LL-R / LL-Ct without a truth: no host synchronisation
-        batch, cols = selected.nonzero(as_tuple=True)
-        rows = self.learn.item_index[batch]
+        batch, cols = every_selected.nonzero(as_tuple=True)
+        rows = rows[batch]
         if self.truth is not None:
             self.n_selected_true += (self.truth.lookup(rows, cols) == 1).sum()
         if self.stored is not None:
             self.stored.add(rows, cols)
+
+    def _select(self, an_losses: torch.Tensor, unobserved: torch.Tensor, epoch: int) -> tuple[torch.Tensor, ...]:
+        """(this batch's selected entries, the global batch's, the global batch's item indices). In a
+        data-parallel run the k largest losses are chosen over the global batch: every process gathers the
+        others' losses (observed entries at -inf) and item indices, selects exactly what one process would on
+        the concatenated batch, and applies its own slice; each knows the whole selection, so LL-Cp's stored
+        positives stay identical everywhere. With one process, the global batch is the batch."""
+        masked = an_losses.detach().masked_fill(~unobserved, -math.inf)
+        everyone = all_gather(masked)
+        k = large_loss_k(everyone.shape[0], everyone.shape[1], epoch, self.delta_rel, self.scheme)
+        every_selected = select_large_losses(everyone, everyone > -math.inf, k)
+        start = rank() * len(an_losses) if len(everyone) > len(an_losses) else 0
+        return every_selected[start : start + len(an_losses)], every_selected, all_gather(self.learn.item_index)
 
     def after_epoch(self) -> None:
         if not self.run_state.active:
@@ -235,7 +248,7 @@ def _ratio(part: torch.Tensor, whole: torch.Tensor) -> float:
 def parts(scheme: Scheme, context: SchemeContext) -> tuple[PartialLabelLoss, list[Callback]]:
     """AN as the loss (validation reports it); the callback replaces the training loss from epoch 2 on."""
     table, rows = context.table, context.table.rows("train")
-    write = partial(write_text, context.run.file(CORRECTIONS)) if scheme.name == "llcp" else None
+    write = partial(context.run.write_text, CORRECTIONS) if scheme.name == "llcp" else None
     callback = LargeLossCallback(
         scheme.name,
         context.config.delta_rel,

@@ -22,6 +22,7 @@ from fastai.callback.core import Callback
 
 from wsml_fast.callbacks import SchemeState, TargetsCallback
 from wsml_fast.checkpoint import optimizer_state
+from wsml_fast.distributed import active, all_gather, world_size
 from wsml_fast.labelstore import LabelStore
 from wsml_fast.losses import AssumeNegativeLoss, ExpectedPositiveLoss, PartialLabelLoss, soft_bce
 from wsml_fast.schemes import Scheme, SchemeContext
@@ -119,6 +120,8 @@ class RoleCallback(Callback, SchemeState):
         self.learn.loss_grad, self.learn.loss = loss, loss.detach().clone()
 
     def after_step(self) -> None:
+        if active():
+            self._share_gradients()
         if self.run_state.active:
             for group in self.estimate_opt.param_groups:
                 group["lr"] = self.lr_mult * float(self.learn.opt.hypers[-1]["lr"]) / self.head_lr_mult
@@ -128,6 +131,15 @@ class RoleCallback(Callback, SchemeState):
             else:
                 self.estimate_opt.step()
         self.estimate_opt.zero_grad()
+
+    def _share_gradients(self) -> None:
+        """In a data-parallel run each process has the gradient of its own batch's rows only: every process takes
+        all of them (their mean over the processes, as DDP gives the model), so the estimates stay the same on
+        every process. The processes' rows are distinct: one global batch holds each image once."""
+        grad, index = self.estimate_logits.grad, self.learn.item_index
+        rows, values = all_gather(index), all_gather(grad[index]) / world_size()
+        grad.zero_()
+        grad.index_add_(0, rows, values)
 
 
 def parts(scheme: Scheme, context: SchemeContext) -> tuple[PartialLabelLoss, list[Callback]]:
