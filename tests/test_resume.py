@@ -12,7 +12,7 @@ import pytest
 import torch
 from test_cli import TINY, invoke
 
-KILLER = Path(__file__).with_name("kill_during.py")
+HOOKED = Path(__file__).with_name("hooked_wsml.py")
 CASES = {  # scheme with state, workers, schedule and mode: each value at least once
     "an-0-workers-one-cycle": ["--scheme", "an", "--workers", "0", "--schedule", "one-cycle", "--track-memorization"],
     "llcp-0-workers-constant": ["--scheme", "llcp", "--delta-rel", "0.5", "--workers", "0", "--schedule", "constant"],
@@ -31,9 +31,14 @@ CASES = {  # scheme with state, workers, schedule and mode: each value at least 
 }
 
 
+def hooked_env(**hooks: str) -> dict[str, str]:
+    """The environment of a hooked `wsml`: this checkout's wsml_fast (wherever one is installed) and the hooks."""
+    return {**os.environ, "PYTHONPATH": str(HOOKED.parents[1]), **hooks}
+
+
 def kill_during(epoch: int, batch: int, *args: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, str(KILLER), str(epoch), str(batch), "train", *map(str, args)]
-    env = {**os.environ, "PYTHONPATH": str(KILLER.parents[1])}  # this checkout's wsml_fast, wherever installed
+    command = [sys.executable, str(HOOKED), "train", *map(str, args)]
+    env = hooked_env(WSML_KILL_AT=f"{epoch},{batch}")
     return subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
 
 

@@ -160,6 +160,16 @@ class DataParallel(DistributedTrainer):
         return dl if isinstance(dl, ProcessLoader) else ProcessLoader(dl, world_size(), rank())
 
 
+def lost_a_process(exc: BaseException) -> bool:
+    """Whether `exc` (or what it was raised from) is a collective that failed because another process of the run
+    is gone: gloo and NCCL report it as RuntimeErrors naming themselves."""
+    while exc is not None:
+        if isinstance(exc, dist.DistError) or any(word in str(exc) for word in ("gloo", "NCCL", "Connection reset")):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def bare(model: torch.nn.Module) -> torch.nn.Module:
     """The model inside a DistributedDataParallel wrapper (scoring on one process must not use the wrapper, whose
     forward may synchronise buffers with the others)."""

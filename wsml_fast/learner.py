@@ -139,8 +139,12 @@ def build_learner(
         callbacks.append(DeviceMixedPrecision(amp_mode=setup.precision))
     if config.early_stop:
         callbacks.append(EarlyStopCallback(drop=config.early_stop_drop))
+    if config.sync_bn and device.type != "cuda":
+        raise WsmlError("--sync-bn needs GPUs: PyTorch's SyncBatchNorm works on GPU modules only")
     if world_size() > 1:
         callbacks += [DataParallel(sync_bn=config.sync_bn, cpu=device.type == "cpu"), ShareValidLoss()]
+    elif config.sync_bn:
+        setup.say("note: --sync-bn does nothing in a single process (it shares batch statistics between processes)")
 
     def score_train(module: torch.nn.Module) -> torch.Tensor:
         """Probabilities on every training input of the stage in progress (read when called, hence `learn`);

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from wsml_fast.callbacks import NonFiniteLoss, RunState
 from wsml_fast.config import TrainConfig, apply_layer
-from wsml_fast.distributed import is_main
+from wsml_fast.distributed import active, is_main, lost_a_process, rank, world_size
 from wsml_fast.errors import WsmlError, one_line
 from wsml_fast.inference import score_split
 from wsml_fast.learner import build_learner, fit
@@ -71,7 +71,7 @@ def _run(
         if ended == "interrupted":
             message = (
                 f"{stop.name}: stopped in epoch {len(history) + 1}; the checkpoint of epoch {len(history)} is kept; "
-                f"continue with: wsml train --resume {run.path}"
+                f"continue with: {resume_command(run)}"
             )
             say(message)
             run.write_status("interrupted", reason=stop.name, epoch=len(history))
@@ -82,6 +82,8 @@ def _run(
     except RunInterrupted:
         raise
     except BaseException as exc:
+        if active() and lost_a_process(exc):  # a collective failed: another process of the run is gone
+            exc = WsmlError(f"process {rank()}: another process of this data-parallel run stopped (see its error)")
         line = _record_failure(run, exc)
         if isinstance(exc, WsmlError):
             raise type(exc)(line) from None  # its own kind (a tuner tells a trial's failure by it), one line
@@ -113,11 +115,18 @@ def _record_failure(run: RunFolder, exc: BaseException) -> str:
     return line
 
 
+def resume_command(run: RunFolder) -> str:
+    """The command that continues `run`: under the same kind of launch when it is data-parallel."""
+    if world_size() > 1:
+        return f"torchrun [the same launch options] -m wsml_fast train --resume {run.path}"
+    return f"wsml train --resume {run.path}"
+
+
 def _what_now(run: RunFolder) -> str:
     """What the run folder allows after a failure: resuming from its last complete epoch, or starting anew."""
     completed = _completed_epochs(run)
     if completed:
-        return f"the run keeps epoch {completed}: remove the cause, then `wsml train --resume {run.path}`"
+        return f"the run keeps epoch {completed}: remove the cause, then `{resume_command(run)}`"
     return f"no epoch completed: remove {run.path} and start again"
 
 

@@ -62,6 +62,22 @@ def select_large_losses(an_losses: torch.Tensor, unobserved: torch.Tensor, k: in
     return selected.view_as(unobserved) & unobserved
 
 
+def select_over_processes(
+    an_losses: torch.Tensor, unobserved: torch.Tensor, epoch: int, delta_rel: float, scheme: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(this process's selected entries, the global batch's). In a data-parallel run the k largest losses are
+    chosen over the global batch: every process gathers the others' losses (observed entries at -inf), selects
+    exactly what one process would on the concatenated batch, and keeps its own slice to apply; each process
+    knows the whole selection, so LL-Cp's stored positives stay identical everywhere. With one process the
+    global batch is the batch. Bytes sent per process and step: B x C x 4 (the fp32 losses)."""
+    masked = an_losses.detach().masked_fill(~unobserved, -math.inf)
+    everyone = all_gather(masked)
+    k = large_loss_k(everyone.shape[0], everyone.shape[1], epoch, delta_rel, scheme)
+    every_selected = select_large_losses(everyone, everyone > -math.inf, k)
+    start = rank() * len(an_losses) if len(everyone) > len(an_losses) else 0
+    return every_selected[start : start + len(an_losses)], every_selected
+
+
 def apply_large_loss(
     an_losses: torch.Tensor, positive_losses: torch.Tensor, selected: torch.Tensor, scheme: str
 ) -> torch.Tensor:
@@ -197,17 +213,9 @@ class LargeLossCallback(Callback, SchemeState):
             self.stored.add(rows, cols)
 
     def _select(self, an_losses: torch.Tensor, unobserved: torch.Tensor, epoch: int) -> tuple[torch.Tensor, ...]:
-        """(this batch's selected entries, the global batch's, the global batch's item indices). In a
-        data-parallel run the k largest losses are chosen over the global batch: every process gathers the
-        others' losses (observed entries at -inf) and item indices, selects exactly what one process would on
-        the concatenated batch, and applies its own slice; each knows the whole selection, so LL-Cp's stored
-        positives stay identical everywhere. With one process, the global batch is the batch."""
-        masked = an_losses.detach().masked_fill(~unobserved, -math.inf)
-        everyone = all_gather(masked)
-        k = large_loss_k(everyone.shape[0], everyone.shape[1], epoch, self.delta_rel, self.scheme)
-        every_selected = select_large_losses(everyone, everyone > -math.inf, k)
-        start = rank() * len(an_losses) if len(everyone) > len(an_losses) else 0
-        return every_selected[start : start + len(an_losses)], every_selected, all_gather(self.learn.item_index)
+        """(this batch's selected entries, the global batch's, the global batch's item indices)."""
+        selected, every_selected = select_over_processes(an_losses, unobserved, epoch, self.delta_rel, self.scheme)
+        return selected, every_selected, all_gather(self.learn.item_index)
 
     def after_epoch(self) -> None:
         if not self.run_state.active:

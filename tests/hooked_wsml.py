@@ -1,0 +1,58 @@
+"""`python hooked_wsml.py wsml-arguments...` (or under `torchrun`): `wsml` with test hooks set by environment:
+
+WSML_KILL_AT="EPOCH,BATCH[,RANK]"  SIGKILL the process (of that rank only, if given) at the given training
+                                    batch (0-based) of the given epoch (from 1): a kill at a known instant.
+WSML_DUMP_STATES=DIR                at the end of every fit, each process saves its schemes' checkpointed state
+                                    to DIR/rank{R}.pt, to compare the processes of a data-parallel run.
+"""
+
+import os
+import signal
+import sys
+
+import torch
+from fastai.callback.core import Callback
+
+import wsml_fast.train as train_module
+from wsml_fast.callbacks import SchemeState, checkpointed_states
+from wsml_fast.cli import main
+from wsml_fast.distributed import rank
+
+
+class KillAt(Callback):
+    order = 99
+
+    def __init__(self, spec: str) -> None:
+        numbers = [int(part) for part in spec.split(",")]
+        self.epoch, self.batch, self.rank = (*numbers, None)[:3]
+
+    def after_batch(self) -> None:
+        here = self.learn.training and self.run_state.epoch == self.epoch and self.learn.iter == self.batch
+        if here and self.rank in (None, rank()):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class DumpStates(Callback):
+    order = 99
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+
+    def after_fit(self) -> None:
+        torch.save(checkpointed_states(self.learn, SchemeState), os.path.join(self.folder, f"rank{rank()}.pt"))
+
+
+build_learner = train_module.build_learner
+
+
+def build_learner_with_hooks(*args, **kwargs):
+    learn, data = build_learner(*args, **kwargs)
+    if os.environ.get("WSML_KILL_AT"):
+        learn.add_cb(KillAt(os.environ["WSML_KILL_AT"]))
+    if os.environ.get("WSML_DUMP_STATES"):
+        learn.add_cb(DumpStates(os.environ["WSML_DUMP_STATES"]))
+    return learn, data
+
+
+train_module.build_learner = build_learner_with_hooks
+main(sys.argv[1:])

@@ -1,0 +1,101 @@
+"""Data-parallel training on 2 processes (gloo on the CPU, as CI has no GPU): global batches, the large-loss
+selection over them, runs equal to one process with the global batch, state identical on every process, one
+run folder, a process death that takes the run down, and `--resume` under the same launch."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from test_cli import invoke
+from test_resume import HOOKED, hooked_env
+
+from wsml_fast.distributed import global_batch_order, shard
+from wsml_fast.schemes.large_loss import large_loss_k, select_large_losses
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+SELECTION = Path(__file__).with_name("ddp_selection.py")
+# no batch norm (test_vit) and no augmentation: 2 processes x 8 must train as 1 process x 16
+EXACT = ["--backbone", "test_vit", "--no-pretrained", "--img-size", "32", "--no-hflip", "--schedule", "constant"]
+EXACT += ["--lr", "0.01", "--epochs", "3", "--delta-rel", "0.5"]
+
+
+def torchrun(*args: str, timeout: int = 300, **hooks: str) -> subprocess.CompletedProcess:
+    command = [*TORCHRUN, str(HOOKED), *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=hooked_env(**hooks))
+
+
+def test_global_batches_are_the_batches_of_one_process_with_the_global_size() -> None:
+    order = np.random.default_rng(0).permutation(50)
+    parts = [global_batch_order(order, 4, 3, process) for process in range(3)]
+    rebuilt = [np.concatenate([part[4 * j : 4 * j + 4] for part in parts]) for j in range(4)]
+    assert np.array_equal(np.concatenate(rebuilt), order[:48])  # the incomplete last global batch is dropped
+    shares = [shard(10, 3, process) for process in range(3)]
+    assert np.array_equal(np.concatenate(shares), np.arange(10)) and {len(s) for s in shares} <= {3, 4}
+
+
+def test_the_selection_over_processes_is_what_one_process_selects(tmp_path: Path) -> None:
+    command = [*TORCHRUN, str(SELECTION), str(tmp_path)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, env=hooked_env())
+    assert result.returncode == 0, result.stderr[-2000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    generator = torch.Generator().manual_seed(0)  # the script's global batch: 12 x 7, as one process sees it
+    losses = torch.rand(12, 7, generator=generator).round(decimals=1)
+    unobserved = torch.rand(12, 7, generator=generator) < 0.7
+    k = large_loss_k(12, 7, 4, 9.0, "llct")
+    expected = select_large_losses(losses.masked_fill(~unobserved, -math.inf), unobserved, k)
+    assert int(expected.sum()) == k == math.ceil(12 * 7 * 3 * 9 / 100)
+    assert torch.equal(torch.cat([ranks[0]["selected"], ranks[1]["selected"]]), expected)
+    assert all(torch.equal(r["everyone"], expected) for r in ranks)
+
+
+@pytest.mark.parametrize("scheme", ["an", "llct", "llcp"])
+def test_two_processes_train_as_one_with_the_global_batch(
+    scheme: str, demo_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    one = invoke("train", "--data", demo_folder, *EXACT, "--scheme", scheme, "--bs", "16", "--out", "one")
+    assert one.exit_code == 0, one.output
+    two = torchrun("train", "--data", demo_folder, *EXACT, "--scheme", scheme, "--bs", "8", "--out", "two")
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "data parallel: 2 processes | global batch 8 x 2 = 16" in two.stdout
+    assert two.stdout.count("run folder: ") == 1  # one process speaks
+    single, double = pd.read_csv("one/metrics.csv"), pd.read_csv("two/metrics.csv")
+    columns = [c for c in single.columns if "seconds" not in c and c != "train_recovery_map"]
+    pd.testing.assert_frame_equal(single[columns], double[columns], rtol=1e-4)
+    if scheme == "llcp":
+        assert Path("one/corrected_labels.csv").read_text() == Path("two/corrected_labels.csv").read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "two"]  # one run folder each: nothing else
+
+
+@pytest.mark.parametrize("scheme", ["llcp", "role", "em-apl"])
+def test_stored_state_is_the_same_on_every_process(scheme: str, demo_folder: Path, tmp_path: Path) -> None:
+    args = ["--backbone", "test_efficientnet", "--no-pretrained", "--img-size", "32", "--bs", "8", "--epochs", "3"]
+    args += ["--scheme", scheme, "--delta-rel", "0.5", "--apl-warmup", "1"]
+    result = torchrun("train", "--data", demo_folder, *args, "--out", tmp_path / "run", WSML_DUMP_STATES=str(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    states = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    flat = [torch.utils._pytree.tree_flatten(state)[0] for state in states]
+    assert len(flat[0]) == len(flat[1]) > 0
+    changed = [a for a in flat[0] if torch.is_tensor(a) and a.numel()]
+    assert changed, "the scheme stored nothing"
+    for a, b in zip(*flat, strict=True):
+        assert torch.equal(a, b) if torch.is_tensor(a) else a == b
+
+
+def test_a_process_that_dies_takes_the_run_down_and_resume_continues(demo_folder: Path, tmp_path: Path) -> None:
+    args = ["--data", demo_folder, "--backbone", "test_efficientnet", "--no-pretrained", "--img-size", "32"]
+    args += ["--bs", "8", "--epochs", "3", "--scheme", "llcp", "--delta-rel", "0.5", "--out", tmp_path / "run"]
+    died = torchrun("train", *args, timeout=180, WSML_KILL_AT="2,1,1")  # rank 1, epoch 2, its second batch
+    assert died.returncode != 0 and "(SIGKILL)" in died.stderr  # no hang: torchrun ends the rest
+    assert pd.read_csv(tmp_path / "run" / "metrics.csv")["epoch"].tolist() == [1]
+    resumed = torchrun("train", "--resume", tmp_path / "run")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "after epoch 1 of 3" in resumed.stdout
+    assert pd.read_csv(tmp_path / "run" / "metrics.csv")["epoch"].tolist() == [1, 2, 3]
