@@ -21,7 +21,7 @@ from wsml_fast.config import resolve
 from wsml_fast.errors import WsmlError
 from wsml_fast.labelstore import LabelStore
 from wsml_fast.recipes import find_recipe
-from wsml_fast.schemes import SCHEMES, get_scheme, markdown_table
+from wsml_fast.schemes import SCHEMES, check_dense_state, get_scheme, markdown_table
 from wsml_fast.schemes.em import apl_quota
 from wsml_fast.schemes.gr import GrConfig, GrLoss, GrScheduleCallback, gr_params
 from wsml_fast.schemes.role import RoleCallback
@@ -193,3 +193,15 @@ def test_the_feature_cache_follows_the_label_files_time_stamp(demo_folder: Path,
     stamp = (data / "observed.csv").stat().st_mtime_ns + 10**9
     os.utime(data / "observed.csv", ns=(stamp, stamp))  # a label file that changed: features are not reused
     assert "extracted" in invoke(*args, "--out", tmp_path / "c").output
+
+
+def test_schemes_with_state_per_entry_are_refused_above_the_budget() -> None:
+    check_dense_state(get_scheme("role"), 2_000, 10)  # the demo: 320 KB
+    check_dense_state(get_scheme("llcp"), 1_700_000, 9_600)  # no per-entry state: any size
+    for scheme, gib in (("role", 14.3), ("em-apl", 21.5)):
+        with pytest.raises(
+            WsmlError,
+            match=rf"--scheme {scheme} keeps .*: {gib} GiB for 100,000 train images x "
+            r"9,600 classes, over wsml's budget of 4 GiB; these schemes .*: an, an-ls, .*llcp, em, gr$",
+        ):
+            check_dense_state(get_scheme(scheme), 100_000, 9_600)

@@ -69,11 +69,22 @@ TARGETS = ("observed", "truth", "observed-positives-true-negatives")
 DELTA = {"settings": {"delta_rel": 0.2}, "search": {"delta_rel": Range(0.05, 1.0, log=True)}}  # Delta in percent
 
 
+DENSE_STATE_BUDGET = 4 * 2**30  # bytes of per-entry state a scheme may keep: 4 GiB
+
+
+@dataclass(frozen=True)
+class DenseState:
+    """State a scheme keeps for every training entry (images x classes): what it is and its bytes per entry."""
+
+    what: str
+    bytes_per_entry: int
+
+
 @dataclass(frozen=True)
 class Scheme:
     """One training scheme. `settings` maps the TrainConfig fields it reads to their defaults (None: required,
-    or estimated where the scheme says how); `dense_state` says what per-entry state it keeps, if any (memory
-    that grows with images x classes, so it does not scale to OpenImages)."""
+    or estimated where the scheme says how); `dense_state` is the per-entry state it keeps, if any (memory that
+    grows with images x classes: refused above DENSE_STATE_BUDGET)."""
 
     name: str
     family: str
@@ -83,7 +94,7 @@ class Scheme:
     needs_expected_positives: bool = False
     settings: Mapping[str, Any] = field(default_factory=dict)
     search: Mapping[str, Range | Choice] = field(default_factory=dict)
-    dense_state: str | None = None
+    dense_state: DenseState | None = None
 
     @property
     def recipe_family(self) -> str:
@@ -117,7 +128,8 @@ _ENTRIES = (
         "are saved with the weights",
         needs_expected_positives=True,
         settings={"expected_positives": None},
-        dense_state="a label estimate per training entry (float32)",
+        # estimate logits, their gradient and Adam's two moments: 4 float32 an entry
+        dense_state=DenseState("a label estimate per training entry, with its gradient and Adam moments", 16),
     ),
     Scheme(
         "iu",
@@ -168,7 +180,9 @@ _ENTRIES = (
         "`pseudo_labels.csv` and checkpointed",
         settings={"em_alpha": 0.1, "em_beta": 0.9, "apl_warmup": 5},
         search={"em_alpha": Range(0.005, 0.5, log=True), "em_beta": Range(0.01, 1.0, log=True)},
-        dense_state="a pseudo-label flag and value per training entry",
+        # targets, pass probabilities and pseudo-label values (float32), flag (bool), epoch (int16), the pass's
+        # selection (an int64 sort index and a bool per entry)
+        dense_state=DenseState("the pass's scores and a pseudo-label flag, value and epoch per training entry", 24),
     ),
     Scheme(
         "gr",
@@ -241,6 +255,20 @@ def training_labels(scheme: Scheme, table: PartialLabelTable) -> LabelStore:
     return LabelStore.from_entries(*truth.shape, rows, cols, observed.lookup(rows, cols), fill=0)
 
 
+def check_dense_state(scheme: Scheme, n_rows: int, n_classes: int) -> None:
+    """Refuse, naming the schemes that scale, a scheme whose per-entry state would pass DENSE_STATE_BUDGET."""
+    if scheme.dense_state is None:
+        return
+    need = n_rows * n_classes * scheme.dense_state.bytes_per_entry
+    if need > DENSE_STATE_BUDGET:
+        scaling = ", ".join(name for name, s in SCHEMES.items() if s.dense_state is None)
+        raise WsmlError(
+            f"--scheme {scheme.name} keeps {scheme.dense_state.what}: {need / 2**30:.1f} GiB for {n_rows:,} train "
+            f"images x {n_classes:,} classes, over wsml's budget of {DENSE_STATE_BUDGET / 2**30:g} GiB; these "
+            f"schemes keep memory that grows with the labels only: {scaling}"
+        )
+
+
 def _expected_positives(scheme: Scheme, config: TrainConfig, table: PartialLabelTable, say: Reporter):
     if not scheme.needs_expected_positives or config.expected_positives is not None:
         return config.expected_positives
@@ -261,6 +289,7 @@ def scheme_parts(
 ) -> tuple[PartialLabelLoss, list[Callback]]:
     """The loss of `config.scheme` and the callbacks it needs, from its family's module."""
     scheme = get_scheme(config.scheme)
+    check_dense_state(scheme, train_labels.n_rows, train_labels.n_classes)
     expected = _expected_positives(scheme, config, table, say)
     context = SchemeContext(config, table, train_labels, run, say, expected, score_train)
     module = importlib.import_module(f"wsml_fast.schemes.{FAMILIES[scheme.family].module}")
