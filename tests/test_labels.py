@@ -68,7 +68,7 @@ def test_missing_file_is_named(tmp_path: Path) -> None:
 def test_truth_is_aligned_by_image_and_must_be_complete(tmp_path: Path) -> None:
     observed = read_label_csv(write(tmp_path / "observed.csv", "image,cat,dog\na.png,1,\nb.png,,1\n"))
     truth = read_label_csv(write(tmp_path / "truth.csv", "image,cat,dog\nb.png,1,1\na.png,1,0\n"), complete=True)
-    np.testing.assert_array_equal(align_truth(observed, truth), [[1, 0], [1, 1]])
+    np.testing.assert_array_equal(align_truth(observed, truth).to_dense(), [[1, 0], [1, 1]])
     with pytest.raises(WsmlError, match="is not 1 or 0"):
         read_label_csv(write(tmp_path / "t2.csv", "image,cat,dog\na.png,1,\n"), complete=True)
 

@@ -78,7 +78,7 @@ def load_table(
     observed = read_label_csv(source.observed_csv)
     truth = None
     if source.truth_csv is not None:
-        truth = align_truth(observed, read_label_csv(source.truth_csv, complete=True))
+        truth = align_truth(observed, read_label_csv(source.truth_csv, complete=True)).to_dense()  # transitional
     notes = []
     splits = observed.splits
     if splits is None:
