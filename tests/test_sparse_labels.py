@@ -14,6 +14,7 @@ import wsml_fast.labels as labels
 from wsml_fast.errors import WsmlError
 from wsml_fast.labels import align_truth, read_label_csv, write_label_csv
 from wsml_fast.labelstore import LabelStore
+from wsml_fast.prepare import prepare_dataset
 
 U = -1.0
 DENSE_BYTES = 20_000 * 9_600 * 4  # a float32 matrix of the large fixtures: 768 MB
@@ -234,3 +235,22 @@ def test_large_compact_file_reads_and_writes_without_a_dense_matrix(tmp_path: Pa
     # row 1: c7 and c14 positive, c19 negative; row 1000: c7000 and c3401 positive (class order), c7402 negative
     assert again.read_text().splitlines()[2] == "1.png,train,c7|c14,c19"
     assert again.read_text().splitlines()[1001] == "1000.png,train,c3401|c7000,c7402"
+
+
+def test_prepare_openimages_writes_the_compact_form_without_a_dense_matrix(tmp_path: Path) -> None:
+    """20,000 images x 9,600 classes through every step of `wsml prepare openimages`."""
+    root = tmp_path / "oi"
+    (root / "train").mkdir(parents=True)
+    write(root / "class-descriptions.csv", "".join(f"/m/{i},Class {i}\n" for i in range(9_600)))
+    lines = ["ImageID,Source,LabelName,Confidence"]
+    for i in range(20_000):
+        (root / "train" / f"{i:05d}.jpg").touch()
+        lines += [f"{i:05d},verification,/m/{i * 7 % 9600},1", f"{i:05d},verification,/m/{(i * 17 + 2) % 9600},0"]
+    write(root / "train" / "train-annotations-human-imagelabels.csv", "\n".join(lines) + "\n")
+    summary, peak = traced_peak(lambda: prepare_dataset("openimages", root, tmp_path / "out", log=lambda _: None))
+    assert peak < LIMIT
+    assert summary.images == {"train": 16_000, "valid": 4_000, "test": 0} and summary.classes == 9_600
+    table = read_label_csv(tmp_path / "out" / "observed.csv")
+    row = table.images.index("train/00123.jpg")
+    assert table.store.lookup(np.array([row, row, row]), np.array([861, 2093, 5])).tolist() == [1, 0, -1]
+    assert len(table.store.keys) == 40_000
