@@ -4,6 +4,7 @@ file lines of errors across chunks, round trips, and memory that follows the ent
 from __future__ import annotations
 
 import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -155,7 +156,9 @@ def test_compact_errors_name_the_line_in_any_chunk(tmp_path: Path, chunk_cells: 
 def test_compact_file_is_written_from_the_store(tmp_path: Path) -> None:
     store = LabelStore.from_entries(3, 3, np.array([0, 0, 2, 0]), np.array([2, 0, 1, 1]), np.array([1, 1, 1, 0]), -1)
     path = tmp_path / "out" / "observed.csv"
-    write_label_csv(path, ["a.png", "b.png", "c.png"], ["train", "valid", "test"], ["x", "y, z", "w"], store, True)
+    write_label_csv(
+        path, ["a.png", "b.png", "c.png"], ["train", "valid", "test"], ["x", "y, z", "w"], store, compact=True
+    )
     assert path.read_text().splitlines() == [
         "image,split,positives,negatives",
         'a.png,train,x|w,"y, z"',
@@ -203,7 +206,8 @@ def test_stack_puts_rows_one_after_the_other() -> None:
 # ---------------------------------------------------------------- memory follows the entries
 
 
-def traced_peak(run) -> tuple[object, int]:
+def traced_peak(run: Callable[[], object]) -> tuple[object, int]:
+    """What `run()` returns, and the peak of the memory traced while it ran."""
     tracemalloc.start()
     try:
         result = run()
