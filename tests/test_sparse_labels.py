@@ -44,7 +44,7 @@ def test_wide_observed_lists_positives_and_negatives_over_unobserved(tmp_path: P
     assert entries(table.store) == [(0, 0, 1), (0, 2, 0), (1, 0, 0), (1, 1, 1), (3, 0, 0), (3, 1, 1)]
     assert table.images == ["a.png", "b.png", "c.png", "d.png"]
     assert table.splits.tolist() == ["train", "valid", "test", "train"]
-    np.testing.assert_array_equal(table.matrix, [[1, U, 0], [0, 1, U], [U, U, U], [0, 1, U]])
+    np.testing.assert_array_equal(table.store.to_dense(), [[1, U, 0], [0, 1, U], [U, U, U], [0, 1, U]])
 
 
 def test_truth_lists_its_positives_over_zero(tmp_path: Path, chunk_cells: int) -> None:
@@ -52,7 +52,7 @@ def test_truth_lists_its_positives_over_zero(tmp_path: Path, chunk_cells: int) -
     table = read_label_csv(write(tmp_path / "truth.csv", text), complete=True)
     assert table.store.fill == 0 and table.splits is None
     assert entries(table.store) == [(0, 0, 1), (2, 0, 1), (2, 1, 1)]
-    np.testing.assert_array_equal(table.matrix, [[1, 0], [0, 0], [1, 1]])
+    np.testing.assert_array_equal(table.store.to_dense(), [[1, 0], [0, 0], [1, 1]])
 
 
 def test_compact_lists_with_negatives_spaces_repeats_and_blank_lines(tmp_path: Path, chunk_cells: int) -> None:
@@ -71,7 +71,7 @@ def test_compact_lists_with_negatives_spaces_repeats_and_blank_lines(tmp_path: P
     assert table.store.fill == -1
     assert entries(table.store) == [(0, 0, 1), (0, 1, 0), (0, 2, 1), (2, 0, 0), (2, 2, 0), (2, 3, 1), (3, 1, 1)]
     assert table.splits.tolist() == ["train", "train", "valid", "test"]
-    np.testing.assert_array_equal(table.matrix, [[1, 0, 1, U], [U, U, U, U], [0, U, 0, 1], [U, 1, U, U]])
+    np.testing.assert_array_equal(table.store.to_dense(), [[1, 0, 1, U], [U, U, U, U], [0, U, 0, 1], [U, 1, U, U]])
 
 
 def test_header_only_files_have_no_rows(tmp_path: Path) -> None:
