@@ -67,7 +67,7 @@ def test_rows_longer_than_the_header_are_refused_not_shifted(tmp_path: Path) -> 
 
 def test_short_rows_leave_their_last_cells_empty(tmp_path: Path) -> None:
     path = write(tmp_path / "observed.csv", "image,split,cat,dog\na.png,train,1\nb.png,train,0,1\n")
-    np.testing.assert_array_equal(read_label_csv(path).matrix, [[1, U], [0, 1]])
+    np.testing.assert_array_equal(read_label_csv(path).store.to_dense(), [[1, U], [0, 1]])
     with pytest.raises(WsmlError, match="line 2 .*column 'dog': '' is not 1 or 0"):
         read_label_csv(path, complete=True)
 
@@ -107,7 +107,7 @@ def test_negatives_alone_is_the_compact_form(tmp_path: Path) -> None:
     path = write(tmp_path / "observed.csv", "image,split,negatives\na.png,train,dog\n")
     table = read_label_csv(path)
     assert table.classes == ["cat", "dog"]
-    np.testing.assert_array_equal(table.matrix, [[U, 0]])
+    np.testing.assert_array_equal(table.store.to_dense(), [[U, 0]])
 
 
 def test_truth_csv_header_is_checked_too(tmp_path: Path) -> None:

@@ -28,7 +28,7 @@ def test_prepare_a_full_label_csv_then_train_on_it(demo_folder: Path, tmp_path: 
     assert result.exit_code == 0, result.output
     assert f"wsml train --data {out}" in result.output
     observed = read_label_csv(out / "observed.csv")
-    train = observed.matrix[observed.splits == "train"]
+    train = observed.store.to_dense()[observed.splits == "train"]
     assert ((train == 1).sum(1) <= 1).all() and (train == -1).any()  # single positive, rest unobserved
     assert len(observed.images) == len(full)
     trained = invoke("train", "--data", out, *TINY, "--epochs", "1", "--out", tmp_path / "run")

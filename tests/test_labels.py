@@ -16,7 +16,7 @@ def test_wide_form_keeps_unobserved_apart_from_negatives(tmp_path: Path) -> None
     assert table.images == ["a.png", "b.png", "c.png"]
     assert table.classes == ["cat", "dog"]
     assert list(table.splits) == ["train", "valid", "test"]
-    np.testing.assert_array_equal(table.matrix, [[1, U], [0, 1], [U, U]])
+    np.testing.assert_array_equal(table.store.to_dense(), [[1, U], [0, 1], [U, U]])
 
 
 def test_compact_form_reads_class_lists(tmp_path: Path) -> None:
@@ -25,7 +25,7 @@ def test_compact_form_reads_class_lists(tmp_path: Path) -> None:
         tmp_path / "observed.csv", "image,split,positives,negatives\na.png,train,cat|bird,dog\nb.png,train,,\n"
     )
     table = read_label_csv(path)
-    np.testing.assert_array_equal(table.matrix, [[1, 0, 1], [U, U, U]])
+    np.testing.assert_array_equal(table.store.to_dense(), [[1, 0, 1], [U, U, U]])
 
 
 def test_write_then_read_round_trips_both_forms(tmp_path: Path) -> None:
@@ -33,7 +33,7 @@ def test_write_then_read_round_trips_both_forms(tmp_path: Path) -> None:
     for compact in (False, True):
         path = tmp_path / f"{compact}" / "observed.csv"
         write_label_csv(path, ["a.png", "b.png"], ["train", "test"], ["x", "y", "z"], matrix, compact=compact)
-        np.testing.assert_array_equal(read_label_csv(path).matrix, matrix)
+        np.testing.assert_array_equal(read_label_csv(path).store.to_dense(), matrix)
 
 
 @pytest.mark.parametrize(
@@ -68,7 +68,7 @@ def test_missing_file_is_named(tmp_path: Path) -> None:
 def test_truth_is_aligned_by_image_and_must_be_complete(tmp_path: Path) -> None:
     observed = read_label_csv(write(tmp_path / "observed.csv", "image,cat,dog\na.png,1,\nb.png,,1\n"))
     truth = read_label_csv(write(tmp_path / "truth.csv", "image,cat,dog\nb.png,1,1\na.png,1,0\n"), complete=True)
-    np.testing.assert_array_equal(align_truth(observed, truth), [[1, 0], [1, 1]])
+    np.testing.assert_array_equal(align_truth(observed, truth).to_dense(), [[1, 0], [1, 1]])
     with pytest.raises(WsmlError, match="is not 1 or 0"):
         read_label_csv(write(tmp_path / "t2.csv", "image,cat,dog\na.png,1,\n"), complete=True)
 

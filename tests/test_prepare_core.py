@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 
 from wsml_fast.errors import WsmlError
-from wsml_fast.labels import read_label_csv
+from wsml_fast.labels import read_label_csv, write_label_csv
+from wsml_fast.labelstore import LabelStore
 from wsml_fast.prepare import prepare_dataset
-from wsml_fast.prepare.compact import write_compact_csv
 from wsml_fast.prepare.images import missing_images
 from wsml_fast.prepare.observe import ObservedSpec, parse_observed, simulate_observed
-from wsml_fast.prepare.source import SparseLabels, stack_rows
+from wsml_fast.prepare.source import positives_per_row, stack_rows, take_rows
 from wsml_fast.prepare.splits import split_train_valid
 
 TRUTH = np.array(
@@ -132,16 +132,24 @@ def test_missing_images_by_listing(tmp_path):
 
 
 def test_sparse_rows_and_compact_round_trip(tmp_path):
-    one = SparseLabels(2, np.array([0, 1, 1]), np.array([2, 0, 1]), np.array([1, 1, 0], dtype=np.float32))
-    two = SparseLabels(1, np.array([0]), np.array([1]), np.array([0], dtype=np.float32))
+    one = LabelStore.from_entries(2, 3, np.array([0, 1, 1]), np.array([2, 0, 1]), np.array([1, 1, 0]), -1)
+    two = LabelStore.from_entries(1, 3, np.array([0]), np.array([1]), np.array([0]), -1)
     both = stack_rows([one, two])
     expected = np.array([[-1, -1, 1], [1, 0, -1], [-1, 0, -1]], dtype=np.float32)
-    np.testing.assert_array_equal(both.dense(3), expected)
-    np.testing.assert_array_equal(both.take(np.array([2, 0])).dense(3), expected[[2, 0]])
-    write_compact_csv(tmp_path / "observed.csv", ["p", "q", "r"], ["train", "valid", "test"], ["A", "B", "C"], both)
-    back = read_label_csv(tmp_path / "observed.csv")
+    np.testing.assert_array_equal(both.to_dense(), expected)
+    np.testing.assert_array_equal(take_rows(both, np.array([2, 0])).to_dense(), expected[[2, 0]])
+    assert positives_per_row(both).tolist() == [1, 1, 0]
+    path = tmp_path / "observed.csv"
+    write_label_csv(path, ["p", "q", "r"], ["train", "valid", "test"], ["A", "B", "C"], both, compact=True)
+    assert path.read_text().splitlines() == [
+        "image,split,positives,negatives",
+        "p,train,C,",
+        "q,valid,A,B",
+        "r,test,,B",
+    ]
+    back = read_label_csv(path)
     assert back.classes == ["A", "B", "C"] and back.images == ["p", "q", "r"]
-    np.testing.assert_array_equal(back.matrix, expected)
+    np.testing.assert_array_equal(back.store.to_dense(), expected)
 
 
 def _csv_dataset(tmp_path, rows: int = 5):

@@ -85,10 +85,10 @@ def test_voc(tmp_path, level):
         _voc_row(sheep=1),
         _voc_row(tvmonitor=1),
     ]
-    np.testing.assert_array_equal(truth.matrix, np.array(rows))
+    np.testing.assert_array_equal(truth.store.to_dense(), np.array(rows))
     for i in range(3):
-        _assert_single_positive(observed.matrix[i], rows[i])
-    np.testing.assert_array_equal(observed.matrix[3:], np.array(rows[3:]))
+        _assert_single_positive(observed.store.to_dense()[i], rows[i])
+    np.testing.assert_array_equal(observed.store.to_dense()[3:], np.array(rows[3:]))
     assert summary.images == {"train": 3, "valid": 1, "test": 2} and summary.classes == 20
     assert (tmp_path / "out" / "images").is_symlink()
     assert (tmp_path / "out" / "images" / "2008_000010.jpg").is_file()
@@ -142,10 +142,10 @@ def test_coco(tmp_path):
     ]
     assert observed.splits.tolist() == ["train"] * 3 + ["valid", "test", "test"]
     rows = [[1, 0, 0], [0, 1, 1], [0, 0, 1], [1, 1, 0], [1, 0, 0], [0, 1, 1]]
-    np.testing.assert_array_equal(truth.matrix, np.array(rows))
-    np.testing.assert_array_equal(observed.matrix[[0, 2]], [[1, E, E], [E, E, 1]])
-    _assert_single_positive(observed.matrix[1], rows[1])
-    np.testing.assert_array_equal(observed.matrix[3:], np.array(rows[3:]))
+    np.testing.assert_array_equal(truth.store.to_dense(), np.array(rows))
+    np.testing.assert_array_equal(observed.store.to_dense()[[0, 2]], [[1, E, E], [E, E, 1]])
+    _assert_single_positive(observed.store.to_dense()[1], rows[1])
+    np.testing.assert_array_equal(observed.store.to_dense()[3:], np.array(rows[3:]))
     assert "instances_train2014.json: dropped 1 images without annotations" in logs
     assert summary.mean_positives == pytest.approx(9 / 6)
     images = tmp_path / "out" / "images"
@@ -212,10 +212,10 @@ def test_nuswide(tmp_path):
     assert observed.classes == ["sky", "animal", "water"]
     assert observed.images == NUS_IMAGES
     rows = [[0, 0, 0], [1, 0, 1], [1, 0, 0], [0, 1, 0], [1, 0, 0], [0, 1, 0]]
-    np.testing.assert_array_equal(truth.matrix, np.array(rows))
-    np.testing.assert_array_equal(observed.matrix[[0, 2]], [[E, E, E], [1, E, E]])
-    _assert_single_positive(observed.matrix[1], rows[1])
-    np.testing.assert_array_equal(observed.matrix[3:], np.array(rows[3:]))
+    np.testing.assert_array_equal(truth.store.to_dense(), np.array(rows))
+    np.testing.assert_array_equal(observed.store.to_dense()[[0, 2]], [[E, E, E], [1, E, E]])
+    _assert_single_positive(observed.store.to_dense()[1], rows[1])
+    np.testing.assert_array_equal(observed.store.to_dense()[3:], np.array(rows[3:]))
     assert summary.without_positives == 1 and summary.mean_positives == pytest.approx(1.0)
 
 
@@ -262,11 +262,11 @@ def test_cub(tmp_path, layout):
     order = [1, 3, 4, 5, 2]
     assert observed.images == [CUB_PATHS[i] for i in order]
     assert observed.splits.tolist() == ["train"] * 3 + ["valid", "test"]
-    np.testing.assert_array_equal(truth.matrix, np.array([CUB_TRUTH[i] for i in order]))
-    np.testing.assert_array_equal(observed.matrix[1], [E, E, 1])
+    np.testing.assert_array_equal(truth.store.to_dense(), np.array([CUB_TRUTH[i] for i in order]))
+    np.testing.assert_array_equal(observed.store.to_dense()[1], [E, E, 1])
     for row in (0, 2):
-        _assert_single_positive(observed.matrix[row], CUB_TRUTH[order[row]])
-    np.testing.assert_array_equal(observed.matrix[3:], [CUB_TRUTH[5], CUB_TRUTH[2]])
+        _assert_single_positive(observed.store.to_dense()[row], CUB_TRUTH[order[row]])
+    np.testing.assert_array_equal(observed.store.to_dense()[3:], [CUB_TRUTH[5], CUB_TRUTH[2]])
     assert summary.classes == 3
 
 
@@ -318,7 +318,7 @@ def test_openimages(tmp_path, header, v6):
     assert observed.images == ["train/a1.jpg", "train/b2.jpg", "train/c3.jpg", "validation/v1.jpg"]
     assert observed.splits.tolist() == ["train"] * 3 + ["valid"]
     expected = [[1, 1, E, E, E], [E, 1, 0, E, E], [E, E, E, 0, E], [1, E, E, E, 0]]
-    np.testing.assert_array_equal(observed.matrix, np.array(expected))
+    np.testing.assert_array_equal(observed.store.to_dense(), np.array(expected))
     assert any("1 labels listed with both confidences; kept them positive" in m for m in logs)
     assert summary.images == {"train": 3, "valid": 1, "test": 0}
     assert summary.without_positives == 1 and summary.mean_positives == pytest.approx(1.0)
@@ -364,8 +364,8 @@ def test_npy_with_given_observed_labels(tmp_path):
     assert observed.classes == ["class_0", "class_1", "class_2"]
     assert observed.images == ["x/a.jpg", "x/b.jpg", "x/c.jpg", "x/d.jpg", "y/e.jpg", "y/f.jpg"]
     expected = [[E, 0, 1], [E, 1, E], [1, E, E], [0, 0, 1], [0, 1, 1], [1, 0, 0]]
-    np.testing.assert_array_equal(observed.matrix, np.array(expected))
-    np.testing.assert_array_equal(truth.matrix, np.concatenate([NPY_TRAIN, NPY_VAL]))
+    np.testing.assert_array_equal(observed.store.to_dense(), np.array(expected))
+    np.testing.assert_array_equal(truth.store.to_dense(), np.concatenate([NPY_TRAIN, NPY_VAL]))
     assert any("using the given formatted_train observed labels" in m for m in logs)
 
 
@@ -383,7 +383,7 @@ def test_npy_reference_protocol_end_to_end(tmp_path):
         rs.shuffle(np.flatnonzero(row == 0))
         chosen.append(positives[0])
     for i, column in enumerate(chosen):
-        assert np.flatnonzero(observed.matrix[i] != E).tolist() == [column]
+        assert np.flatnonzero(observed.store.to_dense()[i] != E).tolist() == [column]
 
 
 def test_npy_errors(tmp_path):
@@ -405,8 +405,8 @@ def test_csv_with_own_splits(tmp_path):
     observed, truth, summary, _ = _convert("csv", path, tmp_path / "out", image_root=tmp_path / "pics")
     assert observed.images == ["a.png", "c.png", "b.png"]
     assert observed.splits.tolist() == ["train", "valid", "test"]
-    np.testing.assert_array_equal(observed.matrix, [[1, E], [1, 1], [0, 1]])
-    np.testing.assert_array_equal(truth.matrix, [[1, 0], [1, 1], [0, 1]])
+    np.testing.assert_array_equal(observed.store.to_dense(), [[1, E], [1, 1], [0, 1]])
+    np.testing.assert_array_equal(truth.store.to_dense(), [[1, 0], [1, 1], [0, 1]])
 
 
 def test_csv_errors(tmp_path):

@@ -16,6 +16,7 @@ same layout serves on the device, where `DeviceLabels` makes a batch's rows dens
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,6 +60,17 @@ class LabelStore:
         matrix = np.asarray(matrix)
         rows, cols = np.nonzero(matrix != fill)
         return cls.from_entries(*matrix.shape, rows, cols, matrix[rows, cols], fill)
+
+    @classmethod
+    def stack(cls, parts: Sequence[LabelStore]) -> LabelStore:
+        """The rows of `parts` one after the other: a file read in chunks, or splits put back together."""
+        first = parts[0]
+        if any(p.n_classes != first.n_classes or p.fill != first.fill for p in parts):
+            raise ValueError("stacked stores must have the same classes and fill")
+        rows = np.cumsum([0] + [p.n_rows for p in parts], dtype=np.int64)
+        keys = np.concatenate([p.keys + row * first.n_classes for p, row in zip(parts, rows[:-1], strict=True)])
+        values = np.concatenate([p.values for p in parts])
+        return cls(int(rows[-1]), first.n_classes, keys, values, first.fill)
 
     @property
     def shape(self) -> tuple[int, int]:

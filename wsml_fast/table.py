@@ -89,8 +89,8 @@ def load_table(
     observed = read_label_csv(source.observed_csv)
     truth = None
     if source.truth_csv is not None:
-        truth = LabelStore.from_dense(align_truth(observed, read_label_csv(source.truth_csv, complete=True)), 0)
-    labels = LabelStore.from_dense(observed.matrix, -1)
+        truth = align_truth(observed, read_label_csv(source.truth_csv, complete=True))
+    labels = observed.store
     notes = []
     splits = observed.splits
     if splits is None:

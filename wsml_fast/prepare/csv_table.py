@@ -27,8 +27,9 @@ def read(root: Path, image_root: Path | None) -> Source:
         )
     table = read_label_csv(path, complete=True)
     splits = table.splits if table.splits is not None else np.full(len(table.images), "train", dtype=object)
+    truth = table.store.to_dense()  # partial labels are simulated on the full matrix
     parts = {
-        split: Part([table.images[i] for i in index], truth=table.matrix[index])
+        split: Part([table.images[i] for i in index], truth=truth[index])
         for split in SPLITS
         if (index := np.flatnonzero(splits == split)).size
     }

