@@ -4,6 +4,7 @@
     PYTHONPATH=. python benchmarks/scale.py --rows 100000 --no-images --folder /tmp/wsml-scale --keep
     PYTHONPATH=. python benchmarks/scale.py --rows 1700000 --folder /tmp/wsml-scale --reuse
     PYTHONPATH=. python benchmarks/scale.py --demo                   # the demo's small wide files
+    PYTHONPATH=. python benchmarks/scale.py --step-share             # the large-loss work at B = 64, C = 9,600
 
 A dataset folder per size: N rows x 9,600 classes in the compact form (observed.csv and classes.txt), about 8
 observed entries a row whose classes follow Zipf-like frequencies (a few head classes are common, most are
@@ -14,6 +15,17 @@ Each measurement runs in a fresh child process, so that one does not inherit the
 time of the call, peak resident memory of the process during the call (Linux's VmHWM, reset after the
 imports) and its resident memory just before the call (the interpreter with torch and pandas imported);
 the difference is what the call itself needed at its peak.
+
+`wsml train` to its first batch: the real command (`--no-check-images`, tf_efficientnet_lite0 at 64 px,
+batch 64, one epoch) in a child process, for an, llr and llcp, stopped at the start of its first training batch:
+seconds from the command's start (the imports included) and peak resident memory of the main process, next to
+the same command on a 1,000-row dataset of the same classes (what the model, the optimizer and the imports take
+without labels to speak of).
+
+`--step-share`: the large-loss work of one batch (the callback's LL-Cp overlay of stored corrections, the AN
+losses, the top-k selection, the replaced loss and its backward to the logits, the corrections' bookkeeping)
+against a whole training step of the same batch (forward, AN loss, backward, Adam), medians. The backward of the
+replaced loss is counted whole, although AN's own loss has one too: an upper bound of the added cost.
 """
 
 from __future__ import annotations
@@ -36,6 +48,8 @@ from wsml_fast.labelstore import LabelStore
 
 SIZES = (100_000, 1_700_000)
 LOADS = ("read_label_csv", "load_table")
+FIRST_BATCH_SCHEMES = ("an", "llr", "llcp")
+BASELINE_ROWS = 1_000  # a dataset of the same classes whose labels take no memory to speak of
 CLASSES = 9_600
 PER_ROW = 8.0  # observed entries a row, on average, before repeats within a row are merged
 ZIPF = 1.0  # class frequency ~ 1 / rank ** ZIPF
@@ -147,12 +161,47 @@ def _child(what: str, folder: Path) -> None:
     print(json.dumps(figures | {"rows": rows}))
 
 
+def _first_batch_child(scheme: str, folder: Path, started: float) -> None:
+    """Run `wsml train` on `folder` and print its figures as JSON at its first training batch (this is the child
+    process; `started` is the wall clock when the parent launched it)."""
+    from fastai.callback.core import Callback
+
+    import wsml_fast.train as train_module
+    from wsml_fast.cli import main
+
+    imported = time.time() - started
+    build_learner = train_module.build_learner
+
+    class FirstBatch(Callback):
+        order = 99
+
+        def before_batch(self) -> None:
+            if self.learn.training:
+                figures = {"seconds": time.time() - started, "imports_s": imported, "peak_mb": _status_mb("VmHWM")}
+                print(json.dumps(figures), flush=True)
+                os._exit(0)
+
+    def with_first_batch(*args, **kwargs):
+        learn, data = build_learner(*args, **kwargs)
+        learn.add_cb(FirstBatch())
+        return learn, data
+
+    train_module.build_learner = with_first_batch
+    arguments = ["train", "--data", str(folder), "--scheme", scheme, "--no-check-images", "--img-size", "64"]
+    arguments += ["--bs", "64", "--epochs", "1", "--out", str(folder / "runs" / scheme)]
+    main(arguments)
+    print(json.dumps({"failed": "the run ended before its first training batch"}))
+
+
 def measure(what: str, folder: Path) -> dict:
-    """The figures of one load in a fresh process that imports this same copy of wsml_fast."""
+    """The figures of one load (or `first-batch:SCHEME`) in a fresh process that imports this copy of wsml_fast."""
     package_root = str(Path(wsml_fast.__file__).resolve().parent.parent)
     env = os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
     done = subprocess.run(
-        [sys.executable, __file__, "--child", what, str(folder)], env=env, capture_output=True, text=True
+        [sys.executable, __file__, "--child", what, str(folder), str(time.time())],
+        env=env,
+        capture_output=True,
+        text=True,
     )
     if done.returncode:
         return {"failed": f"exit {done.returncode}: {done.stderr.strip().splitlines()[-1:]}"}
@@ -169,7 +218,28 @@ def _say_load(what: str, figures: dict) -> str:
     )
 
 
-def run_size(folder: Path, rows: int, classes: int, images: bool, reuse: bool, loads: list[str]) -> None:
+def _say_first_batch(scheme: str, figures: dict, baseline: dict | None) -> str:
+    if "failed" in figures:
+        return f"  wsml train {scheme:5s} failed ({figures['failed']})"
+    over = f", +{figures['peak_mb'] - baseline['peak_mb']:.0f} MB over {BASELINE_ROWS:,} rows" if baseline else ""
+    return (
+        f"  wsml train {scheme:5s} first batch after {figures['seconds']:5.1f} s ({figures['imports_s']:.1f} s of "
+        f"imports) | peak RSS {figures['peak_mb']:6.0f} MB{over}"
+    )
+
+
+def first_batches(folder: Path, baseline: dict[str, dict] | None) -> dict[str, dict]:
+    """`wsml train` to its first batch on `folder`, for each scheme of FIRST_BATCH_SCHEMES."""
+    figures = {}
+    for scheme in FIRST_BATCH_SCHEMES:
+        figures[scheme] = measure(f"first-batch:{scheme}", folder)
+        print(_say_first_batch(scheme, figures[scheme], None if baseline is None else baseline[scheme]), flush=True)
+    return figures
+
+
+def run_size(
+    folder: Path, rows: int, classes: int, images: bool, reuse: bool, loads: list[str], baseline: dict | None
+) -> None:
     if not (reuse and (folder / "observed.csv").is_file()):
         shutil.rmtree(folder, ignore_errors=True)
         made = make_dataset(folder, rows, classes, images)
@@ -183,6 +253,78 @@ def run_size(folder: Path, rows: int, classes: int, images: bool, reuse: bool, l
     print(f"{folder / 'observed.csv'}: {size:.0f} MB")
     for what in loads:
         print(_say_load(what, measure(what, folder)), flush=True)
+    if baseline is not None:
+        first_batches(folder, baseline)
+
+
+def step_share(bs: int, classes: int, backbone: str, img_size: int, steps: int, corrections: int) -> None:
+    """Median seconds of a training step and of the large-loss work of one batch, for llr, llct and llcp."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from wsml_fast.losses import AssumeNegativeLoss
+    from wsml_fast.model import build_model
+    from wsml_fast.schemes import DELTA
+    from wsml_fast.schemes.large_loss import LargeLossCallback
+
+    torch.manual_seed(0)
+    rows = 1_700_000
+    delta_rel = DELTA["settings"]["delta_rel"]
+    model, _, _ = build_model(backbone, classes, pretrained=False, img_size=img_size)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    images = torch.rand(bs, 3, img_size, img_size)
+    targets = torch.full((bs, classes), -1.0)
+    observed = torch.randint(0, classes, (bs, 8))
+    targets.scatter_(1, observed, (torch.rand(bs, 8) < 0.8).float())
+    item_index = torch.randint(0, rows, (bs,))
+
+    def step() -> None:
+        loss = AssumeNegativeLoss().entry_losses(model(images), targets).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    step_s = _median_seconds(step, steps)
+    print(
+        f"B = {bs}, C = {classes:,}, {backbone} at {img_size} px, {torch.get_num_threads()} threads, Delta "
+        f"{delta_rel}%, epoch 3: training step {step_s * 1e3:.0f} ms (median of {steps})"
+    )
+    logits = torch.randn(bs, classes) - 3
+    stored = np.unique(np.random.default_rng(0).integers(0, rows * classes, corrections))
+    for scheme in ("llr", "llct", "llcp"):
+        callback = LargeLossCallback(scheme, delta_rel, classes, None, [], [], None)
+        learn = SimpleNamespace(training=True, item_index=item_index, model=model, yb=(targets,), pred=None)
+        learn.run_state = SimpleNamespace(epoch=3, active=True)
+        callback.learn = learn
+        callback.before_fit()
+        callback.before_epoch()
+        if callback.stored is not None:
+            callback.stored.keys = torch.from_numpy(stored)
+            callback.stored.epochs = torch.full((len(stored),), 2, dtype=torch.int16)
+
+        def work(callback: LargeLossCallback = callback, learn: SimpleNamespace = learn) -> None:
+            learn.yb, learn.pred = (targets,), logits.clone().requires_grad_()
+            callback.before_batch()
+            callback.after_loss()
+            learn.loss_grad.backward()
+            if callback.stored is not None:
+                callback.stored.new.clear()  # merged once an epoch: not part of a batch's cost
+
+        work_s = _median_seconds(work, steps * 10)
+        stored_note = f" ({len(stored):,} stored corrections)" if callback.stored is not None else ""
+        share = 100 * work_s / step_s
+        print(f"  {scheme}: large-loss work {work_s * 1e3:6.2f} ms = {share:.2f}% of the step{stored_note}")
+
+
+def _median_seconds(work, repeats: int) -> float:
+    work()  # warm-up
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        work()
+        times.append(time.perf_counter() - started)
+    return float(np.median(times))
 
 
 def demo_reads(repeats: int = 30) -> None:
@@ -211,17 +353,42 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true", help="measure datasets already in --folder")
     parser.add_argument("--loads", nargs="+", choices=LOADS, default=list(LOADS))
     parser.add_argument("--demo", action="store_true", help="only time reading the demo dataset's label files")
+    parser.add_argument("--no-train", action="store_true", help="skip `wsml train` to its first batch")
+    parser.add_argument("--step-share", action="store_true", help="only time the large-loss work against a step")
+    parser.add_argument("--bs", type=int, default=64, help="--step-share: batch size")
+    parser.add_argument("--backbone", default="tf_efficientnet_lite0", help="--step-share: backbone")
+    parser.add_argument("--img-size", type=int, default=224, help="--step-share: input size")
+    parser.add_argument("--steps", type=int, default=3, help="--step-share: training steps timed")
+    parser.add_argument(
+        "--corrections",
+        type=int,
+        default=26_000_000,
+        help="--step-share: LL-Cp's stored corrections (one epoch "
+        "of OpenImages at Delta 0.2%%: 1.36 M train rows / 64 x 1,229 a batch)",
+    )
     args = parser.parse_args()
     print(f"wsml_fast from {Path(wsml_fast.__file__).parent}")
     if args.demo:
         demo_reads()
         return
+    if args.step_share:
+        step_share(args.bs, args.classes, args.backbone, args.img_size, args.steps, args.corrections)
+        return
     base = args.folder or Path(tempfile.mkdtemp(prefix="wsml-scale-"))
     print(f"datasets in {base}")
+    baseline = None
+    if not args.no_train:
+        folder = base / f"rows-{BASELINE_ROWS}"
+        print(f"baseline: {BASELINE_ROWS:,} rows x {args.classes:,} classes")
+        try:
+            make_dataset(folder, BASELINE_ROWS, args.classes, not args.no_images)
+            baseline = first_batches(folder, None)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
     for rows in args.rows:
         folder = base / f"rows-{rows}"
         try:
-            run_size(folder, rows, args.classes, not args.no_images, args.reuse, args.loads)
+            run_size(folder, rows, args.classes, not args.no_images, args.reuse, args.loads, baseline)
         finally:
             if not args.keep:
                 shutil.rmtree(folder, ignore_errors=True)
@@ -230,7 +397,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--child"]:
+    if sys.argv[1:2] == ["--child"] and sys.argv[2].startswith("first-batch:"):
+        _first_batch_child(sys.argv[2].split(":")[1], Path(sys.argv[3]), float(sys.argv[4]))
+    elif sys.argv[1:2] == ["--child"]:
         _child(sys.argv[2], Path(sys.argv[3]))
     else:
         main()

@@ -193,24 +193,18 @@ def main() -> None:
     rows: dict[str, list[dict]] = {}
     refused: dict[str, str] = {}
     tmp = Path(tempfile.mkdtemp(prefix="wsml-schemes-"))
-    for run in args.runs:
-        try:
-            rows[run] = [run_scheme(run, seed, args, tmp) for seed in args.seeds]
-        except WsmlError as exc:  # e.g. iu without observed negatives: a row that says why
-            refused[run] = str(exc)
     command = "python benchmarks/schemes.py " + " ".join(
         f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
         for k, v in vars(args).items()
         if k not in ("out", "readme") and v is not None
     )
-    notes = "".join(f"\n`{scheme}` not run: {why}\n" for scheme, why in refused.items())
-    report = (
-        f"Demo dataset, {args.mode}, {args.epochs} epochs, seeds {args.seeds}, `{command}`\n\n{table(rows)}\n{notes}"
-    )
-    args.out.write_text(report)
+    for run in args.runs:
+        try:
+            rows[run] = [run_scheme(run, seed, args, tmp) for seed in args.seeds]
+        except WsmlError as exc:  # e.g. iu without observed negatives: a row that says why
+            refused[run] = str(exc)
+        report = write_report(args, command, rows, refused)  # after every scheme: a long run keeps what it did
     print(report)
-    if args.readme:
-        write_into_readme(args.readme, f"```bash\n{command}\n```\n\n{table(rows)}\n{notes}")
     if args.timing_repeats:
         an, llct, batches = step_time_ratio(args)
         ratio = (
@@ -219,6 +213,18 @@ def main() -> None:
         )
         args.out.write_text(f"{report}\n{ratio}\n")
         print(ratio)
+
+
+def write_report(args: argparse.Namespace, command: str, rows: dict[str, list[dict]], refused: dict[str, str]) -> str:
+    """The table so far into `--out` (and the README with `--readme`); returns the report."""
+    notes = "".join(f"\n`{scheme}` not run: {why}\n" for scheme, why in refused.items())
+    report = (
+        f"Demo dataset, {args.mode}, {args.epochs} epochs, seeds {args.seeds}, `{command}`\n\n{table(rows)}\n{notes}"
+    )
+    args.out.write_text(report)
+    if args.readme:
+        write_into_readme(args.readme, f"```bash\n{command}\n```\n\n{table(rows)}\n{notes}")
+    return report
 
 
 def write_into_readme(name: str, text: str) -> None:
