@@ -363,8 +363,8 @@ def main() -> None:
         "--corrections",
         type=int,
         default=26_000_000,
-        help="--step-share: LL-Cp's stored corrections (one epoch "
-        "of OpenImages at Delta 0.2%%: 1.36 M train rows / 64 x 1,229 a batch)",
+        help="--step-share: LL-Cp's stored corrections (one epoch at Delta 0.2%% of the 1.7 M-row set's 1.36 M "
+        "training rows: 1.36 M / 64 batches x 1,229 a batch)",
     )
     args = parser.parse_args()
     print(f"wsml_fast from {Path(wsml_fast.__file__).parent}")

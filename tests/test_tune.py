@@ -30,30 +30,34 @@ def tune(demo_folder: Path, out: Path, *args: str):
 
 
 def load(out: Path) -> optuna.Study:
-    return open_study(out, "wsml", None, 0, "median")
+    return open_study(out, "wsml", None, 0, "median", epochs=4)
 
 
 def test_a_tiny_study_prunes_a_clearly_worse_trial_and_writes_a_recipe_that_reruns(
     demo_folder: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "tune"
-    first = tune(demo_folder, out, "--trials", "1")
+    first = tune(demo_folder, out, "--trials", "1", "--epochs", "4")
     assert first.exit_code == 0, first.output
     real = load(out).trials[0]
     study = load(out)
-    for _ in range(2):  # two trials far better at every epoch: the next real one is clearly worse
+    for _ in range(5):  # five trials far better at every epoch: the next real one is clearly worse
         better = optuna.trial.create_trial(  # (a final value of 0: the pruner reads the epochs' values alone)
-            params=real.params, distributions=real.distributions, value=0.0, intermediate_values={1: 99.0, 2: 99.0}
+            params=real.params,
+            distributions=real.distributions,
+            value=0.0,
+            intermediate_values=dict.fromkeys(range(1, 5), 99.0),
         )
         study.add_trial(better)
-    result = tune(demo_folder, out, "--trials", "4")
+    result = tune(demo_folder, out, "--trials", "7", "--epochs", "4")
     assert result.exit_code == 0, result.output
-    assert "3 of 4 trials done" in result.output and "pruned after epoch 1" in result.output
+    assert "6 of 7 trials done" in result.output and "pruned after epoch 2" in result.output
     trials = pd.read_csv(out / "trials.csv")
-    assert trials["state"].tolist() == ["complete", "complete", "complete", "pruned"]
-    pruned = out / "trial-0003"
-    assert "pruned after epoch 1" in json.loads((pruned / "results.json").read_text())["status"]
-    assert len(pd.read_csv(pruned / "metrics.csv")) == 1  # the run stopped after its first epoch
+    assert trials["state"].tolist() == ["complete"] * 6 + ["pruned"]
+    pruned = out / "trial-0006"
+    assert "pruned after epoch 2" in json.loads((pruned / "results.json").read_text())["status"]
+    # judged from half its epochs on: worse at epoch 1 already, it ran on to epoch 2 and stopped there
+    assert len(pd.read_csv(pruned / "metrics.csv")) == 2
     assert json.loads((pruned / "results.json").read_text())["test_map"] is None  # trials never see the test split
     best = json.loads((out / "best.json").read_text())
     assert best["trial"] == 0 and best["test_map"] is not None and (out / "tune.png").stat().st_size > 1000

@@ -356,9 +356,8 @@ def tune(
         raise WsmlError(f"--out {folder}: is a file, not a folder")
     folder.mkdir(parents=True, exist_ok=True)
     space = read_space(search) if search else {}
-    tuner = Tuner(
-        configs.__getitem__, source, names, space, folder, open_study(folder, study, storage, first.seed, pruner)
-    )
+    opened = open_study(folder, study, storage, first.seed, pruner, first.epochs)
+    tuner = Tuner(configs.__getitem__, source, names, space, folder, opened)
     seconds = parse_duration(timeout) if timeout else None
     _with_signals(lambda stop: run_study(tuner, trials, seconds, stop))
 
