@@ -99,3 +99,14 @@ def test_a_process_that_dies_takes_the_run_down_and_resume_continues(demo_folder
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "after epoch 1 of 3" in resumed.stdout
     assert pd.read_csv(tmp_path / "run" / "metrics.csv")["epoch"].tolist() == [1, 2, 3]
+
+
+def test_bf16_mixed_precision_trains_under_two_processes(demo_folder: Path, tmp_path: Path) -> None:
+    args = ["--data", demo_folder, "--backbone", "test_efficientnet", "--no-pretrained", "--img-size", "32"]
+    args += ["--bs", "8", "--epochs", "2", "--scheme", "llct", "--precision", "bf16", "--out", tmp_path / "run"]
+    result = torchrun("train", *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "cpu bf16" in result.stdout and "global batch 8 x 2 = 16" in result.stdout
+    metrics = pd.read_csv(tmp_path / "run" / "metrics.csv")
+    assert metrics["epoch"].tolist() == [1, 2] and np.isfinite(metrics["train_loss"]).all()
+    assert metrics["ll_selected"].iloc[-1] > 0  # the selection over the global batch ran on bf16 logits
