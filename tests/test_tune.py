@@ -20,7 +20,7 @@ from wsml_fast.config import resolve
 from wsml_fast.schemes import Choice
 from wsml_fast.sources import from_folder
 from wsml_fast.stopping import RunInterrupted, StopRequest
-from wsml_fast.tune import JOURNAL, Tuner, open_study, run_study
+from wsml_fast.tune import JOURNAL, Tuner, open_study, run_study, study_bar
 
 TINY = ["--backbone", "test_efficientnet", "--no-pretrained", "--img-size", "32", "--epochs", "2"]
 
@@ -138,3 +138,9 @@ def test_two_processes_share_one_study(demo_folder: Path, tmp_path: Path) -> Non
     assert len(set(runs)) == 4 and all((Path(run) / "results.json").is_file() for run in runs)
     pids = {t.user_attrs["pid"] for t in done}
     assert len(pids) == 2  # both processes ran trials of the one study
+
+
+def test_the_study_bar_fills_with_the_finished_trials() -> None:
+    assert study_bar(0, 30) == "[" + "-" * 24 + "] 0/30"
+    assert study_bar(15, 30) == "[" + "#" * 12 + "-" * 12 + "] 15/30"
+    assert study_bar(31, 30) == "[" + "#" * 24 + "] 31/30"  # other processes may finish past the total

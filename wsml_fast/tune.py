@@ -16,6 +16,7 @@ import io
 import json
 import os
 import socket
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -320,6 +321,12 @@ def _line(trial: optuna.trial.FrozenTrial, count: int, total: int) -> str:
     return f"trial {trial.number} | {settings} | {value or note} | {state} ({count} of {total} done)"
 
 
+def study_bar(count: int, total: int, width: int = 24) -> str:
+    """`[#########---------------] 9/24`: the study's progress, put before each trial's line on a terminal."""
+    filled = min(width, width * count // max(total, 1))
+    return f"[{'#' * filled}{'-' * (width - filled)}] {count}/{total}"
+
+
 def run_study(
     tuner: Tuner, trials: int, timeout: float | None, stop: StopRequest | None = None
 ) -> dict[str, Any] | None:
@@ -334,7 +341,11 @@ def run_study(
         """A line per finished trial; stop when the study's total is reached, counting the trials other
         processes are running (so that together they run `trials`, none twice), or when asked to."""
         count = finished(study)
-        tuner.say(_line(trial, count, trials))
+        tuner.say(
+            f"{study_bar(count, trials)} {_line(trial, count, trials)}"
+            if sys.stdout.isatty()
+            else _line(trial, count, trials)
+        )
         write_trials(tuner.folder, trial_rows(study))
         running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
         if count + running >= trials or (tuner.stop is not None and tuner.stop()):
