@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import StopAfter
 from PIL import Image
 from test_cli import TINY, error_of, invoke
 
@@ -22,7 +23,7 @@ from wsml_fast.config import resolve
 from wsml_fast.errors import WsmlError
 from wsml_fast.runfolder import RunFolder
 from wsml_fast.sources import from_folder
-from wsml_fast.stopping import RunInterrupted, StopRequest
+from wsml_fast.stopping import RunInterrupted
 from wsml_fast.train import train
 
 
@@ -61,20 +62,6 @@ def config_for(demo_folder: Path, out: Path, **values) -> tuple:
     cli = {"data": str(demo_folder), "backbone": "test_efficientnet", "pretrained": False, "img_size": 32}
     cli |= {"bs": 16, "epochs": 2, "out": str(out), **values}
     return resolve(None, None, cli), from_folder(demo_folder)
-
-
-class StopAfter(StopRequest):
-    """A SIGTERM that arrives after `batches` batch boundaries."""
-
-    def __init__(self, batches: int) -> None:
-        super().__init__()
-        self.left = batches
-
-    def __call__(self) -> bool:
-        self.left -= 1
-        if self.left < 0:
-            self.signum = signal.SIGTERM
-        return super().__call__()
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -13,13 +12,13 @@ import optuna
 import pandas as pd
 import pytest
 import yaml
-from conftest import write
+from conftest import StopAfter, write
 from test_cli import invoke
 
 from wsml_fast.config import resolve
 from wsml_fast.schemes import Choice
 from wsml_fast.sources import from_folder
-from wsml_fast.stopping import RunInterrupted, StopRequest
+from wsml_fast.stopping import RunInterrupted
 from wsml_fast.tune import JOURNAL, Tuner, open_study, run_study, study_bar
 
 TINY = ["--backbone", "test_efficientnet", "--no-pretrained", "--img-size", "32", "--epochs", "2"]
@@ -89,20 +88,6 @@ def test_an_error_every_trial_would_hit_ends_the_study_in_one_line(demo_folder: 
     assert len(result.stderr.strip().splitlines()) == 1
 
 
-class StopInTrial(StopRequest):
-    """A SIGTERM after `batches` batch boundaries, whichever trial is running."""
-
-    def __init__(self, batches: int) -> None:
-        super().__init__()
-        self.left = batches
-
-    def __call__(self) -> bool:
-        self.left -= 1
-        if self.left < 0:
-            self.signum = signal.SIGTERM
-        return super().__call__()
-
-
 def test_an_interrupted_study_continues_without_redoing_finished_trials(demo_folder: Path, tmp_path: Path) -> None:
     out = tmp_path / "tune"
     out.mkdir()
@@ -114,7 +99,7 @@ def test_an_interrupted_study_continues_without_redoing_finished_trials(demo_fol
         return Tuner(configs.__getitem__, from_folder(demo_folder), ["an", "llct"], batches, out, load(out), print)
 
     with pytest.raises(RunInterrupted):  # the 13th batch boundary is in trial 1
-        run_study(tuner(), 3, None, StopInTrial(12))
+        run_study(tuner(), 3, None, StopAfter(12))
     first = (out / "trial-0000" / "metrics.csv").read_bytes()
     best = run_study(tuner(), 3, None)
     trials = load(out).trials
