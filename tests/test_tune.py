@@ -19,7 +19,7 @@ from wsml_fast.config import resolve
 from wsml_fast.schemes import Choice
 from wsml_fast.sources import from_folder
 from wsml_fast.stopping import RunInterrupted
-from wsml_fast.tune import JOURNAL, Tuner, open_study, run_study, study_bar
+from wsml_fast.tune import JOURNAL, Tuner, open_study, run_study, study_bar, trial_rows
 
 TINY = ["--backbone", "test_efficientnet", "--no-pretrained", "--img-size", "32", "--epochs", "2"]
 
@@ -129,3 +129,19 @@ def test_the_study_bar_fills_with_the_finished_trials() -> None:
     assert study_bar(0, 30) == "[" + "-" * 24 + "] 0/30"
     assert study_bar(15, 30) == "[" + "#" * 12 + "-" * 12 + "] 15/30"
     assert study_bar(31, 30) == "[" + "#" * 24 + "] 31/30"  # other processes may finish past the total
+
+
+def test_trials_show_the_settings_a_run_used_not_the_index_of_a_choice(tmp_path: Path) -> None:
+    study = load(tmp_path)
+    study.add_trial(  # GR's schedules are lists, which Optuna draws by index: the table shows the list
+        optuna.trial.create_trial(
+            params={"scheme": "gr", "gr_w": 1},
+            distributions={
+                "scheme": optuna.distributions.CategoricalDistribution(["gr"]),
+                "gr_w": optuna.distributions.CategoricalDistribution([0, 1]),
+            },
+            value=50.0,
+            user_attrs={"settings": {"scheme": "gr", "gr_w": [0.0, 10.0]}, "run": "trial-0000"},
+        )
+    )
+    assert trial_rows(study)[0]["gr_w"] == [0.0, 10.0]

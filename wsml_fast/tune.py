@@ -122,7 +122,8 @@ class Tuner:
 
         settings = self.settings(trial)
         run = self.folder / f"trial-{trial.number:04d}"
-        for key, value in (("run", str(run)), ("host", socket.gethostname()), ("pid", os.getpid())):
+        attributes = (("run", str(run)), ("host", socket.gethostname()), ("pid", os.getpid()), ("settings", settings))
+        for key, value in attributes:
             trial.set_user_attr(key, value)
         report = ReportToTrial(trial)
         try:
@@ -229,12 +230,18 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
                 "trial": trial.number,
                 "state": "interrupted" if trial.user_attrs.get("interrupted") else trial.state.name.lower(),
                 "valid_map": trial.value,
-                **trial.params,
+                **trial_settings(trial),
                 "run": trial.user_attrs.get("run"),
                 "note": trial.user_attrs.get("failure") or _pruned_note(trial),
             }
         )
     return rows
+
+
+def trial_settings(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    """The trial's settings as its run used them: a choice among lists (GR's schedules) is its value, not the
+    index Optuna drew (its categories must be plain values)."""
+    return trial.user_attrs.get("settings") or trial.params
 
 
 def _pruned_note(trial: optuna.trial.FrozenTrial) -> str:
@@ -263,7 +270,7 @@ def write_best(tuner: Tuner) -> dict[str, Any] | None:
     header = f"# wsml tune: trial {best.number} of study '{study.study_name}', valid mAP {best.value:.2f}\n"
     write_text(tuner.folder / BEST, header + yaml.safe_dump(recipe, sort_keys=False))
     test = evaluate(run, tuner.source, "test", config.map_convention) if len(_test_rows(tuner)) else None
-    result = {"trial": best.number, "run": str(run.path), "valid_map": best.value, "settings": best.params}
+    result = {"trial": best.number, "run": str(run.path), "valid_map": best.value, "settings": trial_settings(best)}
     result["test_map"] = None if test is None else test.map
     write_text(tuner.folder / BEST_RESULT, json.dumps(result, indent=2) + "\n")
     return result
@@ -314,7 +321,9 @@ def parse_duration(text: str) -> float:
 
 
 def _line(trial: optuna.trial.FrozenTrial, count: int, total: int) -> str:
-    settings = " ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in trial.params.items())
+    settings = " ".join(
+        f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in trial_settings(trial).items()
+    )
     value = f"valid mAP {trial.value:.2f}" if trial.value is not None else trial.user_attrs.get("failure", "")
     state = "interrupted" if trial.user_attrs.get("interrupted") else trial.state.name.lower()
     note = _pruned_note(trial)
