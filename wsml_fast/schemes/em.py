@@ -145,14 +145,14 @@ class AplCallback(Callback, SchemeState):
         write: Callable[[str], None] | None = None,
         names: tuple[list[str], list[str]] = ([], []),
     ) -> None:
-        self.targets = torch.from_numpy(train_labels.to_dense())  # APL scores and labels every entry: dense
+        self.observed = torch.from_numpy(train_labels.to_dense())  # APL scores and labels every entry: dense
         self.alpha, self.beta, self.warmup, self.epochs = alpha, beta, warmup, epochs
         self.score_train, self.write, (self.image_names, self.class_names) = score_train, write, names
         self.truth = None if truth is None else torch.from_numpy(truth.to_dense() == 1)
-        self.quota = apl_quota((self.targets == -1).sum(0), epochs, warmup)
-        self.mask = torch.zeros(self.targets.shape, dtype=torch.bool)
-        self.values = torch.zeros(self.targets.shape, dtype=torch.float32)
-        self.labelled_in = torch.zeros(self.targets.shape, dtype=torch.int16)  # epoch of each pseudo-label
+        self.quota = apl_quota((self.observed == -1).sum(0), epochs, warmup)
+        self.mask = torch.zeros(self.observed.shape, dtype=torch.bool)
+        self.values = torch.zeros(self.observed.shape, dtype=torch.float32)
+        self.labelled_in = torch.zeros(self.observed.shape, dtype=torch.int16)  # epoch of each pseudo-label
 
     def state_dict(self) -> dict:
         return {"mask": self.mask.cpu(), "values": self.values.cpu(), "labelled_in": self.labelled_in.cpu()}
@@ -183,7 +183,7 @@ class AplCallback(Callback, SchemeState):
             return
         if apl_due(epoch, self.warmup) and epoch < self.epochs:
             probs = self.score_train(self.learn.model).to(self.mask.device)
-            mask, self.values = apl_update(probs, self.targets, self.mask, self.values, self.quota)
+            mask, self.values = apl_update(probs, self.observed, self.mask, self.values, self.quota)
             self.labelled_in[mask & ~self.mask] = epoch
             self.mask = mask
             if self.write is not None:
