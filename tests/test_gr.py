@@ -121,3 +121,14 @@ def test_extreme_logits_stay_finite_and_exact() -> None:
     assert losses[0, 1].item() == pytest.approx(v * (1 - k), rel=1e-5)  # 1 - p^q2 = 0, 1 - (1 - p)^1 = 1
     assert losses[0, 2].item() == pytest.approx(200.0)
     assert torch.isfinite(logits.grad).all()
+
+
+def test_a_linear_init_run_holds_the_schedules_through_its_linear_phase() -> None:
+    from wsml_fast.config import resolve
+    from wsml_fast.schemes.gr import gr_config
+
+    linear_init = resolve(None, None, {"scheme": "gr", "mode": "linear-init", "linear_epochs": 3, "epochs": 5})
+    end_to_end = resolve(None, None, {"scheme": "gr", "mode": "end-to-end", "linear_epochs": 3, "epochs": 5})
+    assert gr_config(linear_init).linear_epochs == 3 and gr_config(end_to_end).linear_epochs == 0
+    held = gr_params(gr_config(linear_init), 3, linear_init.total_epochs)  # the last linear epoch: not yet moved
+    assert (held.mu, held.sigma) == (0.5, 2.0)

@@ -145,3 +145,30 @@ def test_trials_show_the_settings_a_run_used_not_the_index_of_a_choice(tmp_path:
         )
     )
     assert trial_rows(study)[0]["gr_w"] == [0.0, 10.0]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("- lr\n", "give a mapping of setting names to ranges"),
+        ("lr: {low: abc, high: 1}\n", "lr: low and high must be numbers"),
+        ("lr: {low: 1, high: 0.1}\n", "lr: need low <= high"),
+        ("lr: {low: 0, high: 0.1, log: true}\n", "low > 0 (log)"),
+    ],
+)
+def test_a_bad_search_file_is_one_line_before_anything_is_made(
+    demo_folder: Path, tmp_path: Path, text: str, message: str
+) -> None:
+    search = write(tmp_path / "search.yaml", text)
+    result = tune(demo_folder, tmp_path / "tune", "--search", search)
+    assert result.exit_code == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "tune").exists()
+
+
+@pytest.mark.parametrize(("option", "value"), [("--schemes", ","), ("--timeout", "abc")])
+def test_bad_tune_options_are_one_line_before_anything_is_made(
+    demo_folder: Path, tmp_path: Path, option: str, value: str
+) -> None:
+    result = tune(demo_folder, tmp_path / "tune", option, value)
+    assert result.exit_code == 2 and option in result.stderr
+    assert not (tmp_path / "tune").exists()

@@ -301,13 +301,11 @@ def prepare(
 @app.command()
 @friendly
 def tune(
-    dataset: Annotated[
-        str | None, typer.Option(help="Prepared dataset under $WSML_HOME/data (default: the demo).")
-    ] = None,
+    dataset: DatasetOpt = None,
     data: DataOpt = None,
     csv: CsvOpt = None,
     images: ImagesOpt = None,
-    recipe: Annotated[str | None, typer.Option(help="Recipe YAML (default: the recipe named like --dataset).")] = None,
+    recipe: RecipeOpt = None,
     schemes: Annotated[
         str, typer.Option(help="Schemes to search, comma-separated (`wsml schemes` lists them).")
     ] = "an,llr,llct,llcp,em,em-apl,gr",
@@ -339,10 +337,14 @@ def tune(
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # wsml prints a line per trial itself
     names = [name.strip() for name in schemes.split(",") if name.strip()]
+    if not names:
+        raise WsmlError("--schemes: name at least one scheme (`wsml schemes` lists them)")
     for name in names:
         get_scheme(name)
     if trials < 1:
         raise WsmlError(f"--trials must be at least 1 (got {trials})")
+    seconds = parse_duration(timeout) if timeout else None  # options checked before anything is made
+    space = read_space(search) if search else {}
     if pruner not in ("median", "halving"):
         raise WsmlError(f"--pruner {pruner!r} is not one of: median, halving")
     fixed = {"dataset": dataset, "data": data, "csv": csv, "images": images, "epochs": epochs, "backbone": backbone}
@@ -355,10 +357,8 @@ def tune(
     if folder.exists() and not folder.is_dir():
         raise WsmlError(f"--out {folder}: is a file, not a folder")
     folder.mkdir(parents=True, exist_ok=True)
-    space = read_space(search) if search else {}
     opened = open_study(folder, study, storage, first.seed, pruner, first.epochs)
     tuner = Tuner(configs.__getitem__, source, names, space, folder, opened)
-    seconds = parse_duration(timeout) if timeout else None
     _with_signals(lambda stop: run_study(tuner, trials, seconds, stop))
 
 

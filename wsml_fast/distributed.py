@@ -51,6 +51,13 @@ def _collective_device(tensor: torch.Tensor) -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else tensor.device
 
 
+def wait_for_main() -> None:
+    """Every process waits here until all arrive: files process 0 alone writes (best weights, scheme state)
+    are complete before the others read them. Nothing to wait for with one process."""
+    if active():
+        dist.barrier()
+
+
 def all_gather(tensor: torch.Tensor) -> torch.Tensor:
     """The tensors of every process (same shape on each), concatenated along dim 0 in rank order."""
     if not active():

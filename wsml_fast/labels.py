@@ -321,7 +321,7 @@ class _Reading:
         self.path, self.names, self.form = path, names, form
         self.images: list[str] = []
         self.split_codes: list[np.ndarray] | None = [np.zeros(0, np.int64)] if "split" in names else None
-        self.stores = [LabelStore(0, len(form.classes), np.zeros(0, np.int64), np.zeros(0, np.int8), form.fill)]
+        self.stores = [LabelStore.empty(0, len(form.classes), form.fill)]
         self.problem: _Problem | None = None
 
     def note(self, check: int, row: int, say: Say) -> None:

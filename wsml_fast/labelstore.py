@@ -107,13 +107,6 @@ class LabelStore:
         order = np.argsort(self.keys, kind="stable")
         return LabelStore(self.n_rows, self.n_classes, self.keys[order], self.values[order], self.fill)
 
-    def dense_row(self, row: int) -> np.ndarray:
-        """One row as float32, the fill value in its unlisted entries."""
-        start, end = np.searchsorted(self.keys, [row * self.n_classes, (row + 1) * self.n_classes])
-        dense = np.full(self.n_classes, self.fill, dtype=np.float32)
-        dense[self.keys[start:end] - row * self.n_classes] = self.values[start:end]
-        return dense
-
     def lookup(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         """The values at (rows[i], cols[i])."""
         keys = np.asarray(rows, dtype=np.int64) * self.n_classes + np.asarray(cols, dtype=np.int64)
@@ -136,11 +129,10 @@ class LabelStore:
             raise ValueError("the fill value is everywhere unlisted: ask for the listed values")
         return np.divmod(self.keys[self.values == value], self.n_classes)
 
-    def to_dense(self, rows: np.ndarray | None = None) -> np.ndarray:
-        """float32 rows (all by default) with the fill value in unlisted entries: for small tables and tests."""
-        store = self if rows is None else self.take(rows)
-        matrix = np.full(store.shape, store.fill, dtype=np.float32)
-        matrix.reshape(-1)[store.keys] = store.values
+    def to_dense(self) -> np.ndarray:
+        """float32, the fill value in unlisted entries: for small tables and tests."""
+        matrix = np.full(self.shape, self.fill, dtype=np.float32)
+        matrix.reshape(-1)[self.keys] = self.values
         return matrix
 
     def digest(self) -> str:

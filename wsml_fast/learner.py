@@ -40,6 +40,7 @@ from wsml_fast.distributed import (
     is_main,
     rank,
     shard,
+    wait_for_main,
     world_size,
 )
 from wsml_fast.errors import WsmlError
@@ -187,6 +188,7 @@ def _use_stage(learn: Learner, data: StageData) -> None:
 
 def _load_best(learn: Learner, setup: Setup) -> None:
     """The best epoch so far: its weights, and its schemes' state (stored labels, label estimates)."""
+    wait_for_main()  # process 0 wrote them
     setup.model.load_state_dict(setup.run.load_weights())
     if setup.run.file(SCHEME_STATE).is_file():
         saved = setup.run.load_scheme_state()
@@ -225,6 +227,6 @@ def fit(
             return "interrupted"
         reasons = [cb.reason for cb in learn.cbs if getattr(cb, "reason", None)]  # callbacks that ended the fit
         if reasons:
-            setup.say(f"stopped early: {reasons[0]}")
+            setup.say(reasons[0])  # says itself why (early stop: ..., pruned after ...)
             return reasons[0]
     return None

@@ -96,7 +96,7 @@ class APAccumulator:
 
     def _joined(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if not self._classes:
-            return np.zeros(0, np.uint16), np.zeros(0), np.zeros(0, bool)
+            return np.zeros(0, np.uint16), np.zeros(0, np.float32), np.zeros(0, bool)  # as batches give
         return np.concatenate(self._classes), np.concatenate(self._scores), np.concatenate(self._positive)
 
 

@@ -31,12 +31,16 @@ class PartialLabelTable:
     observed: LabelStore
     truth: LabelStore | None
     notes: list[str] = field(default_factory=list)
+    _taken: dict[str, LabelStore] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def rows(self, split: str) -> np.ndarray:
         return np.flatnonzero(self.splits == split)
 
     def observed_of(self, split: str) -> LabelStore:
-        return self.observed.take(self.rows(split))
+        """The observed labels of `split`'s rows, taken once (the training set's are read by several parts)."""
+        if split not in self._taken:
+            self._taken[split] = self.observed.take(self.rows(split))
+        return self._taken[split]
 
     def eval_labels(self, split: str) -> LabelStore:
         """Labels to score `split` against: the full truth when known, else the observed entries only."""
@@ -44,8 +48,10 @@ class PartialLabelTable:
         return labels.take(self.rows(split))
 
     def train_truth(self) -> LabelStore | None:
-        """The full truth of the train rows, when there is a truth.csv."""
-        return None if self.truth is None else self.truth.take(self.rows("train"))
+        """The full truth of the train rows, when there is a truth.csv (taken once)."""
+        if self.truth is not None and "truth:train" not in self._taken:
+            self._taken["truth:train"] = self.truth.take(self.rows("train"))
+        return self._taken.get("truth:train")
 
     def expected_positives(self) -> float | None:
         """Mean positives per train image from the truth, when there is a truth."""
@@ -68,7 +74,9 @@ def _without_positives(observed: LabelStore, train: np.ndarray, classes: list[st
     """A line naming the classes with no observed positive among the train rows, or None."""
     if not train.any():
         return None
-    absent = np.flatnonzero(observed.take(np.flatnonzero(train)).count(1, axis=0) == 0)
+    rows, cols = observed.rows_and_cols()
+    in_train = train[rows] & (observed.values == 1)
+    absent = np.flatnonzero(np.bincount(cols[in_train], minlength=observed.n_classes) == 0)
     if not absent.size:
         return None
     names = ", ".join(classes[i] for i in absent[:3])

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from wsml_fast.callbacks import NonFiniteLoss, RunState
 from wsml_fast.config import TrainConfig, apply_layer
-from wsml_fast.distributed import active, is_main, lost_a_process, rank, world_size
+from wsml_fast.distributed import active, is_main, lost_a_process, rank, wait_for_main, world_size
 from wsml_fast.errors import WsmlError, one_line
 from wsml_fast.inference import score_split
 from wsml_fast.learner import build_learner, fit
@@ -27,6 +27,7 @@ from wsml_fast.stopping import RunInterrupted, StopRequest
 def score(setup: Setup, history: list[dict], started: float, test: bool = True) -> dict:
     """results.json of a run: its best epoch, and the test split scored with that epoch's weights."""
     config, table = setup.config, setup.table
+    wait_for_main()  # process 0 wrote the best weights
     setup.model.load_state_dict(setup.run.load_weights())
     best = RunState(history).best()
     results = {

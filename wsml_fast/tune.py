@@ -38,7 +38,6 @@ from wsml_fast.stopping import RunInterrupted, StopRequest
 
 JOURNAL, TRIALS, BEST, BEST_RESULT, PLOT = "study.journal", "trials.csv", "best.yaml", "best.json", "tune.png"
 DONE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-TUNED = ("scheme", "lr", "bs")  # searched for every scheme; each scheme adds its own settings (registry)
 
 
 def default_space(base: TrainConfig) -> dict[str, Range | Choice]:
@@ -55,6 +54,10 @@ def read_space(path: Path) -> dict[str, Range | Choice]:
         document = yaml.safe_load(Path(path).read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
         raise WsmlError(f"--search {path}: not a readable YAML file ({exc.__class__.__name__})") from None
+    if not isinstance(document, dict):
+        raise WsmlError(
+            f"--search {path}: give a mapping of setting names to ranges, such as `lr: {{low: 1e-4, high: 1e-2}}`"
+        )
     space: dict[str, Range | Choice] = {}
     for name, value in document.items():
         if isinstance(value, list) and value:
@@ -64,12 +67,22 @@ def read_space(path: Path) -> dict[str, Range | Choice]:
             and {"low", "high"} <= set(value)
             and set(value) <= {"low", "high", "log", "integer"}
         ):
-            space[name] = Range(
-                float(value["low"]), float(value["high"]), bool(value.get("log")), bool(value.get("integer"))
-            )
+            space[name] = _range(path, name, value)
         else:
             raise WsmlError(f"--search {path}: {name}: give a list of choices or {{low: L, high: H[, log: true]}}")
     return space
+
+
+def _range(path: Path, name: str, value: dict) -> Range:
+    """A numeric range of the search file, checked before any trial starts."""
+    try:
+        low, high = float(value["low"]), float(value["high"])
+    except (TypeError, ValueError):
+        raise WsmlError(f"--search {path}: {name}: low and high must be numbers") from None
+    log = bool(value.get("log"))
+    if not low <= high or (log and low <= 0):
+        raise WsmlError(f"--search {path}: {name}: need low <= high{' and low > 0 (log)' if log else ''}")
+    return Range(low, high, log, bool(value.get("integer")))
 
 
 def suggest(trial: optuna.Trial, name: str, space: Range | Choice) -> Any:

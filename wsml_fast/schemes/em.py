@@ -164,8 +164,10 @@ class AplCallback(Callback, SchemeState):
 
     def before_fit(self) -> None:
         device = next(self.learn.model.parameters()).device
-        for name in ("targets", "mask", "values", "labelled_in"):
+        for name in ("observed", "mask", "values", "labelled_in"):
             setattr(self, name, getattr(self, name).to(device))
+        if self.truth is not None:
+            self.truth = self.truth.to(device)
 
     def after_loss(self) -> None:
         if not self.learn.training:
@@ -191,7 +193,7 @@ class AplCallback(Callback, SchemeState):
         values = {"apl_pseudo_labels": int(self.mask.sum())}
         if self.truth is not None:  # pseudo-negatives that really are negatives
             labelled = int(self.mask.sum())
-            true = int((self.mask & ~self.truth.to(self.mask.device)).sum())
+            true = int((self.mask & ~self.truth).sum())
             values["apl_precision"] = true / labelled if labelled else float("nan")
         self.run_state.record(**values)
 

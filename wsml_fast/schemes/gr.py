@@ -111,10 +111,12 @@ def gr_losses(logits: torch.Tensor, targets: torch.Tensor, params: GrParams) -> 
 
 
 def gr_config(config: TrainConfig) -> GrConfig:
-    """The GR constants of a run's configuration (the `gr_*` settings: start and end of each schedule)."""
+    """The GR constants of a run's configuration (the `gr_*` settings: start and end of each schedule), and the
+    linear-init epochs before the schedules move, as the reference's `linear_init` n."""
     (w0, w_end), (b0, b_end) = config.gr_w, config.gr_b
     (mu0, mu_end), (sigma0, sigma_end), (q2, q3) = config.gr_mu, config.gr_sigma, config.gr_q
-    return GrConfig(w0, w_end, b0, b_end, mu0, sigma0, mu_end, sigma_end, q2, q3)
+    linear = config.total_epochs - config.epochs  # linear-init's linear phase: the schedules wait it out
+    return GrConfig(w0, w_end, b0, b_end, mu0, sigma0, mu_end, sigma_end, q2, q3, linear)
 
 
 class GrLoss(PartialLabelLoss):

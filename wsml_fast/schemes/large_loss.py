@@ -199,23 +199,18 @@ class LargeLossCallback(Callback, SchemeState):
             return
         logits, targets = self.learn.pred.float(), self.learn.yb[0]
         an_losses = _ASSUME_NEGATIVE.entry_losses(logits, targets)
-        selected, every_selected, rows = self._select(an_losses, targets == -1, epoch)
+        selected, every_selected = select_over_processes(an_losses, targets == -1, epoch, self.delta_rel, self.scheme)
         loss = apply_large_loss(an_losses, positive_term(logits), selected, self.scheme).mean()
         self.learn.loss_grad, self.learn.loss = loss, loss.detach().clone()
         self.n_selected += every_selected.sum()
         if self.truth is None and self.stored is None:
             return  # LL-R / LL-Ct without a truth: no host synchronisation
         batch, cols = every_selected.nonzero(as_tuple=True)
-        rows = rows[batch]
+        rows = all_gather(self.learn.item_index)[batch]  # the global batch's item indices
         if self.truth is not None:
             self.n_selected_true += (self.truth.lookup(rows, cols) == 1).sum()
         if self.stored is not None:
             self.stored.add(rows, cols)
-
-    def _select(self, an_losses: torch.Tensor, unobserved: torch.Tensor, epoch: int) -> tuple[torch.Tensor, ...]:
-        """(this batch's selected entries, the global batch's, the global batch's item indices)."""
-        selected, every_selected = select_over_processes(an_losses, unobserved, epoch, self.delta_rel, self.scheme)
-        return selected, every_selected, all_gather(self.learn.item_index)
 
     def after_epoch(self) -> None:
         if not self.run_state.active:
