@@ -186,15 +186,7 @@ class RunFolder:
         return TrainConfig.from_yaml(self.file(CONFIG))
 
     def write_metrics(self, rows: list[dict]) -> None:
-        import csv
-        import io
-
-        columns = list(dict.fromkeys(k for row in rows for k in row))
-        text = io.StringIO()
-        writer = csv.DictWriter(text, fieldnames=columns, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        self.write_text(METRICS, text.getvalue())
+        self.write_text(METRICS, csv_text(rows))
 
     def write_results(self, results: dict) -> None:
         self.write_text(RESULTS, json.dumps(results, indent=2) + "\n")
@@ -290,3 +282,15 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def csv_text(rows: list[dict]) -> str:
+    """CSV of dict rows, the columns in order of first appearance (a row may lack some: left empty)."""
+    import csv
+    import io
+
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(dict.fromkeys(k for row in rows for k in row)), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return text.getvalue()

@@ -11,8 +11,6 @@ journal file on a shared disk, or a database URL) cooperate on one study through
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 import socket
@@ -31,7 +29,7 @@ from wsml_fast.atomic import write_text
 from wsml_fast.config import TrainConfig, apply_layer, with_scheme_defaults
 from wsml_fast.errors import WsmlError, one_line
 from wsml_fast.evaluate import evaluate
-from wsml_fast.runfolder import RunFolder
+from wsml_fast.runfolder import RunFolder, csv_text
 from wsml_fast.schemes import Choice, Range, get_scheme
 from wsml_fast.sources import DataSource
 from wsml_fast.stopping import RunInterrupted, StopRequest
@@ -263,12 +261,7 @@ def _pruned_note(trial: optuna.trial.FrozenTrial) -> str:
 
 
 def write_trials(folder: Path, rows: list[dict[str, Any]]) -> None:
-    columns = list(dict.fromkeys(k for row in rows for k in row))
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text(folder / TRIALS, text.getvalue())
+    write_text(folder / TRIALS, csv_text(rows))
 
 
 def write_best(tuner: Tuner) -> dict[str, Any] | None:
