@@ -222,7 +222,7 @@ def parts(scheme: Scheme, context: SchemeContext) -> tuple[PartialLabelLoss, lis
         context.total_epochs,
         context.score_train,
         table.train_truth(),
-        partial(context.run.write_text, PSEUDO_LABELS),
+        partial(context.run.write_text, PSEUDO_LABELS) if context.run.writes else None,  # process 0 alone
         names,
     )
     return loss, [callback]

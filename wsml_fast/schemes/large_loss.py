@@ -251,7 +251,7 @@ def _ratio(part: torch.Tensor, whole: torch.Tensor) -> float:
 def parts(scheme: Scheme, context: SchemeContext) -> tuple[PartialLabelLoss, list[Callback]]:
     """AN as the loss (validation reports it); the callback replaces the training loss from epoch 2 on."""
     table, rows = context.table, context.table.rows("train")
-    write = partial(context.run.write_text, CORRECTIONS) if scheme.name == "llcp" else None
+    write = partial(context.run.write_text, CORRECTIONS) if scheme.name == "llcp" and context.run.writes else None
     callback = LargeLossCallback(
         scheme.name,
         context.config.delta_rel,
