@@ -20,7 +20,7 @@ import torch.distributed as dist
 from wsml_fast.callbacks import everyone_agrees
 from wsml_fast.distributed import all_gather
 from wsml_fast.model import build_model
-from wsml_fast.schemes.large_loss import select_over_processes
+from wsml_fast.schemes.large_loss.training import select_over_processes
 
 
 def median_seconds(work, steps: int) -> float:

@@ -266,7 +266,7 @@ def step_share(bs: int, classes: int, backbone: str, img_size: int, steps: int, 
     from wsml_fast.losses import AssumeNegativeLoss
     from wsml_fast.model import build_model
     from wsml_fast.schemes import DELTA
-    from wsml_fast.schemes.large_loss import LargeLossCallback
+    from wsml_fast.schemes.large_loss.training import LargeLossCallback
 
     torch.manual_seed(0)
     rows = 1_700_000

@@ -42,7 +42,7 @@ from wsml_fast.model import build_model
 from wsml_fast.recipes import find_recipe
 from wsml_fast.runfolder import METRICS, RESULTS
 from wsml_fast.schemes import SCHEMES
-from wsml_fast.schemes.large_loss import LargeLossCallback
+from wsml_fast.schemes.large_loss.training import LargeLossCallback
 from wsml_fast.sources import resolve_source
 from wsml_fast.table import load_table
 from wsml_fast.train import train

@@ -35,7 +35,7 @@ from wsml_fast.labelstore import LabelStore
 from wsml_fast.learner import OPTIMIZERS
 from wsml_fast.losses import AssumeNegativeLoss
 from wsml_fast.model import build_model
-from wsml_fast.schemes.large_loss import large_loss_losses
+from wsml_fast.schemes.large_loss.training import large_loss_losses
 from wsml_fast.sources import data_home, resolve_source
 from wsml_fast.table import load_table
 

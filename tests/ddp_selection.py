@@ -7,7 +7,7 @@ import sys
 import torch
 import torch.distributed as dist
 
-from wsml_fast.schemes.large_loss import select_over_processes
+from wsml_fast.schemes.large_loss.training import select_over_processes
 
 dist.init_process_group("gloo")
 B, C = 6, 7  # per process

@@ -17,7 +17,7 @@ from test_cli import invoke
 from test_resume import HOOKED, hooked_env
 
 from wsml_fast.distributed import global_batch_order, shard
-from wsml_fast.schemes.large_loss import large_loss_k, select_large_losses
+from wsml_fast.schemes.large_loss.training import large_loss_k, select_large_losses
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 SELECTION = Path(__file__).with_name("ddp_selection.py")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from wsml_fast.schemes.em import (
+from wsml_fast.schemes.em.training import (
     apl_due,
     apl_quota,
     apl_update,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from wsml_fast.schemes.gr import GrConfig, GrParams, gr_losses, gr_params
+from wsml_fast.schemes.gr.training import GrConfig, GrParams, gr_losses, gr_params
 
 LN3 = math.log(3.0)  # the logit of p = 0.75
 
@@ -125,7 +125,7 @@ def test_extreme_logits_stay_finite_and_exact() -> None:
 
 def test_a_linear_init_run_holds_the_schedules_through_its_linear_phase() -> None:
     from wsml_fast.config import resolve
-    from wsml_fast.schemes.gr import gr_config
+    from wsml_fast.schemes.gr.training import gr_config
 
     linear_init = resolve(None, None, {"scheme": "gr", "mode": "linear-init", "linear_epochs": 3, "epochs": 5})
     end_to_end = resolve(None, None, {"scheme": "gr", "mode": "end-to-end", "linear_epochs": 3, "epochs": 5})

@@ -24,7 +24,7 @@ from wsml_fast.atomic import write_text
 from wsml_fast.callbacks import RunState, TargetsCallback
 from wsml_fast.labelstore import LabelStore
 from wsml_fast.losses import AssumeNegativeLoss
-from wsml_fast.schemes.large_loss import (
+from wsml_fast.schemes.large_loss.training import (
     LargeLossCallback,
     apply_large_loss,
     large_loss_k,

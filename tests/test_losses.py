@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from wsml_fast.losses import KnownLabelLoss
-from wsml_fast.schemes.cole import LOSSES
+from wsml_fast.schemes.cole.training import LOSSES
 
 LN3 = math.log(3)
 P75, P50, P25 = -math.log(0.75), math.log(2), -math.log(0.25)  # -log(p) for p = 0.75, 0.5, 0.25

@@ -10,7 +10,7 @@ import torch
 from test_large_loss import C, observed_labels, tiny_learner
 
 from wsml_fast.labelstore import LabelStore
-from wsml_fast.schemes.role import RoleCallback, initial_estimates, role_loss
+from wsml_fast.schemes.role.training import RoleCallback, initial_estimates, role_loss
 
 LN3 = math.log(3)
 

@@ -22,9 +22,9 @@ from wsml_fast.errors import WsmlError
 from wsml_fast.labelstore import LabelStore
 from wsml_fast.recipes import find_recipe
 from wsml_fast.schemes import SCHEMES, check_dense_state, get_scheme, markdown_table
-from wsml_fast.schemes.em import apl_quota
-from wsml_fast.schemes.gr import GrConfig, GrLoss, GrScheduleCallback, gr_params
-from wsml_fast.schemes.role import RoleCallback
+from wsml_fast.schemes.em.training import apl_quota
+from wsml_fast.schemes.gr.training import GrConfig, GrLoss, GrScheduleCallback, gr_params
+from wsml_fast.schemes.role.training import RoleCallback
 
 README = Path(__file__).parents[1] / "README.md"
 TRAINABLE = [name for name in SCHEMES if name != "iu"]  # the demo has no observed negatives for iu

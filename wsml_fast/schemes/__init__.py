@@ -292,7 +292,7 @@ def scheme_parts(
     check_dense_state(scheme, train_labels.n_rows, train_labels.n_classes)
     expected = _expected_positives(scheme, config, table, say)
     context = SchemeContext(config, table, train_labels, run, say, expected, score_train)
-    module = importlib.import_module(f"wsml_fast.schemes.{FAMILIES[scheme.family].module}")
+    module = importlib.import_module(f"wsml_fast.schemes.{FAMILIES[scheme.family].module}.training")
     return module.parts(scheme, context)
 
 

@@ -1,0 +1,1 @@
+"""The cole family of schemes: its declarations here (plain data), its training code in `training`."""

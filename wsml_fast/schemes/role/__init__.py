@@ -1,0 +1,1 @@
+"""The role family of schemes: its declarations here (plain data), its training code in `training`."""
