@@ -30,6 +30,9 @@ def _with_scheme_settings(after: str):
     the field `after`: default None, filled from the scheme's declaration by `with_scheme_defaults`."""
 
     def add_fields(cls: type) -> type:
+        clash = sorted(set(SETTINGS) & set(cls.__annotations__))
+        if clash:
+            raise TypeError(f"scheme settings named like general settings: {', '.join(clash)}")
         annotations = {}
         for name, annotation in cls.__annotations__.items():
             annotations[name] = annotation
