@@ -7,6 +7,7 @@ import inspect
 import json
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -14,6 +15,7 @@ import typer
 
 from wsml_fast.errors import WsmlError, one_line
 from wsml_fast.schemes import SCHEMES, SETTINGS, option_help, schemes_json
+from wsml_fast.schemes.declaration import option_name
 
 # Deprecation notices of the libraries we build on say nothing a user can act on.
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"(torch|fastai|timm|albumentations)\.")
@@ -55,12 +57,12 @@ CsvOpt = Annotated[str | None, typer.Option("--csv", help="A label CSV (with --i
 ImagesOpt = Annotated[str | None, typer.Option("--images", help="Folder the CSV's image paths are relative to.")]
 
 
-def with_scheme_options(after: str):
+def with_scheme_options(after: str) -> Callable[[Callable], Callable]:
     """Show typer, in the command's signature after the parameter `after`, an option for every declared scheme
     setting (its type, and its help from the declaration; default None: the scheme's default applies). Their
     values reach the command in its `**scheme_settings`."""
 
-    def add_options(command):
+    def add_options(command: Callable) -> Callable:
         signature = inspect.signature(command, eval_str=True)
         parameters = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
         at = [p.name for p in parameters].index(after) + 1
@@ -151,7 +153,7 @@ def train(
         changed = [name for name, value in options.items() if value is not None and name != "epochs"]
         if changed:
             raise WsmlError(
-                f"--resume continues {resume} with its saved settings; --{changed[0].replace('_', '-')} cannot "
+                f"--resume continues {resume} with its saved settings; {option_name(changed[0])} cannot "
                 "be changed (only a larger --epochs)"
             )
         _with_signals(lambda stop: _resume(resume, epochs, stop))

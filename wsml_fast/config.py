@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ import yaml
 
 from wsml_fast.errors import WsmlError
 from wsml_fast.schemes import SETTINGS, get_scheme
-from wsml_fast.schemes.declaration import Interval, Pair, Setting
+from wsml_fast.schemes.declaration import Interval, Pair, Setting, option_name
 
 MODES = ("end-to-end", "linear", "linear-init")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
@@ -25,7 +26,7 @@ SCHEDULES = ("one-cycle", "constant")
 MAP_CONVENTIONS = ("skip", "paper")
 
 
-def _with_scheme_settings(after: str):
+def _with_scheme_settings(after: str) -> Callable[[type], type]:
     """Give the class, before `dataclass` reads it, a field for every scheme setting its family declares, after
     the field `after`: default None, filled from the scheme's declaration by `with_scheme_defaults`."""
 
@@ -109,16 +110,15 @@ class TrainConfig:
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
-                option = name.replace("_", "-")
-                raise WsmlError(f"--{option} {getattr(self, name)!r} is not one of: {', '.join(allowed)}")
+                raise WsmlError(f"{option_name(name)} {getattr(self, name)!r} is not one of: {', '.join(allowed)}")
         for f in fields(self):
             value = getattr(self, f.name)
             for number in value if isinstance(value, list) else [value]:
                 if isinstance(number, float) and not math.isfinite(number):
                     what = "finite numbers" if isinstance(value, list) else "a finite number"
-                    raise WsmlError(f"{_option(f.name)} must be {what} (got {value})")
+                    raise WsmlError(f"{option_name(f.name)} must be {what} (got {value})")
         for name, interval in _LIMITS.items():
-            interval.check(_option(name), getattr(self, name), self)
+            interval.check(option_name(name), getattr(self, name), self)
         for setting in scheme.settings:
             setting.check(getattr(self, setting.name), self)
         if self.boost_lu is not None and self.mode != "end-to-end":
@@ -162,10 +162,6 @@ _LIMITS = {  # the general settings' allowed values (the schemes' settings decla
     "img_size": Interval(low=8),
     "workers": Interval(low=0),
 }
-
-
-def _option(name: str) -> str:
-    return f"--{name.replace('_', '-')}"
 
 
 def field_names() -> list[str]:

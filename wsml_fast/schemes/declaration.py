@@ -16,6 +16,11 @@ from wsml_fast.errors import WsmlError
 Pair = tuple[float, float]  # the type of a setting of two numbers (GR's schedules: a start and an end)
 
 
+def option_name(name: str) -> str:
+    """The command-line option of a TrainConfig field: `delta_rel` -> `--delta-rel`."""
+    return "--" + name.replace("_", "-")
+
+
 @dataclass(frozen=True)
 class Interval:
     """The numbers a setting allows (each number, for a pair), bounds included or not; None: unbounded. `high` may
@@ -92,7 +97,7 @@ class Setting:
 
     @property
     def option(self) -> str:
-        return "--" + self.name.replace("_", "-")
+        return option_name(self.name)
 
     @property
     def config_default(self) -> Any:
