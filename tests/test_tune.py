@@ -16,7 +16,7 @@ from conftest import StopAfter, write
 from test_cli import invoke
 
 from wsml_fast.config import resolve
-from wsml_fast.schemes import Choice
+from wsml_fast.schemes.declaration import Choice
 from wsml_fast.sources import from_folder
 from wsml_fast.stopping import RunInterrupted
 from wsml_fast.tune import JOURNAL, Tuner, open_study, run_study, study_bar, trial_rows

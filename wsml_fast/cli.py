@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from wsml_fast.errors import WsmlError, one_line
-from wsml_fast.schemes import SCHEMES
+from wsml_fast.schemes import SCHEMES, SETTINGS, option_help, schemes_json
+from wsml_fast.schemes.declaration import option_name
 
 # Deprecation notices of the libraries we build on say nothing a user can act on.
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"(torch|fastai|timm|albumentations)\.")
@@ -54,8 +57,33 @@ CsvOpt = Annotated[str | None, typer.Option("--csv", help="A label CSV (with --i
 ImagesOpt = Annotated[str | None, typer.Option("--images", help="Folder the CSV's image paths are relative to.")]
 
 
+def with_scheme_options(after: str) -> Callable[[Callable], Callable]:
+    """Show typer, in the command's signature after the parameter `after`, an option for every declared scheme
+    setting (its type, and its help from the declaration; default None: the scheme's default applies). Their
+    values reach the command in its `**scheme_settings`."""
+
+    def add_options(command: Callable) -> Callable:
+        signature = inspect.signature(command, eval_str=True)
+        parameters = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        at = [p.name for p in parameters].index(after) + 1
+        options = [
+            inspect.Parameter(
+                setting.name,
+                inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                default=None,
+                annotation=Annotated[setting.type | None, typer.Option(setting.option, help=option_help(setting))],
+            )
+            for setting in SETTINGS.values()
+        ]
+        command.__signature__ = signature.replace(parameters=[*parameters[:at], *options, *parameters[at:]])
+        return command
+
+    return add_options
+
+
 @app.command()
 @friendly
+@with_scheme_options(after="boost_lu")
 def train(
     dataset: DatasetOpt = None,
     data: DataOpt = None,
@@ -87,16 +115,6 @@ def train(
     boost_lu: Annotated[
         float | None, typer.Option(help="BoostLU head: positive class activations x ALPHA (Kim et al. 2023: 5).")
     ] = None,
-    delta_rel: Annotated[float | None, typer.Option(help="Large-loss schemes: Delta in percent (0.1 to 0.5).")] = None,
-    expected_positives: Annotated[float | None, typer.Option(help="epr/role: expected positives per image.")] = None,
-    em_alpha: Annotated[float | None, typer.Option(help="em, em-apl: weight of the entropy term.")] = None,
-    em_beta: Annotated[float | None, typer.Option(help="em-apl: weight of the pseudo-labelled entries.")] = None,
-    apl_warmup: Annotated[int | None, typer.Option(help="em-apl: pseudo-label after each epoch from this on.")] = None,
-    gr_w: Annotated[tuple[float, float] | None, typer.Option(help="gr: w's start and end (default 0 2).")] = None,
-    gr_b: Annotated[tuple[float, float] | None, typer.Option(help="gr: b's start and end (default -2 -2).")] = None,
-    gr_mu: Annotated[tuple[float, float] | None, typer.Option(help="gr: mu's start and end (0.5 0.8).")] = None,
-    gr_sigma: Annotated[tuple[float, float] | None, typer.Option(help="gr: sigma's start and end (2 0.5).")] = None,
-    gr_q: Annotated[tuple[float, float] | None, typer.Option(help="gr: the powers q2, q3 (0.01 1).")] = None,
     track_memorization: Annotated[
         bool | None, typer.Option("--track-memorization", help="Record losses of sampled unobserved entries.")
     ] = None,
@@ -125,15 +143,17 @@ def train(
     resume: Annotated[
         Path | None, typer.Option(help="Continue this run from its last complete epoch (only --epochs may be given).")
     ] = None,
+    **scheme_settings: Any,  # an option for each scheme setting, added by `with_scheme_options`
 ) -> None:
     """Train a multi-label classifier from partial labels and write a run folder."""
     options = dict(locals())  # exactly the parameters above: the command-line layer of the config
+    options.update(options.pop("scheme_settings"))
     options.pop("resume")
     if resume is not None:
         changed = [name for name, value in options.items() if value is not None and name != "epochs"]
         if changed:
             raise WsmlError(
-                f"--resume continues {resume} with its saved settings; --{changed[0].replace('_', '-')} cannot "
+                f"--resume continues {resume} with its saved settings; {option_name(changed[0])} cannot "
                 "be changed (only a larger --epochs)"
             )
         _with_signals(lambda stop: _resume(resume, epochs, stop))
@@ -363,12 +383,19 @@ def tune(
 
 
 @app.command()
-def schemes() -> None:
+def schemes(
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print a JSON list: each scheme with its settings' declarations.")
+    ] = False,
+) -> None:
     """List the training schemes: what each does, whose method it is, and its own settings."""
     from wsml_fast.schemes import FAMILIES
 
+    if as_json:
+        typer.echo(json.dumps(schemes_json(), indent=2))
+        return
     for scheme in SCHEMES.values():
-        settings = ", ".join(f"{k}={v}" for k, v in scheme.settings.items())
+        settings = ", ".join(f"{s.name}={s.config_default}" for s in scheme.settings)
         typer.echo(
             f"{scheme.name}: {scheme.description}\n    {FAMILIES[scheme.family].paper}"
             + (f"; settings: {settings}" if settings else "")

@@ -6,9 +6,9 @@ so `config.yaml` in a run folder tells how the run came about and is enough to r
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,8 @@ from typing import Any
 import yaml
 
 from wsml_fast.errors import WsmlError
+from wsml_fast.schemes import SETTINGS, get_scheme
+from wsml_fast.schemes.declaration import Interval, Pair, Setting, option_name
 
 MODES = ("end-to-end", "linear", "linear-init")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
@@ -24,7 +26,34 @@ SCHEDULES = ("one-cycle", "constant")
 MAP_CONVENTIONS = ("skip", "paper")
 
 
+def _with_scheme_settings(after: str) -> Callable[[type], type]:
+    """Give the class, before `dataclass` reads it, a field for every scheme setting its family declares, after
+    the field `after`: default None, filled from the scheme's declaration by `with_scheme_defaults`."""
+
+    def add_fields(cls: type) -> type:
+        clash = sorted(set(SETTINGS) & set(cls.__annotations__))
+        if clash:
+            raise TypeError(f"scheme settings named like general settings: {', '.join(clash)}")
+        annotations = {}
+        for name, annotation in cls.__annotations__.items():
+            annotations[name] = annotation
+            if name == after:
+                annotations |= {setting.name: _field_type(setting) for setting in SETTINGS.values()}
+        for name in SETTINGS:
+            setattr(cls, name, None)
+        cls.__annotations__ = annotations
+        return cls
+
+    return add_fields
+
+
+def _field_type(setting: Setting) -> str:
+    """The TrainConfig annotation of a scheme setting (a pair is held as a list, as YAML reads it back)."""
+    return f"{'list[float]' if setting.type == Pair else setting.type.__name__} | None"
+
+
 @dataclass
+@_with_scheme_settings(after="boost_lu")
 class TrainConfig:
     """Everything a training run depends on."""
 
@@ -49,17 +78,7 @@ class TrainConfig:
     early_stop: bool = False  # stop when valid mAP falls more than `early_stop_drop` points below the best
     early_stop_drop: float = 3.0
     boost_lu: float | None = None  # BoostLU's alpha: the class-activation head, positive activations x alpha
-    # the schemes' own settings (defaults: their registry entry, wsml_fast.schemes)
-    delta_rel: float | None = None  # large-loss schemes: Delta in percent (typical 0.1 to 0.5)
-    expected_positives: float | None = None  # epr / role: expected positives per image
-    em_alpha: float | None = None  # em, em-apl: weight of the entropy term
-    em_beta: float | None = None  # em-apl: weight of the pseudo-labelled entries' loss
-    apl_warmup: int | None = None  # em-apl: pseudo-labels after every epoch from this one on
-    gr_w: list[float] | None = None  # gr: (start, end) of each schedule ...
-    gr_b: list[float] | None = None
-    gr_mu: list[float] | None = None
-    gr_sigma: list[float] | None = None
-    gr_q: list[float] | None = None  # ... and the powers (q2, q3)
+    # here, a field for each scheme setting (`delta_rel`, `gr_w`, ...), declared in its family's package
     track_memorization: bool = False
     img_size: int | None = None  # None: the backbone's default input size
     hflip: bool = True
@@ -81,8 +100,6 @@ class TrainConfig:
 
     def validate(self) -> TrainConfig:
         """Fail early, naming the option, on values no run could use."""
-        from wsml_fast.schemes import get_scheme
-
         scheme = get_scheme(self.scheme)
         choices = {
             "precision": PRECISIONS,
@@ -93,40 +110,22 @@ class TrainConfig:
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
-                option = name.replace("_", "-")
-                raise WsmlError(f"--{option} {getattr(self, name)!r} is not one of: {', '.join(allowed)}")
+                raise WsmlError(f"{option_name(name)} {getattr(self, name)!r} is not one of: {', '.join(allowed)}")
         for f in fields(self):
             value = getattr(self, f.name)
             for number in value if isinstance(value, list) else [value]:
                 if isinstance(number, float) and not math.isfinite(number):
                     what = "finite numbers" if isinstance(value, list) else "a finite number"
-                    raise WsmlError(f"{_option(f.name)} must be {what} (got {value})")
-        for name, low, low_included in _LIMITS:
-            value = getattr(self, name)
-            if value is not None and (value < low or (value == low and not low_included)):
-                relation = "at least" if low_included else "greater than"
-                raise WsmlError(f"{_option(name)} must be {relation} {low} (got {value})")
-        if self.delta_rel is not None and self.delta_rel >= 100:
-            raise WsmlError(f"--delta-rel is Delta in percent, below 100 (got {self.delta_rel}; typical 0.1 to 0.5)")
-        for name in ("gr_w", "gr_b", "gr_mu", "gr_sigma", "gr_q"):
-            value = getattr(self, name)
-            if value is not None and len(value) != 2:
-                raise WsmlError(f"{_option(name)} takes two numbers, a start and an end (got {value})")
-        if self.gr_sigma is not None and min(self.gr_sigma) <= 0 or self.gr_q is not None and min(self.gr_q) <= 0:
-            raise WsmlError("--gr-sigma and --gr-q must be greater than 0")
+                    raise WsmlError(f"{option_name(f.name)} must be {what} (got {value})")
+        for name, interval in _LIMITS.items():
+            interval.check(option_name(name), getattr(self, name), self)
+        for setting in scheme.settings:
+            setting.check(getattr(self, setting.name), self)
         if self.boost_lu is not None and self.mode != "end-to-end":
             raise WsmlError(
                 f"--boost-lu needs --mode end-to-end: the {self.mode} mode trains on cached pooled features, and "
                 "BoostLU's head needs the whole feature map"
             )
-        if "apl_warmup" in scheme.settings and self.apl_warmup is not None and self.apl_warmup >= self.total_epochs:
-            raise WsmlError(
-                f"--apl-warmup {self.apl_warmup}: APL pseudo-labels after the epochs from the warm-up on, before the "
-                f"last; with {self.total_epochs} epochs it would never run (use a smaller --apl-warmup)"
-            )
-        for name, default in scheme.settings.items():
-            if getattr(self, name) is None and default is None and name != "expected_positives":
-                raise WsmlError(f"--scheme {self.scheme} needs {_option(name)}")
         if self.valid_fraction is not None and not 0 < self.valid_fraction < 1:
             raise WsmlError(f"valid_fraction must be between 0 and 1 (got {self.valid_fraction})")
         return self
@@ -150,28 +149,19 @@ class TrainConfig:
         return config
 
 
-_LIMITS = (  # (field, lowest value, whether the lowest value itself is allowed)
-    ("epochs", 1, True),
-    ("bs", 1, True),
-    ("lr", 0, False),
-    ("head_lr_mult", 0, False),
-    ("linear_epochs", 0, True),
-    ("linear_lr", 0, False),
-    ("linear_bs", 1, True),
-    ("early_stop_drop", 0, True),
-    ("boost_lu", 1, True),
-    ("delta_rel", 0, False),
-    ("expected_positives", 0, False),
-    ("em_alpha", 0, False),
-    ("em_beta", 0, True),
-    ("apl_warmup", 1, True),
-    ("img_size", 8, True),
-    ("workers", 0, True),
-)
-
-
-def _option(name: str) -> str:
-    return f"--{name.replace('_', '-')}"
+_LIMITS = {  # the general settings' allowed values (the schemes' settings declare their own)
+    "epochs": Interval(low=1),
+    "bs": Interval(low=1),
+    "lr": Interval(low=0, low_inclusive=False),
+    "head_lr_mult": Interval(low=0, low_inclusive=False),
+    "linear_epochs": Interval(low=0),
+    "linear_lr": Interval(low=0, low_inclusive=False),
+    "linear_bs": Interval(low=1),
+    "early_stop_drop": Interval(low=0),
+    "boost_lu": Interval(low=1),
+    "img_size": Interval(low=8),
+    "workers": Interval(low=0),
+}
 
 
 def field_names() -> list[str]:
@@ -206,9 +196,9 @@ def resolve(
 
 
 def with_scheme_defaults(config: TrainConfig) -> TrainConfig:
-    """Fill the scheme's own settings that no layer gave from its registry entry (source `scheme:NAME`)."""
-    from wsml_fast.schemes import get_scheme
-
+    """Fill the scheme's own settings that no layer gave from their declarations (source `scheme:NAME`)."""
     scheme = get_scheme(config.scheme)
-    unset = {k: copy.deepcopy(v) for k, v in scheme.settings.items() if v is not None and getattr(config, k) is None}
+    unset = {
+        s.name: s.config_default for s in scheme.settings if s.default is not None and getattr(config, s.name) is None
+    }
     return apply_layer(config, unset, f"scheme:{scheme.name}") if unset else config

@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 
 from wsml_fast.errors import WsmlError
-from wsml_fast.schemes import FAMILIES, RECIPE_FAMILY, SCHEMES, get_scheme
+from wsml_fast.schemes import FAMILIES, SCHEMES, get_scheme
 
 
 def shipped_recipes() -> dict[str, Path]:
@@ -58,9 +58,9 @@ def find_recipe(
         return None, None
     values = load_recipe(path)
     values.pop("description", None)
-    families = _section(path, values, "families", sorted(set(RECIPE_FAMILY.get(f, f) for f in FAMILIES)))
+    families = _section(path, values, "families", sorted({family.recipe_family for family in FAMILIES.values()}))
     schemes = _section(path, values, "schemes", SCHEMES)
     chosen = get_scheme(scheme or values.get("scheme", "an"))
-    values.update(families.get(chosen.recipe_family, {}))
+    values.update(families.get(FAMILIES[chosen.family].recipe_family, {}))
     values.update(schemes.get(chosen.name, {}))
     return values, name

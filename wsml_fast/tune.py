@@ -30,7 +30,8 @@ from wsml_fast.config import TrainConfig, apply_layer, with_scheme_defaults
 from wsml_fast.errors import WsmlError, one_line
 from wsml_fast.evaluate import evaluate
 from wsml_fast.runfolder import RunFolder, csv_text
-from wsml_fast.schemes import Choice, Range, get_scheme
+from wsml_fast.schemes import get_scheme
+from wsml_fast.schemes.declaration import Choice, Range
 from wsml_fast.sources import DataSource
 from wsml_fast.stopping import RunInterrupted, StopRequest
 

@@ -1,22 +1,26 @@
-"""The scheme registry: what each training scheme is, in one entry, and the one factory that builds it.
+"""The scheme registry: every training scheme's entry, collected from the family packages, and the one factory
+that builds a scheme.
 
-In the spirit of timm's model registry, every scheme is one `Scheme` entry: its name, the family whose paper and
-settings it follows, a one-line description, the labels it trains on and what it needs, the settings it reads
-(with their defaults) and the ranges `wsml tune` searches. Its family's module builds the loss and callbacks
-(`parts(scheme, context)`). The entries are plain data, so the command line lists them without importing
-torch; a family module is imported only when one of its schemes is built. Adding a scheme is one module (or one
-function in its family's module) plus one entry here. The CLI help, config validation, the README table,
-`benchmarks/schemes.py` and `wsml tune` all read this registry.
+In the spirit of timm's model registry, every scheme is one `Scheme` entry (wsml_fast.schemes.declaration),
+declared with its settings in its family's package (`wsml_fast/schemes/<family>/__init__.py`): its name, the
+family whose paper it follows, a one-line description, the labels it trains on and what it needs, the function of
+the family's `training` module that builds it, and the settings it reads (`Setting`: type, default, constraint,
+help, search range). The declarations are plain data, so the command line lists them without importing torch; a
+family's `training` module is imported only when one of its schemes is built. Adding a scheme to a family is one
+entry (and its settings) in the family's package and its build function in the family's `training` module; a new
+family is one more package, listed in `_PACKAGES`. The `train` options, config validation, the README table,
+`wsml schemes --json` and `wsml tune` all read this registry.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from wsml_fast.errors import WsmlError
+from wsml_fast.schemes import cole, em, gr, large_loss, role
+from wsml_fast.schemes.declaration import Family, Scheme, Setting
 
 if TYPE_CHECKING:  # the heavy types, for annotations only
     from collections.abc import Callable
@@ -30,171 +34,25 @@ if TYPE_CHECKING:  # the heavy types, for annotations only
     from wsml_fast.runfolder import Reporter, RunFolder
     from wsml_fast.table import PartialLabelTable
 
-
-@dataclass(frozen=True)
-class Range:
-    """A search range for `wsml tune`: uniform, or log-uniform, over [low, high] (integers if `integer`)."""
-
-    low: float
-    high: float
-    log: bool = False
-    integer: bool = False
-
-
-@dataclass(frozen=True)
-class Choice:
-    """A search over listed values (for settings that come in published sets)."""
-
-    values: tuple
-
-
-@dataclass(frozen=True)
-class Family:
-    """Whose method a scheme is: the paper, and the module that implements its schemes."""
-
-    paper: str
-    module: str
-
-
-FAMILIES = {
-    "cole": Family("Cole et al., CVPR 2021 (Multi-Label Learning from Single Positive Labels)", "cole"),
-    "role": Family("Cole et al., CVPR 2021 (ROLE)", "role"),
-    "large-loss": Family("Kim et al., CVPR 2022 (Large Loss Matters)", "large_loss"),
-    "em": Family("Zhou et al., ECCV 2022 (Acknowledging the Unknown: EM and APL)", "em"),
-    "gr": Family("Chen et al., IJCAI 2024 (GR loss)", "gr"),
-}
-RECIPE_FAMILY = {"role": "cole"}  # ROLE has its own module but Cole et al.'s settings
+_PACKAGES = (cole, role, large_loss, em, gr)
+FAMILIES: dict[str, Family] = {package.FAMILY.name: package.FAMILY for package in _PACKAGES}
+SCHEMES: dict[str, Scheme] = {scheme.name: scheme for package in _PACKAGES for scheme in package.ENTRIES}
 
 TARGETS = ("observed", "truth", "observed-positives-true-negatives")
-DELTA = {"settings": {"delta_rel": 0.2}, "search": {"delta_rel": Range(0.05, 1.0, log=True)}}  # Delta in percent
-
-
 DENSE_STATE_BUDGET = 4 * 2**30  # bytes of per-entry state a scheme may keep: 4 GiB
 
 
-@dataclass(frozen=True)
-class DenseState:
-    """State a scheme keeps for every training entry (images x classes): what it is and its bytes per entry."""
-
-    what: str
-    bytes_per_entry: int
-
-
-@dataclass(frozen=True)
-class Scheme:
-    """One training scheme. `settings` maps the TrainConfig fields it reads to their defaults (None: required,
-    or estimated where the scheme says how); `dense_state` is the per-entry state it keeps, if any (memory that
-    grows with images x classes: refused above DENSE_STATE_BUDGET)."""
-
-    name: str
-    family: str
-    description: str
-    targets: str = "observed"
-    needs_observed_negatives: bool = False
-    needs_expected_positives: bool = False
-    settings: Mapping[str, Any] = field(default_factory=dict)
-    search: Mapping[str, Range | Choice] = field(default_factory=dict)
-    dense_state: DenseState | None = None
-
-    @property
-    def recipe_family(self) -> str:
-        return RECIPE_FAMILY.get(self.family, self.family)
+def _declared_settings() -> dict[str, Setting]:
+    """Every scheme's settings, each once, in registry order (a name is one TrainConfig field and one option)."""
+    settings: dict[str, Setting] = {}
+    for scheme in SCHEMES.values():
+        for setting in scheme.settings:
+            if settings.setdefault(setting.name, setting) != setting:
+                raise ValueError(f"scheme setting {setting.name!r} is declared twice, differently")
+    return settings
 
 
-GR_DEFAULTS = {  # yan4xi1/GRLoss config.py:93-102: (start, end) of each schedule, and the powers (q2, q3)
-    "gr_w": [0.0, 2.0],
-    "gr_b": [-2.0, -2.0],
-    "gr_mu": [0.5, 0.8],
-    "gr_sigma": [2.0, 0.5],
-    "gr_q": [0.01, 1.0],
-}
-
-_ENTRIES = (
-    Scheme("an", "cole", "assume negative: unobserved entries are negatives"),
-    Scheme("an-ls", "cole", "`an` with label smoothing 0.1 (targets 0.9 / 0.1, as the Cole et al. code does)"),
-    Scheme("wan", "cole", "`an` with the negative term of unobserved entries weighted 1/(C-1)"),
-    Scheme(
-        "epr",
-        "cole",
-        "observed positives only, plus (batch mean of the expected count - k)^2 / C^2; k from "
-        "`--expected-positives` (estimated from `truth.csv` when absent, and said so)",
-        needs_expected_positives=True,
-        settings={"expected_positives": None},
-    ),
-    Scheme(
-        "role",
-        "role",
-        "jointly learns a label-estimate matrix (its own lr: 10 x `--lr`) with the classifier; its estimates "
-        "are saved with the weights",
-        needs_expected_positives=True,
-        settings={"expected_positives": None},
-        # estimate logits, their gradient and Adam's two moments: 4 float32 an entry
-        dense_state=DenseState("a label estimate per training entry, with its gradient and Adam moments", 16),
-    ),
-    Scheme(
-        "iu",
-        "cole",
-        "observed positives and observed negatives only (refused, with a reason, when there are no observed negatives)",
-        needs_observed_negatives=True,
-    ),
-    Scheme(
-        "iun",
-        "cole",
-        "observed positives and every true negative from `truth.csv` (an oracle baseline)",
-        targets="observed-positives-true-negatives",
-    ),
-    Scheme("bce", "cole", "full labels from `truth.csv` (the upper bound)", targets="truth"),
-    Scheme("bce-ls", "cole", "`bce` with label smoothing 0.1", targets="truth"),
-    Scheme(
-        "llr",
-        "large-loss",
-        "Large Loss Rejection: from epoch 2 on, the k largest AN losses among unobserved entries of each batch "
-        "count 0; k = ceil(B C (t-1) Delta / 100)",
-        **DELTA,
-    ),
-    Scheme(
-        "llct",
-        "large-loss",
-        "Large Loss Correction (temporary): those entries are trained as positives for this step",
-        **DELTA,
-    ),
-    Scheme(
-        "llcp",
-        "large-loss",
-        "Large Loss Correction (permanent): k = ceil(B C Delta / 100) entries a batch become observed positives "
-        "for the rest of training; listed in `corrected_labels.csv` and checkpointed",
-        **DELTA,
-    ),
-    Scheme(
-        "em",
-        "em",
-        "entropy maximisation: observed positives -log p, unobserved entries -alpha H(p) (`--em-alpha`)",
-        settings={"em_alpha": 0.1},
-        search={"em_alpha": Range(0.005, 0.5, log=True)},
-    ),
-    Scheme(
-        "em-apl",
-        "em",
-        "`em` plus asymmetric pseudo-labels: after each epoch from `--apl-warmup` on, the least likely "
-        "unobserved entries of each class get the soft negative label p, weighted `--em-beta`; listed in "
-        "`pseudo_labels.csv` and checkpointed",
-        settings={"em_alpha": 0.1, "em_beta": 0.9, "apl_warmup": 5},
-        search={"em_alpha": Range(0.005, 0.5, log=True), "em_beta": Range(0.01, 1.0, log=True)},
-        # targets, pass probabilities and pseudo-label values (float32), flag (bool), epoch (int16), the pass's
-        # selection (an int64 sort index and a bool per entry)
-        dense_state=DenseState("the pass's scores and a pseudo-label flag, value and epoch per training entry", 24),
-    ),
-    Scheme(
-        "gr",
-        "gr",
-        "generalized robust loss: unobserved entries get a soft pseudo-label k = sigmoid(w p + b) and a weight "
-        "v = exp(-(p - mu)^2 / 2 sigma^2) on generalized cross-entropies; w, b, mu, sigma follow linear "
-        "schedules over the epochs",
-        settings=dict(GR_DEFAULTS),
-        search={"gr_w": Choice(([0.0, 2.0], [0.0, 10.0])), "gr_b": Choice(([-2.0, -2.0], [-2.0, -8.0]))},
-    ),
-)
-SCHEMES: dict[str, Scheme] = {scheme.name: scheme for scheme in _ENTRIES}
+SETTINGS = _declared_settings()
 
 
 def scheme_names() -> tuple[str, ...]:
@@ -209,7 +67,7 @@ def get_scheme(name: str) -> Scheme:
 
 def settings_of(config: TrainConfig) -> dict[str, Any]:
     """The scheme's own settings as this run resolved them (for the run's first lines)."""
-    return {name: getattr(config, name) for name in get_scheme(config.scheme).settings}
+    return {setting.name: getattr(config, setting.name) for setting in get_scheme(config.scheme).settings}
 
 
 @dataclass
@@ -296,13 +154,37 @@ def scheme_parts(
     return module.parts(scheme, context)
 
 
+def readers(setting: Setting) -> list[str]:
+    """The schemes that read `setting`."""
+    return [scheme.name for scheme in SCHEMES.values() if setting in scheme.settings]
+
+
+def option_help(setting: Setting) -> str:
+    """The command-line help of a scheme setting: who reads it, what it is, its default."""
+    default = f" (default {_plain(setting.default)})" if setting.default is not None else ""
+    return f"{', '.join(readers(setting))}: {setting.help}{default}."
+
+
+def schemes_json() -> list[dict[str, Any]]:
+    """Every scheme with its settings, as `wsml schemes --json` prints them."""
+    return [
+        {
+            "name": scheme.name,
+            "family": scheme.family,
+            "paper": FAMILIES[scheme.family].paper,
+            "description": scheme.description,
+            "settings": [setting.to_json() for setting in scheme.settings],
+        }
+        for scheme in SCHEMES.values()
+    ]
+
+
 def markdown_table() -> str:
     """The README's table of schemes, made from the registry (a test keeps the two the same)."""
     lines = ["| scheme | what it does | method | own settings (default) |", "| --- | --- | --- | --- |"]
     for scheme in SCHEMES.values():
         settings = ", ".join(
-            f"`--{k.replace('_', '-')}`" + (f" ({_plain(v)})" if v is not None else "")
-            for k, v in scheme.settings.items()
+            f"`{s.option}`" + (f" ({_plain(s.default)})" if s.default is not None else "") for s in scheme.settings
         )
         paper = FAMILIES[scheme.family].paper.split(" (")[0]
         lines.append(f"| `{scheme.name}` | {scheme.description} | {paper} | {settings or '-'} |")
@@ -310,4 +192,4 @@ def markdown_table() -> str:
 
 
 def _plain(value: Any) -> str:
-    return " ".join(f"{v:g}" for v in value) if isinstance(value, list) else f"{value:g}"
+    return " ".join(f"{v:g}" for v in value) if isinstance(value, tuple) else f"{value:g}"

@@ -27,6 +27,7 @@ from fastai.callback.core import Callback
 
 from wsml_fast.losses import PartialLabelLoss, negative_term, positive_term
 from wsml_fast.schemes import Scheme, SchemeContext
+from wsml_fast.schemes.gr import GR_B, GR_MU, GR_Q, GR_SIGMA, GR_W
 
 if TYPE_CHECKING:
     from wsml_fast.config import TrainConfig
@@ -34,22 +35,22 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class GrConfig:
-    """The schedule's end points and the robust exponents; defaults from yan4xi1/GRLoss config.py:97-102.
+    """The schedule's end points and the robust exponents; defaults: the gr settings' declared defaults.
 
     The reference's `beta` list is [w0, wT, b0, bT] and its `alpha` list [mu0, sigma0, muT, sigmaT];
     `linear_epochs` is its `linear_init` n (train.py:61), the epochs before the schedules start moving.
     """
 
-    w0: float = 0.0
-    w_end: float = 2.0
-    b0: float = -2.0
-    b_end: float = -2.0
-    mu0: float = 0.5
-    sigma0: float = 2.0
-    mu_end: float = 0.8
-    sigma_end: float = 0.5
-    q2: float = 0.01
-    q3: float = 1.0
+    w0: float = GR_W.default[0]
+    w_end: float = GR_W.default[1]
+    b0: float = GR_B.default[0]
+    b_end: float = GR_B.default[1]
+    mu0: float = GR_MU.default[0]
+    sigma0: float = GR_SIGMA.default[0]
+    mu_end: float = GR_MU.default[1]
+    sigma_end: float = GR_SIGMA.default[1]
+    q2: float = GR_Q.default[0]
+    q3: float = GR_Q.default[1]
     linear_epochs: int = 0
 
 

@@ -1,1 +1,20 @@
-"""The role family of schemes: its declarations here (plain data), its training code in `training`."""
+"""ROLE (Cole et al.): its declaration here (plain data), its training code in `training`."""
+
+from wsml_fast.schemes.cole import EXPECTED_POSITIVES
+from wsml_fast.schemes.declaration import DenseState, Family, Scheme
+
+FAMILY = Family("role", "Cole et al., CVPR 2021 (ROLE)", "role", recipes_of="cole")  # Cole et al.'s settings
+
+ENTRIES = (
+    Scheme(
+        "role",
+        FAMILY.name,
+        "jointly learns a label-estimate matrix (its own lr: 10 x `--lr`) with the classifier; its estimates "
+        "are saved with the weights",
+        build="role",
+        needs_expected_positives=True,
+        settings=(EXPECTED_POSITIVES,),
+        # estimate logits, their gradient and Adam's two moments: 4 float32 an entry
+        dense_state=DenseState("a label estimate per training entry, with its gradient and Adam moments", 16),
+    ),
+)
