@@ -125,7 +125,9 @@ def test_validation_checks_the_chosen_schemes_declared_constraints(values: dict,
     assert error in str(refused.value)
 
 
-def test_validation_follows_the_chosen_scheme_only() -> None:
+def test_a_value_for_another_schemes_setting_is_still_checked_but_not_against_this_run() -> None:
+    with pytest.raises(WsmlError, match="--delta-rel must be greater than 0"):  # a typo is found whatever the scheme
+        resolve(None, None, {"scheme": "an", "delta_rel": 0})
     config = resolve(None, None, {"scheme": "em", "epochs": 3, "apl_warmup": 3})  # em does not pseudo-label
     assert config.apl_warmup == 3 and config.em_beta is None
     linear = resolve(None, None, {"scheme": "em-apl", "mode": "linear-init", "epochs": 4, "linear_epochs": 2})

@@ -119,8 +119,9 @@ class TrainConfig:
                     raise WsmlError(f"{option_name(f.name)} must be {what} (got {value})")
         for name, interval in _LIMITS.items():
             interval.check(option_name(name), getattr(self, name), self)
-        for setting in scheme.settings:
-            setting.check(getattr(self, setting.name), self)
+        for setting in SETTINGS.values():  # any given value must be one its setting allows, read or not ...
+            own = setting in scheme.settings  # ... and bounds that depend on the run only bind the scheme's own
+            setting.check(getattr(self, setting.name), self if own else None)
         if self.boost_lu is not None and self.mode != "end-to-end":
             raise WsmlError(
                 f"--boost-lu needs --mode end-to-end: the {self.mode} mode trains on cached pooled features, and "

@@ -35,10 +35,14 @@ class Interval:
     high_message: str | None = None
 
     def check(self, option: str, value: Any, run: Any) -> None:
-        """Raise WsmlError, naming the option, where `value` (None: not set) lies outside."""
+        """Raise WsmlError, naming the option, where `value` (None: not set) lies outside; a bound that names an
+        attribute of the run is left out when `run` is None."""
         if value is None:
             return
-        high = getattr(run, self.high) if isinstance(self.high, str) else self.high
+        if isinstance(self.high, str) and run is None:  # a bound read from the run, checked without one
+            high = None
+        else:
+            high = getattr(run, self.high) if isinstance(self.high, str) else self.high
         for number in value if isinstance(value, list | tuple) else [value]:
             if self.low is not None and (number < self.low or (number == self.low and not self.low_inclusive)):
                 relation = "at least" if self.low_inclusive else "greater than"
