@@ -27,9 +27,9 @@ losses, the top-k selection, the replaced loss and its backward to the logits, t
 against a whole training step of the same batch (forward, AN loss, backward, Adam), medians. The backward of the
 replaced loss is counted whole, although AN's own loss has one too: an upper bound of the added cost.
 
-`--smoke`: all three on a tiny scale, in a temporary folder: 300 rows x 40 classes (no baseline, `wsml train`
-to its first batch for llcp with timm's test_efficientnet at 32 px), the step share at B = 8, C = 40 and the
-reads of a demo dataset of a few dozen images.
+`--smoke`: all three on a tiny scale, in a temporary folder: 300 rows x 40 classes (load_table, which reads
+with read_label_csv; no baseline; `wsml train` to its first batch for llcp with timm's test_efficientnet at
+32 px), the step share at B = 8, C = 40 and the reads of a demo dataset of a few dozen images.
 """
 
 from __future__ import annotations
@@ -373,8 +373,8 @@ def main() -> None:
         help="--step-share: LL-Cp's stored corrections (one epoch at Delta 0.2%% of the 1.7 M-row set's 1.36 M "
         "training rows: 1.36 M / 64 batches x 1,229 a batch)",
     )
-    smoke = {"rows": [300], "classes": 40, "schemes": ["llcp"], "bs": 8, "steps": 2, "corrections": 1000}
-    args = parse_args(parser, **smoke, backbone=TINY_BACKBONE, img_size=TINY_IMG_SIZE)
+    smoke = {"rows": [300], "classes": 40, "loads": ["load_table"], "schemes": ["llcp"], "bs": 8, "steps": 2}
+    args = parse_args(parser, **smoke, corrections=1000, backbone=TINY_BACKBONE, img_size=TINY_IMG_SIZE)
     print(f"wsml_fast from {Path(wsml_fast.__file__).parent}")
     args.train_options = ()
     if args.smoke:

@@ -32,7 +32,6 @@ FIGURES = {  # script: patterns its smoke's output must match (one line of figur
     ],
     "scale.py": [
         r"300 rows x 40 classes: [\d,]+ entries",
-        r"read_label_csv +\d+\.\d s \| peak RSS",
         r"load_table +\d+\.\d s \| peak RSS",
         r"wsml train llcp  first batch after +\d+\.\d s",
         r"B = 8, C = 40, .* training step \d+ ms",
