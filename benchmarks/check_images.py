@@ -1,6 +1,6 @@
 """`python benchmarks/check_images.py [--images 5000] [--threads 1 2 4 8]`: images a second that the check before
 training (`wsml_fast.table.check_images`: existence and header of every listed image) gets through with 1 and
-more threads, on symlinks to small PNGs (what `wsml prepare` makes of a benchmark download).
+more threads, on symlinks to small PNGs (what `wsml prepare` makes of a benchmark download). `--smoke`: 60 links.
 
 Warm: the files are in the page cache (a first pass reads them), as on a machine that has just read the data.
 Cold (`--cold`): before each pass every file's cached pages are dropped (posix_fadvise DONTNEED, file by file:
@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from smoke import parse_args
 
 from wsml_fast.table import check_images
 
@@ -50,7 +51,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--cold", action="store_true", help="drop the files from the page cache before each pass")
-    args = parser.parse_args()
+    args = parse_args(parser, images=60, distinct=5, threads=[1, 2], repeat=1)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         names = make_links(folder, args.images, args.distinct)

@@ -2,6 +2,8 @@
 same run uninterrupted. Prints, column by column, whether metrics.csv agrees, and the model.pth digests.
 
     python benchmarks/resume_check.py [--scheme llcp] [--workers 0] [-- extra wsml train options]
+
+`--smoke`: a tiny model on a demo dataset of a few dozen images, 8 epochs, killed as soon as epoch 2 is in.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+from smoke import TINY_BACKBONE, TINY_IMG_SIZE, parse_args, tiny_demo
 
 from wsml_fast.runfolder import CORRECTIONS, METRICS, SCHEME_STATE, WEIGHTS, RunFolder
 
@@ -29,12 +32,12 @@ def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
-def kill_in_epoch(command: list[str], metrics: Path, epoch: int) -> float:
-    """Start `command`, SIGKILL it once `epoch - 1` epochs are in metrics.csv (so during `epoch`)."""
+def kill_in_epoch(command: list[str], metrics: Path, epoch: int, delay: float) -> float:
+    """Start `command`, SIGKILL it `delay` seconds after `epoch - 1` epochs are in metrics.csv (so during `epoch`)."""
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     while process.poll() is None:
         if metrics.exists() and len(pd.read_csv(metrics)) >= epoch - 1:
-            time.sleep(1.0)  # into the epoch
+            time.sleep(delay)  # into the epoch
             process.send_signal(signal.SIGKILL)
             process.wait()
             return time.time()
@@ -42,20 +45,27 @@ def kill_in_epoch(command: list[str], metrics: Path, epoch: int) -> float:
     raise SystemExit(f"the run ended (exit {process.returncode}) before epoch {epoch}")
 
 
+def tiny_training(folder: Path) -> list[str]:
+    """`wsml train` options of the smoke: a tiny model on a tiny demo dataset made in `folder`."""
+    data = tiny_demo(folder)
+    return ["--data", str(data), "--backbone", TINY_BACKBONE, "--no-pretrained", "--img-size", str(TINY_IMG_SIZE)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scheme", default="llcp")
     parser.add_argument("--workers", default="0")
     parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--kill-delay", type=float, default=1.0, help="seconds into epoch 3 before the kill")
     parser.add_argument("extra", nargs="*", help="more `wsml train` options (after --)")
-    options = parser.parse_args()
+    options = parse_args(parser, epochs=8, kill_delay=0.0)
     folder = Path(tempfile.mkdtemp(prefix="wsml-resume-check-"))
     train = ["train", "--scheme", options.scheme, "--workers", options.workers, "--epochs", str(options.epochs)]
-    train += options.extra
+    train += options.extra + (tiny_training(folder) if options.smoke else [])
     whole, killed = folder / "uninterrupted", folder / "killed"
     print("command:", " ".join(["wsml", *train]), flush=True)
     subprocess.run(wsml(*train, "--out", str(whole)), check=True, stdout=subprocess.DEVNULL)
-    kill_in_epoch(wsml(*train, "--out", str(killed)), killed / METRICS, 3)
+    kill_in_epoch(wsml(*train, "--out", str(killed)), killed / METRICS, 3, options.kill_delay)
     status = RunFolder(killed).status()
     completed = len(pd.read_csv(killed / METRICS))
     print(

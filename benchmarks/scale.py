@@ -26,6 +26,10 @@ without labels to speak of).
 losses, the top-k selection, the replaced loss and its backward to the logits, the corrections' bookkeeping)
 against a whole training step of the same batch (forward, AN loss, backward, Adam), medians. The backward of the
 replaced loss is counted whole, although AN's own loss has one too: an upper bound of the added cost.
+
+`--smoke`: all three on a tiny scale, in a temporary folder: 300 rows x 40 classes (load_table, which reads
+with read_label_csv; no baseline; `wsml train` to its first batch for llcp with timm's test_efficientnet at
+32 px), the step share at B = 8, C = 40 and the reads of a demo dataset of a few dozen images.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from smoke import TINY_BACKBONE, TINY_IMG_SIZE, TINY_SPLITS, parse_args, scratch
 
 import wsml_fast
 from wsml_fast.labels import SPLITS, write_label_csv
@@ -161,9 +166,9 @@ def _child(what: str, folder: Path) -> None:
     print(json.dumps(figures | {"rows": rows}))
 
 
-def _first_batch_child(scheme: str, folder: Path, started: float) -> None:
-    """Run `wsml train` on `folder` and print its figures as JSON at its first training batch (this is the child
-    process; `started` is the wall clock when the parent launched it)."""
+def _first_batch_child(scheme: str, folder: Path, started: float, extra: list[str]) -> None:
+    """Run `wsml train` on `folder` (with `extra` options) and print its figures as JSON at its first training
+    batch (this is the child process; `started` is the wall clock when the parent launched it)."""
     from fastai.callback.core import Callback
 
     import wsml_fast.train as train_module
@@ -188,17 +193,18 @@ def _first_batch_child(scheme: str, folder: Path, started: float) -> None:
 
     train_module.build_learner = with_first_batch
     arguments = ["train", "--data", str(folder), "--scheme", scheme, "--no-check-images", "--img-size", "64"]
-    arguments += ["--bs", "64", "--epochs", "1", "--out", str(folder / "runs" / scheme)]
+    arguments += ["--bs", "64", "--epochs", "1", "--out", str(folder / "runs" / scheme), *extra]
     main(arguments)
     print(json.dumps({"failed": "the run ended before its first training batch"}))
 
 
-def measure(what: str, folder: Path) -> dict:
-    """The figures of one load (or `first-batch:SCHEME`) in a fresh process that imports this copy of wsml_fast."""
+def measure(what: str, folder: Path, extra: tuple[str, ...] = ()) -> dict:
+    """The figures of one load (or `first-batch:SCHEME`, with `extra` options of `wsml train`) in a fresh process
+    that imports this copy of wsml_fast."""
     package_root = str(Path(wsml_fast.__file__).resolve().parent.parent)
     env = os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
     done = subprocess.run(
-        [sys.executable, __file__, "--child", what, str(folder), str(time.time())],
+        [sys.executable, __file__, "--child", what, str(folder), str(time.time()), *extra],
         env=env,
         capture_output=True,
         text=True,
@@ -228,19 +234,18 @@ def _say_first_batch(scheme: str, figures: dict, baseline: dict | None) -> str:
     )
 
 
-def first_batches(folder: Path, baseline: dict[str, dict] | None) -> dict[str, dict]:
-    """`wsml train` to its first batch on `folder`, for each scheme of FIRST_BATCH_SCHEMES."""
+def first_batches(folder: Path, baseline: dict[str, dict] | None, args: argparse.Namespace) -> dict[str, dict]:
+    """`wsml train` to its first batch on `folder`, for each scheme of `--schemes`."""
     figures = {}
-    for scheme in FIRST_BATCH_SCHEMES:
-        figures[scheme] = measure(f"first-batch:{scheme}", folder)
+    for scheme in args.schemes:
+        figures[scheme] = measure(f"first-batch:{scheme}", folder, args.train_options)
         print(_say_first_batch(scheme, figures[scheme], None if baseline is None else baseline[scheme]), flush=True)
     return figures
 
 
-def run_size(
-    folder: Path, rows: int, classes: int, images: bool, reuse: bool, loads: list[str], baseline: dict | None
-) -> None:
-    if not (reuse and (folder / "observed.csv").is_file()):
+def run_size(folder: Path, rows: int, args: argparse.Namespace, baseline: dict | None) -> None:
+    classes, images = args.classes, not args.no_images
+    if not (args.reuse and (folder / "observed.csv").is_file()):
         shutil.rmtree(folder, ignore_errors=True)
         made = make_dataset(folder, rows, classes, images)
         links = f", {rows:,} image links {made['links_s']:.1f} s" if images else ", no image links"
@@ -251,10 +256,10 @@ def run_size(
         )
     size = (folder / "observed.csv").stat().st_size / 2**20
     print(f"{folder / 'observed.csv'}: {size:.0f} MB")
-    for what in loads:
+    for what in args.loads:
         print(_say_load(what, measure(what, folder)), flush=True)
-    if baseline is not None:
-        first_batches(folder, baseline)
+    if not args.no_train:
+        first_batches(folder, baseline, args)
 
 
 def step_share(bs: int, classes: int, backbone: str, img_size: int, steps: int, corrections: int) -> None:
@@ -327,13 +332,14 @@ def _median_seconds(work, repeats: int) -> float:
     return float(np.median(times))
 
 
-def demo_reads(repeats: int = 30) -> None:
-    """Best-of-`repeats` time to read the demo dataset's label files (3,000 rows x 10 classes, wide form)."""
+def demo_reads(repeats: int = 30, sizes: dict[str, int] | None = None) -> None:
+    """Best-of-`repeats` time to read the demo dataset's label files (3,000 rows x 10 classes, wide form; or
+    `sizes` rows a split)."""
     from wsml_fast.demo import make_demo_dataset
     from wsml_fast.labels import read_label_csv
 
-    with tempfile.TemporaryDirectory() as scratch:
-        folder = make_demo_dataset(Path(scratch) / "demo")
+    with tempfile.TemporaryDirectory() as folder:
+        folder = make_demo_dataset(Path(folder) / "demo", sizes=sizes)
         for name, complete in (("observed.csv", False), ("truth.csv", True)):
             times = []
             for _ in range(repeats):
@@ -354,6 +360,7 @@ def main() -> None:
     parser.add_argument("--loads", nargs="+", choices=LOADS, default=list(LOADS))
     parser.add_argument("--demo", action="store_true", help="only time reading the demo dataset's label files")
     parser.add_argument("--no-train", action="store_true", help="skip `wsml train` to its first batch")
+    parser.add_argument("--schemes", nargs="+", default=list(FIRST_BATCH_SCHEMES), help="`wsml train` schemes")
     parser.add_argument("--step-share", action="store_true", help="only time the large-loss work against a step")
     parser.add_argument("--bs", type=int, default=64, help="--step-share: batch size")
     parser.add_argument("--backbone", default="tf_efficientnet_lite0", help="--step-share: backbone")
@@ -366,29 +373,43 @@ def main() -> None:
         help="--step-share: LL-Cp's stored corrections (one epoch at Delta 0.2%% of the 1.7 M-row set's 1.36 M "
         "training rows: 1.36 M / 64 batches x 1,229 a batch)",
     )
-    args = parser.parse_args()
+    smoke = {"rows": [300], "classes": 40, "loads": ["load_table"], "schemes": ["llcp"], "bs": 8, "steps": 2}
+    args = parse_args(parser, **smoke, corrections=1000, backbone=TINY_BACKBONE, img_size=TINY_IMG_SIZE)
     print(f"wsml_fast from {Path(wsml_fast.__file__).parent}")
-    if args.demo:
+    args.train_options = ()
+    if args.smoke:
+        args.train_options = ("--backbone", TINY_BACKBONE, "--no-pretrained", "--img-size", str(TINY_IMG_SIZE))
+        with scratch("wsml-scale-") as folder:
+            args.folder = folder
+            measure_sizes(args, with_baseline=False)
+            step_share(args.bs, args.classes, args.backbone, args.img_size, args.steps, args.corrections)
+            demo_reads(3, TINY_SPLITS)
+    elif args.demo:
         demo_reads()
-        return
-    if args.step_share:
+    elif args.step_share:
         step_share(args.bs, args.classes, args.backbone, args.img_size, args.steps, args.corrections)
-        return
+    else:
+        measure_sizes(args, with_baseline=not args.no_train)
+
+
+def measure_sizes(args: argparse.Namespace, with_baseline: bool) -> None:
+    """A dataset of each size of `--rows`: made, loaded, and trained to its first batch (beside a baseline of
+    BASELINE_ROWS rows when `with_baseline`)."""
     base = args.folder or Path(tempfile.mkdtemp(prefix="wsml-scale-"))
     print(f"datasets in {base}")
     baseline = None
-    if not args.no_train:
+    if with_baseline:
         folder = base / f"rows-{BASELINE_ROWS}"
         print(f"baseline: {BASELINE_ROWS:,} rows x {args.classes:,} classes")
         try:
             make_dataset(folder, BASELINE_ROWS, args.classes, not args.no_images)
-            baseline = first_batches(folder, None)
+            baseline = first_batches(folder, None, args)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
     for rows in args.rows:
         folder = base / f"rows-{rows}"
         try:
-            run_size(folder, rows, args.classes, not args.no_images, args.reuse, args.loads, baseline)
+            run_size(folder, rows, args, baseline)
         finally:
             if not args.keep:
                 shutil.rmtree(folder, ignore_errors=True)
@@ -398,7 +419,7 @@ def main() -> None:
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--child"] and sys.argv[2].startswith("first-batch:"):
-        _first_batch_child(sys.argv[2].split(":")[1], Path(sys.argv[3]), float(sys.argv[4]))
+        _first_batch_child(sys.argv[2].split(":")[1], Path(sys.argv[3]), float(sys.argv[4]), sys.argv[5:])
     elif sys.argv[1:2] == ["--child"]:
         _child(sys.argv[2], Path(sys.argv[3]))
     else:

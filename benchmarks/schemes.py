@@ -12,6 +12,9 @@ selected entries that really are positives) and `train_recovery_map` (mAP on the
 their full truth), both at the best epoch. Afterwards it prints the step-time ratio of `llct` to `an`: median
 training-step times in one Learner on the same images whose batches alternate between `an` and `llct` (the
 real large-loss callback, active from epoch 2 on).
+
+`--smoke`: an, llct, llr with BoostLU and iu (refused) with timm's test_efficientnet at 32 px, 2 epochs, one
+seed, on a demo dataset of a few dozen images, all in a temporary folder (the table goes there).
 """
 
 from __future__ import annotations
@@ -23,31 +26,28 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from fastai.callback.core import Callback
-from fastai.callback.progress import ProgressCallback
-from fastai.data.core import DataLoaders
 from fastai.learner import Learner
-from fastai.torch_core import set_seed
+from smoke import TINY_BACKBONE, TINY_IMG_SIZE, parse_args, scratch, tiny_demo
 
-from wsml_fast.callbacks import RunState, TargetsCallback
-from wsml_fast.config import resolve
-from wsml_fast.data import ImageLabelDataset, make_loader
+from wsml_fast.config import TrainConfig, resolve
 from wsml_fast.errors import WsmlError
-from wsml_fast.inference import pick_device
-from wsml_fast.learner import OPTIMIZERS
-from wsml_fast.losses import AssumeNegativeLoss
-from wsml_fast.model import build_model
+from wsml_fast.labels import write_label_csv
+from wsml_fast.learner import build_learner
 from wsml_fast.recipes import find_recipe
-from wsml_fast.runfolder import METRICS, RESULTS
+from wsml_fast.run_setup import set_up
+from wsml_fast.runfolder import METRICS, RESULTS, RunFolder
 from wsml_fast.schemes import SCHEMES
 from wsml_fast.schemes.large_loss.training import LargeLossCallback
-from wsml_fast.sources import resolve_source
+from wsml_fast.sources import DataSource, resolve_source
 from wsml_fast.table import load_table
 from wsml_fast.train import train
 
 DEFAULT_RUNS = [*SCHEMES, "llr+boost-lu=5"]
+SMOKE_RUNS = ["an", "llct", "llr+boost-lu=5", "iu"]  # iu is refused: the demo has no observed negatives
 README = Path(__file__).parents[1] / "README.md"
 
 
@@ -61,22 +61,24 @@ def parse_run(run: str) -> tuple[str, dict]:
     return scheme, options
 
 
+def demo_config(args: argparse.Namespace, scheme: str, data: dict | None = None, **options) -> TrainConfig:
+    """The demo recipe's configuration of `scheme` with `options` on top, on the demo dataset unless `data` names
+    other data (`wsml train`'s options); under `--smoke`, a tiny model on the smoke's tiny demo (`args.data`)."""
+    recipe, name = find_recipe(None, "demo", scheme)
+    data = data or ({"dataset": "demo"} if args.data is None else {"data": str(args.data)})
+    tiny = {"pretrained": False, "img_size": TINY_IMG_SIZE, "bs": 8} if args.smoke else {}
+    return resolve(recipe, name, {**data, **tiny, "scheme": scheme, "backbone": args.backbone, **options})
+
+
+def source_of(config: TrainConfig) -> DataSource:
+    return resolve_source(config.dataset, config.data, config.csv, config.images)
+
+
 def run_scheme(run: str, seed: int, args: argparse.Namespace, out_root: Path) -> dict:
     scheme, extra = parse_run(run)
-    recipe, name = find_recipe(None, "demo", scheme)
-    options = {
-        "dataset": "demo",
-        "scheme": scheme,
-        "seed": seed,
-        "mode": args.mode,
-        "epochs": args.epochs,
-        "backbone": args.backbone,
-        "lr": args.lr,
-        "out": str(out_root / f"{run}-{seed}"),
-        **extra,
-    }
-    config = resolve(recipe, name, options)
-    run = train(config, resolve_source("demo", None, None, None))
+    options = {"seed": seed, "mode": args.mode, "epochs": args.epochs, "lr": args.lr, **extra}
+    config = demo_config(args, scheme, **options, out=str(out_root / f"{run}-{seed}"))
+    run = train(config, source_of(config))
     results = json.loads(run.file(RESULTS).read_text())
     metrics = pd.read_csv(run.file(METRICS)).set_index("epoch")
     best = metrics.loc[results["best_epoch"]]
@@ -114,13 +116,12 @@ def table(rows: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
-class AlternatingLargeLoss(LargeLossCallback):
-    """LL-Ct on odd training batches, plain AN on even ones: the two interleave batch by batch, so drifts of
-    the machine's speed hit both alike."""
-
-    def after_loss(self) -> None:
-        if self.learn.iter % 2:
-            super().after_loss()
+def alternate_with_an(learn: Learner) -> None:
+    """LL-Ct on odd training batches, plain AN on even ones: the large-loss callback replaces the loss of odd
+    batches only, so the two interleave batch by batch and drifts of the machine's speed hit both alike."""
+    large_loss = next(cb for cb in learn.cbs if isinstance(cb, LargeLossCallback))
+    replace_loss = large_loss.after_loss
+    large_loss.after_loss = lambda: replace_loss() if learn.iter % 2 else None
 
 
 class BatchTimer(Callback):
@@ -142,32 +143,30 @@ class BatchTimer(Callback):
             self.times["llct" if self.iter % 2 else "an"].append(time.perf_counter() - self.start)
 
 
-def step_time_ratio(args: argparse.Namespace) -> tuple[float, float, int]:
-    """Median seconds of an end-to-end training step under `an` and under `llct` (the real callback, Delta as
-    in the demo recipe), on the same demo images, the two alternating batch by batch in one Learner."""
-    source = resolve_source("demo", None, None, None)
+def timing_learner(args: argparse.Namespace, folder: Path) -> tuple[Learner, float]:
+    """wsml's Learner of an `llct` run (end to end, fp32, Delta as in the demo recipe) on the first 16 batches
+    of the demo's training images (and one batch of its valid images), and the recipe's learning rate. The
+    images are listed in a label CSV of their own in `folder`, which the run reads as `--csv` / `--images`."""
+    demo = demo_config(args, "llct")
+    source = source_of(demo)
     table = load_table(source)
-    recipe, name = find_recipe(None, "demo", "llct")
-    config = resolve(recipe, name, {"dataset": "demo", "scheme": "llct", "backbone": args.backbone})
-    rows = table.rows("train")[: 16 * config.bs]
-    labels = table.observed[rows]
-    dataset = ImageLabelDataset(source.images_root, [table.images[i] for i in rows], labels, config.img_size, True)
-    device = pick_device()
-    set_seed(0)
-    model, _, _ = build_model(config.backbone, labels.shape[1], config.pretrained, None, config.img_size)
+    rows = np.concatenate([table.rows("train")[: 16 * demo.bs], table.rows("valid")[: demo.bs]])
+    csv = folder / "observed.csv"
+    write_label_csv(csv, [table.images[i] for i in rows], table.splits[rows], table.classes, table.observed.take(rows))
+    data = {"csv": str(csv), "images": str(source.images_root)}
+    config = demo_config(args, "llct", data, mode="end-to-end", precision="fp32", workers=0, out=str(folder / "run"))
+    learn, _ = build_learner(set_up(config, source_of(config), RunFolder.check_new(Path(config.out))))
+    return learn, config.lr
+
+
+def step_time_ratio(args: argparse.Namespace, folder: Path) -> tuple[float, float, int]:
+    """Median seconds of an end-to-end training step under `an` and under `llct` (the real callback), on the
+    same demo images, the two alternating batch by batch in one Learner."""
+    learn, lr = timing_learner(args, folder)
+    alternate_with_an(learn)
     timer = BatchTimer()
-    large_loss = AlternatingLargeLoss("llct", config.delta_rel, labels, None, [], table.classes, None)
-    loaders = [make_loader(ds, config.bs, train, 0, device) for ds, train in ((dataset, True), (dataset, False))]
-    learn = Learner(
-        DataLoaders(*loaders, device=device),
-        model.to(device),
-        loss_func=AssumeNegativeLoss(),
-        opt_func=OPTIMIZERS[config.opt],
-        cbs=[RunState(), TargetsCallback(), large_loss, timer],
-    )
-    learn.remove_cb(ProgressCallback)
-    learn.logger = lambda *_: None
-    learn.fit(args.timing_repeats, config.lr)
+    learn.add_cb(timer)
+    learn.fit(args.timing_repeats, lr)
     an, llct = timer.times["an"], timer.times["llct"]
     return statistics.median(an), statistics.median(llct), min(len(an), len(llct))
 
@@ -188,16 +187,28 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/schemes.md"))
     parser.add_argument("--readme", help="also write the table into README.md between the markers of this name")
-    args = parser.parse_args()
+    smoke = {"epochs": 2, "backbone": TINY_BACKBONE, "seeds": [0], "runs": SMOKE_RUNS, "timing_repeats": 2}
+    args = parse_args(parser, **smoke, out=None)
+    if args.smoke and args.readme:
+        raise SystemExit("--smoke writes nothing into the repository: drop --readme")
+    command = "python benchmarks/schemes.py " + " ".join(
+        f"--{k.replace('_', '-')}" + ("" if v is True else f" {' '.join(map(str, v)) if isinstance(v, list) else v}")
+        for k, v in vars(args).items()
+        if k not in ("out", "readme") and v is not None and v is not False
+    )
+    if args.smoke:
+        with scratch("wsml-schemes-") as tmp:
+            args.data, args.out = tiny_demo(tmp), args.out or tmp / "schemes.md"
+            run_all(args, command, tmp)
+    else:
+        args.data = None
+        run_all(args, command, Path(tempfile.mkdtemp(prefix="wsml-schemes-")))
 
+
+def run_all(args: argparse.Namespace, command: str, tmp: Path) -> None:
+    """Every run of `args.runs` with every seed, the report after each, then the step-time ratio."""
     rows: dict[str, list[dict]] = {}
     refused: dict[str, str] = {}
-    tmp = Path(tempfile.mkdtemp(prefix="wsml-schemes-"))
-    command = "python benchmarks/schemes.py " + " ".join(
-        f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-        for k, v in vars(args).items()
-        if k not in ("out", "readme") and v is not None
-    )
     for run in args.runs:
         try:
             rows[run] = [run_scheme(run, seed, args, tmp) for seed in args.seeds]
@@ -206,7 +217,7 @@ def main() -> None:
         report = write_report(args, command, rows, refused)  # after every scheme: a long run keeps what it did
     print(report)
     if args.timing_repeats:
-        an, llct, batches = step_time_ratio(args)
+        an, llct, batches = step_time_ratio(args, tmp / "step-timing")
         ratio = (
             f"training step (end-to-end, epochs 2+, median of {batches} batches each): "
             f"an {1000 * an:.1f} ms, llct {1000 * llct:.1f} ms, ratio llct/an {llct / an:.3f}"

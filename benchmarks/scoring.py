@@ -3,7 +3,7 @@ OpenImages scale with `APAccumulator` (batches in, only the labelled entries kep
 sklearn's `average_precision_score` class by class (timed on a sample of classes and scaled up).
 
 Labels are OpenImages-like: `--labelled` entries a row (half positive), the rest unlabelled (-1); scores are
-random. `--dense` labels every entry instead (a full truth, as COCO's: 40,137 x 80).
+random. `--dense` labels every entry instead (a full truth, as COCO's: 40,137 x 80). `--smoke`: 2,000 x 50.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 from sklearn.metrics import average_precision_score
+from smoke import parse_args
 
 from wsml_fast.metrics import APAccumulator
 
@@ -52,7 +53,7 @@ def main() -> None:
     parser.add_argument("--dense", action="store_true")
     parser.add_argument("--bs", type=int, default=512)
     parser.add_argument("--sklearn-sample", type=int, default=300)
-    args = parser.parse_args()
+    args = parse_args(parser, images=2_000, classes=50, labelled=4, bs=256, sklearn_sample=20)
     accumulator, adding = APAccumulator(), 0.0
     for scores, labels in batches(args, np.random.default_rng(0)):
         start = time.perf_counter()

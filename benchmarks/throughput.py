@@ -12,6 +12,7 @@ Images are real JPEGs at the benchmark datasets' size (500x375, like VOC/COCO): 
 saved at JPEG quality 90. Figures: the input pipeline alone (images/s in one process, i.e. per worker), the
 training step alone on device-resident tensors, full training (images/s; one epoch per side, alternated,
 best of `--repeats`), the large-loss selection's share of the step time, and last the ratios wsml / reference.
+`--smoke`: timm's test_efficientnet at 32 px, pipeline at 64 px, 24 JPEGs from a tiny demo, in a temporary folder.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from fastai.callback.progress import ProgressCallback
 from fastai.data.core import DataLoaders
 from fastai.learner import Learner
 from PIL import Image
+from smoke import TINY_BACKBONE, TINY_IMG_SIZE, parse_args, scratch, tiny_demo
 
 from wsml_fast.callbacks import DeviceMixedPrecision, TargetsCallback
 from wsml_fast.data import ImageLabelDataset, make_loader
@@ -36,15 +38,15 @@ from wsml_fast.learner import OPTIMIZERS
 from wsml_fast.losses import AssumeNegativeLoss
 from wsml_fast.model import build_model
 from wsml_fast.schemes.large_loss.training import large_loss_losses
-from wsml_fast.sources import data_home, resolve_source
+from wsml_fast.sources import DataSource, data_home, from_folder, resolve_source
 from wsml_fast.table import load_table
 
 JPEG_SIZE = (500, 375)
 
 
-def benchmark_jpegs(count: int) -> tuple[Path, list[str], np.ndarray]:
-    """`count` real JPEGs at VOC size, made once from the demo images, with their training labels."""
-    source = resolve_source("demo", None, None, None)
+def benchmark_jpegs(count: int, source: DataSource) -> tuple[Path, list[str], LabelStore]:
+    """`count` real JPEGs at VOC size, made once from the images of `source` (the demo), with their training
+    labels."""
     table = load_table(source)
     rows = table.rows("train")[:count]
     folder = data_home().parent / "cache" / "benchmark-jpegs"
@@ -56,7 +58,7 @@ def benchmark_jpegs(count: int) -> tuple[Path, list[str], np.ndarray]:
             with Image.open(source.images_root / table.images[i]) as image:
                 image.convert("RGB").resize(JPEG_SIZE, Image.BICUBIC).save(folder / name, quality=90)
         names.append(name)
-    return folder, names, table.observed[rows]
+    return folder, names, table.observed.take(rows)
 
 
 class ReferenceDataset(torch.utils.data.Dataset):
@@ -116,12 +118,35 @@ class TrainPhaseTimer(Callback):
         self.seconds = time.perf_counter() - self.start
 
 
+def wsml_learner(
+    dataset: ImageLabelDataset, model: torch.nn.Module, bs: int, workers: int, precision: str, timer: Callback
+) -> Learner:
+    """fastai's Learner as wsml drives it (targets made on the device from the label store, wsml's mixed
+    precision), without the run folder's callbacks; it validates on the first batch of `dataset`."""
+    device = next(model.parameters()).device
+    loader = make_loader(dataset, bs, True, workers, device)
+    callbacks = [TargetsCallback(), timer] + (
+        [DeviceMixedPrecision(amp_mode=precision)] if precision in AMP_DTYPES else []
+    )
+    learn = Learner(
+        DataLoaders(loader, make_loader(dataset.subset(np.arange(bs)), bs, False, 0, device), device=device),
+        model,
+        loss_func=AssumeNegativeLoss(),
+        opt_func=OPTIMIZERS["adam"],
+        cbs=callbacks,
+    )
+    learn.remove_cb(ProgressCallback)
+    learn.logger = lambda *_: None
+    return learn
+
+
 def compare(args: argparse.Namespace, bs: int, device: torch.device, precision: str) -> None:
-    root, images, labels = benchmark_jpegs(bs * args.batches)
-    model, size, _ = build_model(args.backbone, labels.shape[1], pretrained=False, img_size=args.img_size)
+    root, images, labels = benchmark_jpegs(bs * args.batches, args.source)
+    dense = labels.to_dense()  # the reference keeps its labels dense, as the papers' code does
+    model, size, _ = build_model(args.backbone, labels.n_classes, pretrained=False, img_size=args.img_size)
     mean, std = (model.mean.flatten() / 255).tolist(), (model.std.flatten() / 255).tolist()
-    ours = ImageLabelDataset(root, images, LabelStore.from_dense(labels), args.pipeline_size, augment=True)
-    reference = ReferenceDataset(root, images, labels, args.pipeline_size, mean, std)
+    ours = ImageLabelDataset(root, images, labels, args.pipeline_size, augment=True)
+    reference = ReferenceDataset(root, images, dense, args.pipeline_size, mean, std)
     figures = {
         "input pipeline, images/s per worker": (per_item_rate(ours, args.items), per_item_rate(reference, args.items)),
     }
@@ -133,7 +158,7 @@ def compare(args: argparse.Namespace, bs: int, device: torch.device, precision: 
     loss_func = AssumeNegativeLoss()
     uint8 = torch.randint(0, 256, (bs, 3, size, size), dtype=torch.uint8, device=device)
     floats = ((uint8.float() / 255 - model.mean / 255) / (model.std / 255)).contiguous()
-    targets = torch.from_numpy(labels[:bs]).to(device)
+    targets = torch.from_numpy(dense[:bs]).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
@@ -159,28 +184,16 @@ def compare(args: argparse.Namespace, bs: int, device: torch.device, precision: 
     figures["training step alone, images/s"] = (ours_step, reference_step_rate)
 
     # the large-loss selection (LL-Ct, k as at epoch 5 with Delta 0.5%) against one training step
-    logits = torch.randn(bs, labels.shape[1], device=device)
-    k = int(np.ceil(bs * labels.shape[1] * 4 * 0.5 / 100))
+    logits = torch.randn(bs, labels.n_classes, device=device)
+    k = int(np.ceil(bs * labels.n_classes * 4 * 0.5 / 100))
     selection_rate = step_rate(lambda: large_loss_losses(logits, targets, k, "llct"), bs, args.steps * 10, device)
     ll_share = ours_step / selection_rate
 
     # full training: wsml through fastai (resized to the model size) vs the reference loop
-    train_ours = ImageLabelDataset(root, images, LabelStore.from_dense(labels), size, augment=True)
+    train_ours = ImageLabelDataset(root, images, labels, size, augment=True)
     timer = TrainPhaseTimer()
-    loader = make_loader(train_ours, bs, True, args.workers, device)
-    callbacks = [TargetsCallback(), timer] + (
-        [DeviceMixedPrecision(amp_mode=precision)] if precision in AMP_DTYPES else []
-    )
-    learn = Learner(
-        DataLoaders(loader, make_loader(train_ours.subset(np.arange(bs)), bs, False, 0, device), device=device),
-        model,
-        loss_func=loss_func,
-        opt_func=OPTIMIZERS["adam"],
-        cbs=callbacks,
-    )
-    learn.remove_cb(ProgressCallback)
-    learn.logger = lambda *_: None
-    reference_train = ReferenceDataset(root, images, labels, size, mean, std)
+    learn = wsml_learner(train_ours, model, bs, args.workers, precision, timer)
+    reference_train = ReferenceDataset(root, images, dense, size, mean, std)
     torch_loader = torch.utils.data.DataLoader(
         reference_train, batch_size=bs, shuffle=True, drop_last=True, num_workers=args.workers
     )
@@ -235,9 +248,20 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=2, help="full-training epochs per side, alternated; best kept")
     parser.add_argument("--precision", default="auto")
-    args = parser.parse_args()
+    smoke = {"backbone": TINY_BACKBONE, "img_size": TINY_IMG_SIZE, "pipeline_size": 64, "bs": [8], "batches": 3}
+    args = parse_args(parser, **smoke, steps=2, items=10, repeats=1)
     if args.gpu and not torch.cuda.is_available():
         raise SystemExit("--gpu: no CUDA device here")
+    if args.smoke:
+        with scratch("wsml-throughput-") as folder:
+            args.source = from_folder(tiny_demo(folder))
+            run(args)
+    else:
+        args.source = resolve_source("demo", None, None, None)
+        run(args)
+
+
+def run(args: argparse.Namespace) -> None:
     device = torch.device("cuda" if args.gpu else "cpu")
     args.backbone = args.backbone or ("resnet50" if args.gpu else "tf_efficientnet_lite0")
     args.img_size = args.img_size or (448 if args.gpu else 128)

@@ -1,0 +1,80 @@
+"""Every script under benchmarks/ runs: its `--smoke` mode (seconds, a tiny model and data in a temporary folder)
+exits 0, prints the figures the full benchmark prints, and writes nothing into the repository."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).parents[1]
+BENCHMARKS = REPO / "benchmarks"
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+
+FIGURES = {  # script: patterns its smoke's output must match (one line of figures each)
+    "check_images.py": [r"threads  seconds  images/s\n +1 +\d+\.\d\d +[\d,]+\n +2 +\d+\.\d\d +[\d,]+"],
+    "scoring.py": [
+        r"labelled entries kept: [\d,]+ ",
+        r"adding the batches: \d+\.\d\d s; .*\(mAP \d+\.\d\d, 50 classes scored",
+        r"sklearn class by class: \d+\.\d\d ms a class",
+    ],
+    "distributed.py": [r"2 processes \(gloo, CPU\)", r"\n +10 +\d+\.\d +\d+\.\d\d +\d+\.\d\d% +212\n +40 "],
+    "resume_check.py": [
+        r"killed with SIGKILL during epoch 3 \(\d epochs in metrics.csv; status: interrupted",
+        r"\ntrain_loss +yes\n",
+        r"\nvalid_map +yes\n",
+        r"model.pth  uninterrupted (\w{16})  resumed \1\n",
+        r"corrected_labels.csv equal: True",
+    ],
+    "scale.py": [
+        r"300 rows x 40 classes: [\d,]+ entries",
+        r"load_table +\d+\.\d s \| peak RSS",
+        r"wsml train llcp  first batch after +\d+\.\d s",
+        r"B = 8, C = 40, .* training step \d+ ms",
+        r"llcp: large-loss work +\d+\.\d\d ms = \d+\.\d\d% of the step \(1,000 stored corrections\)",
+        r"demo truth.csv: read_label_csv \d+\.\d\d ms",
+    ],
+    "schemes.py": [
+        r"\| scheme \| test mAP \| ll_fn_precision \| train recovery mAP \| seconds per run \|",
+        r"\| `an` \| \d+\.\d\d \| - \| \d+\.\d\d \| \d+ \|",
+        r"\| `llct` \| \d+\.\d\d \|",
+        r"`iu` not run: --scheme iu trains on observed negatives",
+        r"training step \(end-to-end, epochs 2\+, median of \d+ batches each\): an \d+\.\d ms, llct \d+\.\d ms",
+    ],
+    "throughput.py": [
+        r"input pipeline, images/s per worker +\d+\.\d +\d+\.\d +\d+\.\d\dx",
+        r"training step alone, images/s +\d+\.\d +\d+\.\d +\d+\.\d\dx",
+        r"full training, images/s +\d+\.\d +\d+\.\d +\d+\.\d\dx",
+        r"large-loss selection: \d+\.\d+% of a training step",
+    ],
+}
+
+
+def repository_files() -> dict[Path, tuple[int, int]]:
+    """Size and modification time of every file a benchmark could write into: benchmarks/ and README.md."""
+    paths = [*BENCHMARKS.rglob("*"), REPO / "README.md"]
+    return {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in paths if p.is_file() and "__pycache__" not in p.parts}
+
+
+def test_every_benchmark_has_a_smoke() -> None:
+    scripts = {p.name for p in BENCHMARKS.glob("*.py")} - {"smoke.py"}
+    assert scripts == set(FIGURES)
+
+
+@pytest.mark.parametrize("script", sorted(FIGURES))
+def test_the_smoke_runs_and_prints_its_figures(script: str) -> None:
+    launcher = TORCHRUN if script == "distributed.py" else [sys.executable]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    before = repository_files()
+    done = subprocess.run(
+        [*launcher, str(BENCHMARKS / script), "--smoke"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    for pattern in FIGURES[script]:
+        assert re.search(pattern, done.stdout), f"{pattern!r} not in:\n{done.stdout}"
+    assert "failed" not in done.stdout
+    assert repository_files() == before
