@@ -270,12 +270,12 @@ def step_share(bs: int, classes: int, backbone: str, img_size: int, steps: int, 
 
     from wsml_fast.losses import AssumeNegativeLoss
     from wsml_fast.model import build_model
-    from wsml_fast.schemes import DELTA
+    from wsml_fast.schemes.large_loss import DELTA_REL
     from wsml_fast.schemes.large_loss.training import LargeLossCallback
 
     torch.manual_seed(0)
     rows = 1_700_000
-    delta_rel = DELTA["settings"]["delta_rel"]
+    delta_rel = DELTA_REL.default
     model, _, _ = build_model(backbone, classes, pretrained=False, img_size=img_size)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     images = torch.rand(bs, 3, img_size, img_size)
