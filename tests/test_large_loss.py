@@ -25,6 +25,7 @@ from wsml_fast.callbacks import RunState, TargetsCallback
 from wsml_fast.labelstore import LabelStore
 from wsml_fast.losses import AssumeNegativeLoss
 from wsml_fast.schemes.large_loss.training import (
+    LargeLoss,
     LargeLossCallback,
     apply_large_loss,
     large_loss_k,
@@ -43,8 +44,8 @@ def test_reference_example_on_losses():
     selected = select_large_losses(an, TARGETS == -1, 2)
     assert selected.tolist() == [[False, True, True, False, False]]
     assert an.mean().item() == pytest.approx(0.74)
-    assert apply_large_loss(an, flipped, selected, "llr").mean().item() == pytest.approx(0.08)
-    assert apply_large_loss(an, flipped, selected, "llct").mean().item() == pytest.approx(0.18)
+    assert apply_large_loss(an, flipped, selected, LargeLoss.REJECTION).mean().item() == pytest.approx(0.08)
+    assert apply_large_loss(an, flipped, selected, LargeLoss.TEMPORARY_CORRECTION).mean().item() == pytest.approx(0.18)
 
 
 def test_reference_example_on_logits():
@@ -52,12 +53,12 @@ def test_reference_example_on_logits():
     inverse_softplus = [math.log(math.expm1(v)) for v in AN_LOSSES]
     logits = torch.tensor([inverse_softplus], dtype=torch.float64)
     logits[0, 0] = -logits[0, 0]  # the observed positive's loss is softplus(-x)
-    an, _ = large_loss_losses(logits, TARGETS, 0, "llr")
+    an, _ = large_loss_losses(logits, TARGETS, 0, LargeLoss.REJECTION)
     assert an[0].tolist() == pytest.approx(AN_LOSSES)
-    llr, selected = large_loss_losses(logits, TARGETS, 2, "llr")
+    llr, selected = large_loss_losses(logits, TARGETS, 2, LargeLoss.REJECTION)
     assert selected[0].tolist() == [False, True, True, False, False]
     assert llr.mean().item() == pytest.approx(0.08)
-    llct, _ = large_loss_losses(logits, TARGETS, 2, "llct")
+    llct, _ = large_loss_losses(logits, TARGETS, 2, LargeLoss.TEMPORARY_CORRECTION)
     flipped = -math.log(1 - math.exp(-1.8)) - math.log(1 - math.exp(-1.5))
     assert llct.mean().item() == pytest.approx((0.1 + 0.1 + 0.2 + flipped) / 5)
 
@@ -71,13 +72,13 @@ def test_reference_example_on_logits():
     ],
 )
 def test_k_table(num_classes: int, delta: float, table: list[int]):
-    for scheme in ("llr", "llct"):
-        assert [large_loss_k(16, num_classes, t, delta, scheme) for t in range(1, 11)] == table
+    for kind in (LargeLoss.REJECTION, LargeLoss.TEMPORARY_CORRECTION):
+        assert [large_loss_k(16, num_classes, t, delta, kind) for t in range(1, 11)] == table
 
 
 def test_k_of_llcp_is_constant_and_exact():
-    assert [large_loss_k(16, 20, t, 0.2, "llcp") for t in range(1, 5)] == [0, 1, 1, 1]
-    assert large_loss_k(16, 20, 6, 0.5, "llr") == 8  # 320 * 5 * 0.5 / 100 exactly, not 8.000000000000007
+    assert [large_loss_k(16, 20, t, 0.2, LargeLoss.PERMANENT_CORRECTION) for t in range(1, 5)] == [0, 1, 1, 1]
+    assert large_loss_k(16, 20, 6, 0.5, LargeLoss.REJECTION) == 8  # 320 * 5 * 0.5 / 100 exactly, not 8.000000000000007
 
 
 def test_selection_picks_exactly_k_unobserved_entries():
@@ -177,10 +178,10 @@ class EpochLog(Callback):
             self.extras.append(dict(self.run_state.values))
 
 
-def large_loss_run(scheme: str, tmp_path: Path, epochs: int = 3, workers: int = 0, delta: float = 5.0):
+def large_loss_run(scheme: LargeLoss, tmp_path: Path, epochs: int = 3, workers: int = 0, delta: float = 5.0):
     labels, log = observed_labels(), EpochLog()
     tmp_path.mkdir(exist_ok=True)
-    write = partial(write_text, tmp_path / "corrections.csv") if scheme == "llcp" else None
+    write = partial(write_text, tmp_path / "corrections.csv") if scheme.stores else None
     names = [f"img{i}.jpg" for i in range(N)]
     truth = LabelStore.from_dense(truth_labels(), fill=0)
     ll = LargeLossCallback(scheme, delta, C, truth, names, list("abcde"), write)
@@ -191,8 +192,8 @@ def large_loss_run(scheme: str, tmp_path: Path, epochs: int = 3, workers: int = 
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_llcp_stores_k_entries_per_batch_that_persist(tmp_path: Path, workers: int):
-    ll, log, _ = large_loss_run("llcp", tmp_path, workers=workers)
-    k = large_loss_k(BS, C, 2, 5.0, "llcp")
+    ll, log, _ = large_loss_run(LargeLoss.PERMANENT_CORRECTION, tmp_path, workers=workers)
+    k = large_loss_k(BS, C, 2, 5.0, LargeLoss.PERMANENT_CORRECTION)
     assert k == 2
     per_epoch = k * N // BS  # 8 corrections in each of epochs 2 and 3
     assert [e["ll_selected"] for e in log.extras] == [0, per_epoch, per_epoch]
@@ -216,8 +217,8 @@ def test_llcp_stores_k_entries_per_batch_that_persist(tmp_path: Path, workers: i
 
 def test_llcp_is_not_llct(tmp_path: Path):
     """The reference's LL-Cp ran as LL-Ct: growing k and nothing stored."""
-    llcp, cp_log, cp_learn = large_loss_run("llcp", tmp_path / "cp")
-    llct, ct_log, ct_learn = large_loss_run("llct", tmp_path / "ct")
+    llcp, cp_log, cp_learn = large_loss_run(LargeLoss.PERMANENT_CORRECTION, tmp_path / "cp")
+    llct, ct_log, ct_learn = large_loss_run(LargeLoss.TEMPORARY_CORRECTION, tmp_path / "ct")
     assert [e["ll_selected"] for e in cp_log.extras] == [0, 8, 8]
     assert [e["ll_selected"] for e in ct_log.extras] == [0, 8, 16]
     assert llct.stored is None and len(llcp.stored.keys) == 16
@@ -227,13 +228,13 @@ def test_llcp_is_not_llct(tmp_path: Path):
 
 
 def test_llr_rejects_without_storing(tmp_path: Path):
-    ll, log, _ = large_loss_run("llr", tmp_path)
+    ll, log, _ = large_loss_run(LargeLoss.REJECTION, tmp_path)
     assert [e["ll_selected"] for e in log.extras] == [0, 8, 16]
     assert ll.stored is None and ll.state_dict() == {}
 
 
 def test_lr_find_neither_advances_the_epoch_nor_changes_labels(tmp_path: Path):
-    ll, log, learn = large_loss_run("llcp", tmp_path, epochs=2)
+    ll, log, learn = large_loss_run(LargeLoss.PERMANENT_CORRECTION, tmp_path, epochs=2)
     keys, csv_text = ll.stored.keys.clone(), (tmp_path / "corrections.csv").read_text()
     learn.lr_find(num_it=10, show_plot=False)
     assert learn.run_state.epoch == 2
@@ -278,7 +279,7 @@ class LossGradSpy(Callback):
 def test_large_loss_runs_before_gradient_accumulation(tmp_path: Path):
     """GradientAccumulation must divide the loss this callback sets, so the callback has to run first."""
     labels = observed_labels()
-    ll = LargeLossCallback("llr", 5.0, C, None, [str(i) for i in range(N)], list("abcde"), None)
+    ll = LargeLossCallback(LargeLoss.REJECTION, 5.0, C, None, [str(i) for i in range(N)], list("abcde"), None)
     spy = LossGradSpy()
     learn = tiny_learner([ll, GradientAccumulation(n_acc=BS), spy], labels, bs=BS // 2)
     learn.fit(2, 0.1)

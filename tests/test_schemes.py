@@ -21,7 +21,8 @@ from wsml_fast.config import resolve
 from wsml_fast.errors import WsmlError
 from wsml_fast.labelstore import LabelStore
 from wsml_fast.recipes import find_recipe
-from wsml_fast.schemes import SCHEMES, check_dense_state, get_scheme, markdown_table
+from wsml_fast.schemes import SCHEMES, get_scheme, markdown_table
+from wsml_fast.schemes.build import check_dense_state
 from wsml_fast.schemes.em.training import apl_quota
 from wsml_fast.schemes.gr.training import GrConfig, GrLoss, GrScheduleCallback, gr_params
 from wsml_fast.schemes.role.training import RoleCallback

@@ -49,7 +49,7 @@ from wsml_fast.memorization import MemorizationCallback, sample_entries
 from wsml_fast.metrics import MapMetric
 from wsml_fast.run_setup import Setup
 from wsml_fast.runfolder import SCHEME_STATE, Reporter
-from wsml_fast.schemes import scheme_parts
+from wsml_fast.schemes.build import scheme_parts
 from wsml_fast.stages import IMAGES, StageData, stage_data, stages
 from wsml_fast.stopping import StopRequest
 
@@ -158,17 +158,17 @@ def build_learner(
         everyone[all_gather_varying(torch.as_tensor(rows))] = all_gather_varying(probs)
         return everyone
 
-    loss, scheme_callbacks = scheme_parts(config, setup.table, setup.train_labels, run, setup.say, score_train)
+    parts = scheme_parts(config, setup.table, setup.train_labels, run, setup.say, score_train)
     first = data[stages(config)[0].inputs]
     learn = ResumableLearner(
         first.loaders,
         first.module,
-        loss_func=loss,
+        loss_func=parts.loss,
         opt_func=OPTIMIZERS[config.opt],
         metrics=[MapMetric(config.map_convention)],
         path=run.path,
         model_dir=".",
-        cbs=callbacks + scheme_callbacks,
+        cbs=callbacks + parts.callbacks,
         train_bn=False,
     )
     if not on_terminal or not is_main():

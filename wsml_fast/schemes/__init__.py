@@ -2,33 +2,23 @@
 
 In the spirit of timm's model registry, every scheme is one `Scheme` entry: its name, the family whose paper and
 settings it follows, a one-line description, the labels it trains on and what it needs, the settings it reads
-(with their defaults) and the ranges `wsml tune` searches. Its family's module builds the loss and callbacks
-(`parts(scheme, context)`). The entries are plain data, so the command line lists them without importing
-torch; a family module is imported only when one of its schemes is built. Adding a scheme is one module (or one
-function in its family's module) plus one entry here. The CLI help, config validation, the README table,
-`benchmarks/schemes.py` and `wsml tune` all read this registry.
+(with their defaults), the ranges `wsml tune` searches, and the function of its family's `training` module that
+builds it (`build`, called by `schemes.build`). The entries are plain data, so the command line lists them
+without importing torch; a family module is imported only when one of its schemes is built. Adding a scheme is
+one build function in its family's `training` module plus one entry here. The CLI help, config validation, the
+README table, `benchmarks/schemes.py` and `wsml tune` all read this registry.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from wsml_fast.errors import WsmlError
 
-if TYPE_CHECKING:  # the heavy types, for annotations only
-    from collections.abc import Callable
-
-    import torch
-    from fastai.callback.core import Callback
-
+if TYPE_CHECKING:  # for annotations only
     from wsml_fast.config import TrainConfig
-    from wsml_fast.labelstore import LabelStore
-    from wsml_fast.losses import PartialLabelLoss
-    from wsml_fast.runfolder import Reporter, RunFolder
-    from wsml_fast.table import PartialLabelTable
 
 
 @dataclass(frozen=True)
@@ -89,6 +79,7 @@ class Scheme:
     name: str
     family: str
     description: str
+    build: str  # the function of the family's `training` module that builds the scheme (from a SchemeContext)
     targets: str = "observed"
     needs_observed_negatives: bool = False
     needs_expected_positives: bool = False
@@ -110,14 +101,25 @@ GR_DEFAULTS = {  # yan4xi1/GRLoss config.py:93-102: (start, end) of each schedul
 }
 
 _ENTRIES = (
-    Scheme("an", "cole", "assume negative: unobserved entries are negatives"),
-    Scheme("an-ls", "cole", "`an` with label smoothing 0.1 (targets 0.9 / 0.1, as the Cole et al. code does)"),
-    Scheme("wan", "cole", "`an` with the negative term of unobserved entries weighted 1/(C-1)"),
+    Scheme("an", "cole", "assume negative: unobserved entries are negatives", build="assume_negative"),
+    Scheme(
+        "an-ls",
+        "cole",
+        "`an` with label smoothing 0.1 (targets 0.9 / 0.1, as the Cole et al. code does)",
+        build="assume_negative_smoothed",
+    ),
+    Scheme(
+        "wan",
+        "cole",
+        "`an` with the negative term of unobserved entries weighted 1/(C-1)",
+        build="weak_assume_negative",
+    ),
     Scheme(
         "epr",
         "cole",
         "observed positives only, plus (batch mean of the expected count - k)^2 / C^2; k from "
         "`--expected-positives` (estimated from `truth.csv` when absent, and said so)",
+        build="expected_positive",
         needs_expected_positives=True,
         settings={"expected_positives": None},
     ),
@@ -126,6 +128,7 @@ _ENTRIES = (
         "role",
         "jointly learns a label-estimate matrix (its own lr: 10 x `--lr`) with the classifier; its estimates "
         "are saved with the weights",
+        build="role",
         needs_expected_positives=True,
         settings={"expected_positives": None},
         # estimate logits, their gradient and Adam's two moments: 4 float32 an entry
@@ -135,27 +138,31 @@ _ENTRIES = (
         "iu",
         "cole",
         "observed positives and observed negatives only (refused, with a reason, when there are no observed negatives)",
+        build="known_labels",
         needs_observed_negatives=True,
     ),
     Scheme(
         "iun",
         "cole",
         "observed positives and every true negative from `truth.csv` (an oracle baseline)",
+        build="known_labels",
         targets="observed-positives-true-negatives",
     ),
-    Scheme("bce", "cole", "full labels from `truth.csv` (the upper bound)", targets="truth"),
-    Scheme("bce-ls", "cole", "`bce` with label smoothing 0.1", targets="truth"),
+    Scheme("bce", "cole", "full labels from `truth.csv` (the upper bound)", build="known_labels", targets="truth"),
+    Scheme("bce-ls", "cole", "`bce` with label smoothing 0.1", build="known_labels_smoothed", targets="truth"),
     Scheme(
         "llr",
         "large-loss",
         "Large Loss Rejection: from epoch 2 on, the k largest AN losses among unobserved entries of each batch "
         "count 0; k = ceil(B C (t-1) Delta / 100)",
+        build="rejection",
         **DELTA,
     ),
     Scheme(
         "llct",
         "large-loss",
         "Large Loss Correction (temporary): those entries are trained as positives for this step",
+        build="temporary_correction",
         **DELTA,
     ),
     Scheme(
@@ -163,12 +170,14 @@ _ENTRIES = (
         "large-loss",
         "Large Loss Correction (permanent): k = ceil(B C Delta / 100) entries a batch become observed positives "
         "for the rest of training; listed in `corrected_labels.csv` and checkpointed",
+        build="permanent_correction",
         **DELTA,
     ),
     Scheme(
         "em",
         "em",
         "entropy maximisation: observed positives -log p, unobserved entries -alpha H(p) (`--em-alpha`)",
+        build="entropy_maximization",
         settings={"em_alpha": 0.1},
         search={"em_alpha": Range(0.005, 0.5, log=True)},
     ),
@@ -178,6 +187,7 @@ _ENTRIES = (
         "`em` plus asymmetric pseudo-labels: after each epoch from `--apl-warmup` on, the least likely "
         "unobserved entries of each class get the soft negative label p, weighted `--em-beta`; listed in "
         "`pseudo_labels.csv` and checkpointed",
+        build="entropy_maximization_apl",
         settings={"em_alpha": 0.1, "em_beta": 0.9, "apl_warmup": 5},
         search={"em_alpha": Range(0.005, 0.5, log=True), "em_beta": Range(0.01, 1.0, log=True)},
         # targets, pass probabilities and pseudo-label values (float32), flag (bool), epoch (int16), the pass's
@@ -190,6 +200,7 @@ _ENTRIES = (
         "generalized robust loss: unobserved entries get a soft pseudo-label k = sigmoid(w p + b) and a weight "
         "v = exp(-(p - mu)^2 / 2 sigma^2) on generalized cross-entropies; w, b, mu, sigma follow linear "
         "schedules over the epochs",
+        build="generalized_robust",
         settings=dict(GR_DEFAULTS),
         search={"gr_w": Choice(([0.0, 2.0], [0.0, 10.0])), "gr_b": Choice(([-2.0, -2.0], [-2.0, -8.0]))},
     ),
@@ -210,90 +221,6 @@ def get_scheme(name: str) -> Scheme:
 def settings_of(config: TrainConfig) -> dict[str, Any]:
     """The scheme's own settings as this run resolved them (for the run's first lines)."""
     return {name: getattr(config, name) for name in get_scheme(config.scheme).settings}
-
-
-@dataclass
-class SchemeContext:
-    """What a family's `parts` may use to build a scheme for one run."""
-
-    config: TrainConfig
-    table: PartialLabelTable
-    train_labels: LabelStore
-    run: RunFolder
-    say: Reporter
-    expected_positives: float | None
-    score_train: Callable[[torch.nn.Module], torch.Tensor]  # probabilities on every training input, unaugmented
-
-    @property
-    def total_epochs(self) -> int:
-        return self.config.total_epochs
-
-
-def training_labels(scheme: Scheme, table: PartialLabelTable) -> LabelStore:
-    """The targets `scheme` trains on (1 / 0 / -1 per train row and class), refused, naming the scheme, where the
-    data lacks what it needs: observed negatives for `iu`, a truth.csv for the full-label schemes."""
-    from wsml_fast.labelstore import LabelStore
-
-    observed = table.observed_of("train")
-    if scheme.needs_observed_negatives and not observed.count(0, axis=0).any():
-        raise WsmlError(
-            f"--scheme {scheme.name} trains on observed negatives, and {table.source.observed_csv} has none in "
-            "train; use an, wan, epr, role or a large-loss scheme"
-        )
-    if scheme.targets == "observed":
-        return observed
-    truth = table.train_truth()
-    if truth is None:
-        raise WsmlError(
-            f"--scheme {scheme.name} needs full labels but {table.source.observed_csv.parent} has no truth.csv; "
-            "use a partial-label scheme such as an"
-        )
-    if scheme.targets == "truth":
-        return truth
-    # observed positives and every true negative: a true positive keeps its observed value (1, or -1 unobserved)
-    rows, cols = truth.entries(1)
-    return LabelStore.from_entries(*truth.shape, rows, cols, observed.lookup(rows, cols), fill=0)
-
-
-def check_dense_state(scheme: Scheme, n_rows: int, n_classes: int) -> None:
-    """Refuse, naming the schemes that scale, a scheme whose per-entry state would pass DENSE_STATE_BUDGET."""
-    if scheme.dense_state is None:
-        return
-    need = n_rows * n_classes * scheme.dense_state.bytes_per_entry
-    if need > DENSE_STATE_BUDGET:
-        scaling = ", ".join(name for name, s in SCHEMES.items() if s.dense_state is None)
-        raise WsmlError(
-            f"--scheme {scheme.name} keeps {scheme.dense_state.what}: {need / 2**30:.1f} GiB for {n_rows:,} train "
-            f"images x {n_classes:,} classes, over wsml's budget of {DENSE_STATE_BUDGET / 2**30:g} GiB; these "
-            f"schemes keep memory that grows with the labels only: {scaling}"
-        )
-
-
-def _expected_positives(scheme: Scheme, config: TrainConfig, table: PartialLabelTable, say: Reporter):
-    if not scheme.needs_expected_positives or config.expected_positives is not None:
-        return config.expected_positives
-    estimate = table.expected_positives()
-    if estimate is None:
-        raise WsmlError(f"--scheme {scheme.name} needs --expected-positives (positives per image); no truth.csv")
-    say(f"note: --expected-positives not given: {estimate:.2f}, the mean positives per train image in truth.csv")
-    return estimate
-
-
-def scheme_parts(
-    config: TrainConfig,
-    table: PartialLabelTable,
-    train_labels: LabelStore,
-    run: RunFolder,
-    say: Reporter,
-    score_train: Callable[[torch.nn.Module], torch.Tensor],
-) -> tuple[PartialLabelLoss, list[Callback]]:
-    """The loss of `config.scheme` and the callbacks it needs, from its family's module."""
-    scheme = get_scheme(config.scheme)
-    check_dense_state(scheme, train_labels.n_rows, train_labels.n_classes)
-    expected = _expected_positives(scheme, config, table, say)
-    context = SchemeContext(config, table, train_labels, run, say, expected, score_train)
-    module = importlib.import_module(f"wsml_fast.schemes.{FAMILIES[scheme.family].module}.training")
-    return module.parts(scheme, context)
 
 
 def markdown_table() -> str:

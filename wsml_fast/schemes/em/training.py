@@ -33,7 +33,7 @@ from wsml_fast.callbacks import SchemeState, TargetsCallback
 from wsml_fast.labelstore import LabelStore
 from wsml_fast.losses import PartialLabelLoss, negative_term, positive_term, soft_bce
 from wsml_fast.runfolder import PSEUDO_LABELS
-from wsml_fast.schemes import Scheme, SchemeContext
+from wsml_fast.schemes.build import SchemeContext, SchemeParts
 
 APL_PROPORTION = 0.9  # the reference's `neg_proportion` (main.py:327,334,341,348); per-dataset settings: recipes
 
@@ -208,11 +208,12 @@ class AplCallback(Callback, SchemeState):
         return text.getvalue()
 
 
-def parts(scheme: Scheme, context: SchemeContext) -> tuple[PartialLabelLoss, list[Callback]]:
+def entropy_maximization(context: SchemeContext) -> SchemeParts:
+    return SchemeParts(EntropyMaximizationLoss(context.config.em_alpha))
+
+
+def entropy_maximization_apl(context: SchemeContext) -> SchemeParts:
     config, table = context.config, context.table
-    loss = EntropyMaximizationLoss(config.em_alpha)
-    if scheme.name == "em":
-        return loss, []
     names = ([table.images[i] for i in table.rows("train")], table.classes)
     callback = AplCallback(
         context.train_labels,
@@ -225,4 +226,4 @@ def parts(scheme: Scheme, context: SchemeContext) -> tuple[PartialLabelLoss, lis
         partial(context.run.write_text, PSEUDO_LABELS) if context.run.writes else None,  # process 0 alone
         names,
     )
-    return loss, [callback]
+    return SchemeParts(EntropyMaximizationLoss(config.em_alpha), [callback])

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from fastai.callback.core import Callback
 
 from wsml_fast.losses import PartialLabelLoss, negative_term, positive_term
-from wsml_fast.schemes import Scheme, SchemeContext
+from wsml_fast.schemes.build import SchemeContext, SchemeParts
 
 if TYPE_CHECKING:
     from wsml_fast.config import TrainConfig
@@ -143,7 +143,7 @@ class GrScheduleCallback(Callback):
             self.loss.params = gr_params(self.constants, self.run_state.epoch, self.epochs)
 
 
-def parts(scheme: Scheme, context: SchemeContext) -> tuple[PartialLabelLoss, list[Callback]]:
+def generalized_robust(context: SchemeContext) -> SchemeParts:
     constants = gr_config(context.config)
     loss = GrLoss(gr_params(constants, 1, context.total_epochs))
-    return loss, [GrScheduleCallback(loss, constants, context.total_epochs)]
+    return SchemeParts(loss, [GrScheduleCallback(loss, constants, context.total_epochs)])

@@ -15,6 +15,7 @@ import csv
 import io
 import math
 from collections.abc import Callable
+from enum import Enum
 from fractions import Fraction
 from functools import partial
 
@@ -24,16 +25,27 @@ from fastai.callback.core import Callback
 from wsml_fast.callbacks import SchemeState, TargetsCallback
 from wsml_fast.distributed import all_gather, rank
 from wsml_fast.labelstore import DeviceLabels, LabelStore, row_entries
-from wsml_fast.losses import AssumeNegativeLoss, PartialLabelLoss, positive_term
+from wsml_fast.losses import AssumeNegativeLoss, positive_term
 from wsml_fast.runfolder import CORRECTIONS
-from wsml_fast.schemes import SCHEMES, Scheme, SchemeContext
-
-LARGE_LOSS_SCHEMES = tuple(name for name, scheme in SCHEMES.items() if scheme.family == "large-loss")
+from wsml_fast.schemes.build import SchemeContext, SchemeParts
 
 _ASSUME_NEGATIVE = AssumeNegativeLoss()
 
 
-def large_loss_k(batch_size: int, num_classes: int, epoch: int, delta_rel: float, scheme: str) -> int:
+class LargeLoss(Enum):
+    """What a large-loss scheme does with the entries it selects."""
+
+    REJECTION = "rejection"  # LL-R: their loss counts 0
+    TEMPORARY_CORRECTION = "temporary_correction"  # LL-Ct: trained as positives for this step
+    PERMANENT_CORRECTION = "permanent_correction"  # LL-Cp: also stored as observed positives from then on
+
+    @property
+    def stores(self) -> bool:
+        """Whether the selected entries are stored as positives (and k stays constant: they accumulate there)."""
+        return self is LargeLoss.PERMANENT_CORRECTION
+
+
+def large_loss_k(batch_size: int, num_classes: int, epoch: int, delta_rel: float, kind: LargeLoss) -> int:
     """Entries to select per batch in training epoch `epoch` (from 1); `delta_rel` is Delta in percent.
 
     LL-R and LL-Ct select (t - 1) * Delta percent of the batch's B*C entries, LL-Cp a constant Delta percent
@@ -41,11 +53,9 @@ def large_loss_k(batch_size: int, num_classes: int, epoch: int, delta_rel: float
     float bookkeeping (a clean rate lowered by Delta/100 each epoch) gives k = 9 instead of 8 at B*C = 320,
     Delta = 0.5, t = 6 (the product came out as 8.000000000000007).
     """
-    if scheme not in LARGE_LOSS_SCHEMES:
-        raise ValueError(f"{scheme!r} is not a large-loss scheme ({', '.join(LARGE_LOSS_SCHEMES)})")
     if epoch <= 1:
         return 0
-    steps = 1 if scheme == "llcp" else epoch - 1
+    steps = 1 if kind.stores else epoch - 1
     return math.ceil(batch_size * num_classes * steps * Fraction(str(delta_rel)) / 100)
 
 
@@ -63,7 +73,7 @@ def select_large_losses(an_losses: torch.Tensor, unobserved: torch.Tensor, k: in
 
 
 def select_over_processes(
-    an_losses: torch.Tensor, unobserved: torch.Tensor, epoch: int, delta_rel: float, scheme: str
+    an_losses: torch.Tensor, unobserved: torch.Tensor, epoch: int, delta_rel: float, kind: LargeLoss
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(this process's selected entries, the global batch's). In a data-parallel run the k largest losses are
     chosen over the global batch: every process gathers the others' losses (observed entries at -inf), selects
@@ -72,29 +82,29 @@ def select_over_processes(
     global batch is the batch. Bytes sent per process and step: B x C x 4 (the fp32 losses)."""
     masked = an_losses.detach().masked_fill(~unobserved, -math.inf)
     everyone = all_gather(masked)
-    k = large_loss_k(everyone.shape[0], everyone.shape[1], epoch, delta_rel, scheme)
+    k = large_loss_k(everyone.shape[0], everyone.shape[1], epoch, delta_rel, kind)
     every_selected = select_large_losses(everyone, everyone > -math.inf, k)
     start = rank() * len(an_losses) if len(everyone) > len(an_losses) else 0
     return every_selected[start : start + len(an_losses)], every_selected
 
 
 def apply_large_loss(
-    an_losses: torch.Tensor, positive_losses: torch.Tensor, selected: torch.Tensor, scheme: str
+    an_losses: torch.Tensor, positive_losses: torch.Tensor, selected: torch.Tensor, kind: LargeLoss
 ) -> torch.Tensor:
     """Per-entry losses: LL-R gives selected entries 0 (they stay in the denominator), LL-Ct/LL-Cp their
     loss against target 1."""
-    if scheme == "llr":
+    if kind is LargeLoss.REJECTION:
         return an_losses.masked_fill(selected, 0.0)
     return torch.where(selected, positive_losses, an_losses)
 
 
 def large_loss_losses(
-    logits: torch.Tensor, targets: torch.Tensor, k: int, scheme: str
+    logits: torch.Tensor, targets: torch.Tensor, k: int, kind: LargeLoss
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(per-entry losses, selected mask) of `scheme` for one batch of fp32 logits and 1/0/-1 targets."""
+    """(per-entry losses, selected mask) of `kind` for one batch of fp32 logits and 1/0/-1 targets."""
     an_losses = _ASSUME_NEGATIVE.entry_losses(logits, targets)
     selected = select_large_losses(an_losses, targets == -1, k)
-    return apply_large_loss(an_losses, positive_term(logits), selected, scheme), selected
+    return apply_large_loss(an_losses, positive_term(logits), selected, kind), selected
 
 
 class StoredPositives:
@@ -155,7 +165,7 @@ class LargeLossCallback(Callback, SchemeState):
 
     def __init__(
         self,
-        scheme: str,
+        kind: LargeLoss,
         delta_rel: float,
         n_classes: int,
         truth: LabelStore | None,
@@ -163,11 +173,10 @@ class LargeLossCallback(Callback, SchemeState):
         class_names: list[str],
         write_corrections: Callable[[str], None] | None,
     ) -> None:
-        large_loss_k(1, 1, 1, delta_rel, scheme)  # validates the scheme
-        self.scheme, self.delta_rel, self.truth_store = scheme, delta_rel, truth
+        self.kind, self.delta_rel, self.truth_store = kind, delta_rel, truth
         self.image_names, self.class_names = list(image_names), list(class_names)
         self.write_corrections = write_corrections
-        self.stored = StoredPositives(n_classes) if scheme == "llcp" else None
+        self.stored = StoredPositives(n_classes) if kind.stores else None
         self.truth: DeviceLabels | None = None
 
     def state_dict(self) -> dict:
@@ -199,8 +208,8 @@ class LargeLossCallback(Callback, SchemeState):
             return
         logits, targets = self.learn.pred.float(), self.learn.yb[0]
         an_losses = _ASSUME_NEGATIVE.entry_losses(logits, targets)
-        selected, every_selected = select_over_processes(an_losses, targets == -1, epoch, self.delta_rel, self.scheme)
-        loss = apply_large_loss(an_losses, positive_term(logits), selected, self.scheme).mean()
+        selected, every_selected = select_over_processes(an_losses, targets == -1, epoch, self.delta_rel, self.kind)
+        loss = apply_large_loss(an_losses, positive_term(logits), selected, self.kind).mean()
         self.learn.loss_grad, self.learn.loss = loss, loss.detach().clone()
         self.n_selected += every_selected.sum()
         if self.truth is None and self.stored is None:
@@ -248,12 +257,24 @@ def _ratio(part: torch.Tensor, whole: torch.Tensor) -> float:
     return int(part) / whole if whole else float("nan")
 
 
-def parts(scheme: Scheme, context: SchemeContext) -> tuple[PartialLabelLoss, list[Callback]]:
+def rejection(context: SchemeContext) -> SchemeParts:
+    return _large_loss(context, LargeLoss.REJECTION)
+
+
+def temporary_correction(context: SchemeContext) -> SchemeParts:
+    return _large_loss(context, LargeLoss.TEMPORARY_CORRECTION)
+
+
+def permanent_correction(context: SchemeContext) -> SchemeParts:
+    return _large_loss(context, LargeLoss.PERMANENT_CORRECTION)
+
+
+def _large_loss(context: SchemeContext, kind: LargeLoss) -> SchemeParts:
     """AN as the loss (validation reports it); the callback replaces the training loss from epoch 2 on."""
     table, rows = context.table, context.table.rows("train")
-    write = partial(context.run.write_text, CORRECTIONS) if scheme.name == "llcp" and context.run.writes else None
+    write = partial(context.run.write_text, CORRECTIONS) if kind.stores and context.run.writes else None
     callback = LargeLossCallback(
-        scheme.name,
+        kind,
         context.config.delta_rel,
         len(table.classes),
         table.train_truth(),
@@ -261,4 +282,4 @@ def parts(scheme: Scheme, context: SchemeContext) -> tuple[PartialLabelLoss, lis
         table.classes,
         write,
     )
-    return AssumeNegativeLoss(), [callback]
+    return SchemeParts(AssumeNegativeLoss(), [callback])

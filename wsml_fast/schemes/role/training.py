@@ -24,8 +24,8 @@ from wsml_fast.callbacks import SchemeState, TargetsCallback
 from wsml_fast.checkpoint import optimizer_state
 from wsml_fast.distributed import active, all_gather, world_size
 from wsml_fast.labelstore import LabelStore
-from wsml_fast.losses import AssumeNegativeLoss, ExpectedPositiveLoss, PartialLabelLoss, soft_bce
-from wsml_fast.schemes import Scheme, SchemeContext
+from wsml_fast.losses import AssumeNegativeLoss, ExpectedPositiveLoss, soft_bce
+from wsml_fast.schemes.build import SchemeContext, SchemeParts
 
 START_POSITIVE, START_NEGATIVE = 0.995, 0.005  # the reference's start values for observed labels
 START_UNOBSERVED = (0.4, 0.6)  # unobserved entries start uniformly in this probability range
@@ -142,7 +142,7 @@ class RoleCallback(Callback, SchemeState):
         grad.index_add_(0, rows, values)
 
 
-def parts(scheme: Scheme, context: SchemeContext) -> tuple[PartialLabelLoss, list[Callback]]:
+def role(context: SchemeContext) -> SchemeParts:
     """AN as the loss (validation reports it); the callback trains on L_ROLE with its label estimates."""
     callback = RoleCallback(context.train_labels, context.expected_positives, context.config.head_lr_mult)
-    return AssumeNegativeLoss(), [callback]
+    return SchemeParts(AssumeNegativeLoss(), [callback])
