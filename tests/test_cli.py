@@ -206,10 +206,8 @@ def test_linear_init_runs_linear_epochs_on_features_then_starts_end_to_end_from_
 ) -> None:
     spy, build = StageStart(), wsml_fast.train.build_learner
 
-    def build_with_spy(*args, **kwargs):
-        learn, data = build(*args, **kwargs)
-        learn.add_cb(spy)
-        return learn, data
+    def build_with_spy(setup, stop, history, cbs=()):
+        return build(setup, stop, history, [*cbs, spy])
 
     monkeypatch.setattr(wsml_fast.train, "build_learner", build_with_spy)
     protocol = ["--mode", "linear-init", "--linear-epochs", "2", "--linear-lr", "0.05", "--linear-bs", "8"]

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 from fastai.callback.core import Callback, CancelFitException
-from fastai.callback.progress import ProgressCallback
 from fastai.callback.training import GradientAccumulation
 from fastai.data.core import DataLoaders
 from fastai.data.load import DataLoader
@@ -21,15 +20,19 @@ from fastai.optimizer import SGD
 from torch.utils.data import Dataset
 
 from wsml_fast.atomic import write_text
-from wsml_fast.callbacks import RunState, TargetsCallback
+from wsml_fast.callbacks import WsmlCallback
 from wsml_fast.labelstore import LabelStore
+from wsml_fast.learner import wsml_learner
 from wsml_fast.losses import AssumeNegativeLoss
+from wsml_fast.schemes.build import SchemeParts
 from wsml_fast.schemes.large_loss.training import (
     LargeLoss,
     LargeLossCallback,
+    LargeLossRecordCallback,
     apply_large_loss,
     large_loss_k,
     large_loss_losses,
+    large_loss_parts,
     select_large_losses,
 )
 
@@ -136,31 +139,34 @@ def truth_labels(seed: int = 0) -> np.ndarray:
 
 
 def tiny_learner(
-    cbs: list[Callback], labels: np.ndarray, workers: int = 0, bs: int = BS, shuffle: bool = True, opt_func=SGD
+    cbs: list[Callback],
+    labels: np.ndarray,
+    workers: int = 0,
+    bs: int = BS,
+    shuffle: bool = True,
+    opt_func=SGD,
+    parts: SchemeParts | None = None,
 ) -> Learner:
-    """A Learner shaped like wsml's: batches carry item indices, and TargetsCallback makes their targets."""
+    """A wsml Learner (the factory's) on tiny data: batches carry item indices, `parts` is the scheme (AN)."""
     dataset = TinyDataset(labels)
     train = DataLoader(dataset, bs=bs, shuffle=shuffle, drop_last=True, num_workers=workers)
     valid = DataLoader(dataset, bs=bs, num_workers=0)
     train.n_inp = valid.n_inp = 1
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, C))
-    learn = Learner(
-        DataLoaders(train, valid),
-        model,
-        loss_func=AssumeNegativeLoss(),
-        opt_func=opt_func,
-        cbs=[RunState(), TargetsCallback(), *cbs],
-    )
-    learn.remove_cb(ProgressCallback)
-    learn.logger = lambda *_: None
-    return learn
+    parts = parts or SchemeParts(AssumeNegativeLoss())
+    return wsml_learner(DataLoaders(train, valid), model, parts, cbs, opt_func=opt_func)
 
 
-class EpochLog(Callback):
+def callback_of(parts: SchemeParts, kind: type[Callback]) -> Callback:
+    """The scheme's callback of class `kind`."""
+    return next(callback for callback in parts.callbacks if isinstance(callback, kind))
+
+
+class EpochLog(WsmlCallback):
     """Keeps the values each epoch recorded in the run state, and the positive targets training batches carried."""
 
-    order = LargeLossCallback.order + 1
+    order = LargeLossRecordCallback.order + 1
 
     def __init__(self) -> None:
         self.extras: list[dict] = []
@@ -174,8 +180,7 @@ class EpochLog(Callback):
             self.positives_seen[-1] += int((self.learn.yb[0] == 1).sum())
 
     def after_epoch(self) -> None:
-        if self.run_state.active:
-            self.extras.append(dict(self.run_state.values))
+        self.extras.append(dict(self.run_state.values))
 
 
 def large_loss_run(scheme: LargeLoss, tmp_path: Path, epochs: int = 3, workers: int = 0, delta: float = 5.0):
@@ -184,10 +189,10 @@ def large_loss_run(scheme: LargeLoss, tmp_path: Path, epochs: int = 3, workers: 
     write = partial(write_text, tmp_path / "corrections.csv") if scheme.stores else None
     names = [f"img{i}.jpg" for i in range(N)]
     truth = LabelStore.from_dense(truth_labels(), fill=0)
-    ll = LargeLossCallback(scheme, delta, C, truth, names, list("abcde"), write)
-    learn = tiny_learner([ll, log], labels, workers)
+    parts = large_loss_parts(scheme, delta, truth, (names, list("abcde")), write)
+    learn = tiny_learner([log], labels, workers, parts=parts)
     learn.fit(epochs, 0.1)
-    return ll, log, learn
+    return callback_of(parts, LargeLossCallback), log, learn
 
 
 @pytest.mark.parametrize("workers", [0, 2])
@@ -263,24 +268,29 @@ def test_gradient_accumulation_over_half_batches_equals_one_batch():
     torch.testing.assert_close(grads[0], grads[1])
 
 
-class LossGradSpy(Callback):
-    """Keeps loss_grad / loss of each training batch, as GradientAccumulation left it."""
+class LossSpy(Callback):
+    """Keeps loss_grad / loss of each training batch, as GradientAccumulation left it, and the loss function of
+    each training and validation batch."""
 
     order = GradientAccumulation.order + 1
 
     def __init__(self) -> None:
         self.ratios: list[float] = []
+        self.losses: dict[bool, set[int]] = {True: set(), False: set()}
 
     def after_loss(self) -> None:
+        self.losses[self.learn.training].add(id(self.learn.loss_func))
         if self.learn.training:
             self.ratios.append(float((self.learn.loss_grad / self.learn.loss).detach()))
 
 
-def test_large_loss_runs_before_gradient_accumulation(tmp_path: Path):
-    """GradientAccumulation must divide the loss this callback sets, so the callback has to run first."""
-    labels = observed_labels()
-    ll = LargeLossCallback(LargeLoss.REJECTION, 5.0, C, None, [str(i) for i in range(N)], list("abcde"), None)
-    spy = LossGradSpy()
-    learn = tiny_learner([ll, GradientAccumulation(n_acc=BS), spy], labels, bs=BS // 2)
+def test_the_learner_trains_on_the_large_loss_and_validates_on_an():
+    """The Learner holds the scheme's training loss while it trains (GradientAccumulation divides it like any
+    loss) and AN on validation and after the fit."""
+    parts = large_loss_parts(LargeLoss.REJECTION, 5.0, None, ([str(i) for i in range(N)], list("abcde")), None)
+    spy = LossSpy()
+    learn = tiny_learner([GradientAccumulation(n_acc=BS), spy], observed_labels(), bs=BS // 2, parts=parts)
     learn.fit(2, 0.1)
     assert learn.run_state.epoch == 2 and spy.ratios == pytest.approx([0.5] * len(spy.ratios))
+    assert spy.losses == {True: {id(parts.loss)}, False: {id(parts.evaluation_loss)}}
+    assert learn.loss_func is parts.evaluation_loss and parts.loss.selected is not None  # epoch 2 selected

@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 import torch.nn.functional as F
-from fastai.callback.core import Callback
 
+from wsml_fast.callbacks import WsmlCallback
 from wsml_fast.losses import PartialLabelLoss, negative_term, positive_term
 from wsml_fast.schemes.build import SchemeContext, SchemeParts
 
@@ -130,7 +130,7 @@ class GrLoss(PartialLabelLoss):
         return gr_losses(logits, targets, self.params)
 
 
-class GrScheduleCallback(Callback):
+class GrScheduleCallback(WsmlCallback):
     """Move GR's w, b, mu, sigma along their schedules: the run's epoch t of its `epochs` (RunState)."""
 
     order = -10
@@ -139,8 +139,7 @@ class GrScheduleCallback(Callback):
         self.loss, self.constants, self.epochs = loss, constants, epochs
 
     def before_epoch(self) -> None:
-        if self.run_state.active:
-            self.loss.params = gr_params(self.constants, self.run_state.epoch, self.epochs)
+        self.loss.params = gr_params(self.constants, self.run_state.epoch, self.epochs)
 
 
 def generalized_robust(context: SchemeContext) -> SchemeParts:
