@@ -13,8 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from test_cli import invoke
-from test_resume import HOOKED, hooked_env
+from helpers import HOOKED, hooked_env, invoke
 
 from wsml_fast.distributed import global_batch_order, shard
 from wsml_fast.schemes.large_loss.training import LargeLoss, large_loss_k, select_large_losses

@@ -8,23 +8,15 @@ from functools import partial
 from pathlib import Path
 
 import fastai.callback.schedule  # noqa: F401 - adds Learner.lr_find
-import numpy as np
 import pytest
 import torch
 from fastai.callback.core import Callback, CancelFitException
 from fastai.callback.training import GradientAccumulation
-from fastai.data.core import DataLoaders
-from fastai.data.load import DataLoader
-from fastai.learner import Learner
-from fastai.optimizer import SGD
-from torch.utils.data import Dataset
+from helpers import BS, C, N, callback_of, observed_labels, tiny_learner, truth_labels
 
 from wsml_fast.atomic import write_text
 from wsml_fast.callbacks import WsmlCallback
 from wsml_fast.labelstore import LabelStore
-from wsml_fast.learner import wsml_learner
-from wsml_fast.losses import AssumeNegativeLoss
-from wsml_fast.schemes.build import SchemeParts
 from wsml_fast.schemes.large_loss.training import (
     LargeLoss,
     LargeLossCallback,
@@ -106,61 +98,6 @@ def test_selection_never_picks_observed_entries():
         assert selected.sum().item() == min(k, unobserved.sum().item())
         if selected.any() and (unobserved & ~selected).any():
             assert losses[selected].min() >= losses[unobserved & ~selected].max()
-
-
-# A tiny real Learner: 32 items, 5 classes, one observed positive per item, batches of 8 (4 per epoch).
-N, C, BS = 32, 5, 8
-
-
-class TinyDataset(Dataset):
-    """(float image, item index) and a label store, like wsml's ImageLabelDataset."""
-
-    def __init__(self, labels: np.ndarray) -> None:
-        self.images = torch.randn(len(labels), 3, 4, 4, generator=torch.Generator().manual_seed(1))
-        self.labels = LabelStore.from_dense(labels)
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.images[i], i
-
-
-def observed_labels(seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    labels = np.full((N, C), -1.0, dtype=np.float32)
-    labels[np.arange(N), rng.integers(0, C, N)] = 1.0
-    return labels
-
-
-def truth_labels(seed: int = 0) -> np.ndarray:
-    truth = (np.random.default_rng(seed + 1).random((N, C)) < 0.3).astype(np.float32)
-    return np.maximum(truth, observed_labels(seed) == 1)
-
-
-def tiny_learner(
-    cbs: list[Callback],
-    labels: np.ndarray,
-    workers: int = 0,
-    bs: int = BS,
-    shuffle: bool = True,
-    opt_func=SGD,
-    parts: SchemeParts | None = None,
-) -> Learner:
-    """A wsml Learner (the factory's) on tiny data: batches carry item indices, `parts` is the scheme (AN)."""
-    dataset = TinyDataset(labels)
-    train = DataLoader(dataset, bs=bs, shuffle=shuffle, drop_last=True, num_workers=workers)
-    valid = DataLoader(dataset, bs=bs, num_workers=0)
-    train.n_inp = valid.n_inp = 1
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, C))
-    parts = parts or SchemeParts(AssumeNegativeLoss())
-    return wsml_learner(DataLoaders(train, valid), model, parts, cbs, opt_func=opt_func)
-
-
-def callback_of(parts: SchemeParts, kind: type[Callback]) -> Callback:
-    """The scheme's callback of class `kind`."""
-    return next(callback for callback in parts.callbacks if isinstance(callback, kind))
 
 
 class EpochLog(WsmlCallback):

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from test_large_loss import C, callback_of, observed_labels, tiny_learner
+from helpers import C, callback_of, observed_labels, tiny_learner
 
 from wsml_fast.labelstore import LabelStore
 from wsml_fast.schemes.role.training import RoleCallback, initial_estimates, role_loss, role_parts

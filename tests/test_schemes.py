@@ -11,10 +11,8 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import write
 from fastai.callback.core import Callback
-from test_cli import TINY, error_of, invoke
-from test_large_loss import callback_of, observed_labels, tiny_learner
+from helpers import TINY, callback_of, error_of, invoke, observed_labels, tiny_learner, write
 
 from wsml_fast.callbacks import EarlyStopCallback
 from wsml_fast.config import resolve

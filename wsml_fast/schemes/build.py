@@ -49,7 +49,7 @@ class SchemeParts:
     the loss validation reports (None: the training loss itself). The Learner holds the training loss while it
     trains and the evaluation loss otherwise."""
 
-    loss: PartialLabelLoss | torch.nn.Module
+    loss: torch.nn.Module
     callbacks: list[Callback] = field(default_factory=list)
     evaluation_loss: PartialLabelLoss | None = None
 
