@@ -45,13 +45,13 @@ class DumpStates(Callback):
 build_learner = train_module.build_learner
 
 
-def build_learner_with_hooks(*args, **kwargs):
-    learn, data = build_learner(*args, **kwargs)
+def build_learner_with_hooks(setup, stop, history, cbs=()):
+    hooks = []
     if os.environ.get("WSML_KILL_AT"):
-        learn.add_cb(KillAt(os.environ["WSML_KILL_AT"]))
+        hooks.append(KillAt(os.environ["WSML_KILL_AT"]))
     if os.environ.get("WSML_DUMP_STATES"):
-        learn.add_cb(DumpStates(os.environ["WSML_DUMP_STATES"]))
-    return learn, data
+        hooks.append(DumpStates(os.environ["WSML_DUMP_STATES"]))
+    return build_learner(setup, stop, history, [*cbs, *hooks])
 
 
 train_module.build_learner = build_learner_with_hooks

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import write
+from helpers import write
 from PIL import Image
 
 from wsml_fast.data import check_train_batches, load_rgb

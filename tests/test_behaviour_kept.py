@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_cli import invoke
+from helpers import invoke
 
 from wsml_fast.schemes import SCHEMES
 

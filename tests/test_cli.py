@@ -8,22 +8,14 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import write
 from fastai.callback.core import Callback
-from typer.testing import CliRunner
+from helpers import TINY, error_of, invoke, write
 
 import wsml_fast.train
-from wsml_fast.cli import app
 from wsml_fast.data import ImageLabelDataset
 from wsml_fast.labelstore import LabelStore
 from wsml_fast.predict import collect_images, predict_batches
 from wsml_fast.runfolder import RunFolder
-
-TINY = ["--backbone", "test_efficientnet", "--no-pretrained", "--img-size", "32", "--bs", "16", "--epochs", "2"]
-
-
-def invoke(*args: str):
-    return CliRunner().invoke(app, [str(a) for a in args])
 
 
 @pytest.fixture(scope="module")
@@ -114,15 +106,6 @@ def test_full_label_scheme_trains_on_truth(demo_folder: Path, tmp_path: Path) ->
     assert "scheme bce" in (tmp_path / "r" / "train.log").read_text()
 
 
-def error_of(*args: str) -> str:
-    """The one line a failing command writes to stderr (stdout may hold what a run printed before it failed)."""
-    result = invoke(*args)
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
-    return lines[0]
-
-
 def test_bad_input_gets_one_line_errors(
     tmp_path: Path, trained_run: Path, demo_folder: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -206,10 +189,8 @@ def test_linear_init_runs_linear_epochs_on_features_then_starts_end_to_end_from_
 ) -> None:
     spy, build = StageStart(), wsml_fast.train.build_learner
 
-    def build_with_spy(*args, **kwargs):
-        learn, data = build(*args, **kwargs)
-        learn.add_cb(spy)
-        return learn, data
+    def build_with_spy(setup, stop, history, cbs=()):
+        return build(setup, stop, history, [*cbs, spy])
 
     monkeypatch.setattr(wsml_fast.train, "build_learner", build_with_spy)
     protocol = ["--mode", "linear-init", "--linear-epochs", "2", "--linear-lr", "0.05", "--linear-bs", "8"]

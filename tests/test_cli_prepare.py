@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pandas as pd
 import yaml
-from test_cli import TINY, error_of, invoke
+from helpers import TINY, error_of, invoke
 
 from wsml_fast.labels import read_label_csv
 

@@ -1,7 +1,7 @@
 from pathlib import Path
 
 import pytest
-from conftest import write
+from helpers import write
 from typer.testing import CliRunner
 
 from wsml_fast.config import TrainConfig, resolve

@@ -3,7 +3,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import write
+from helpers import write
 
 from wsml_fast.data import ImageLabelDataset, make_loader
 from wsml_fast.errors import WsmlError

@@ -13,11 +13,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from test_cli import invoke
-from test_resume import HOOKED, hooked_env
+from helpers import HOOKED, hooked_env, invoke
 
 from wsml_fast.distributed import global_batch_order, shard
-from wsml_fast.schemes.large_loss.training import large_loss_k, select_large_losses
+from wsml_fast.schemes.large_loss.training import LargeLoss, large_loss_k, select_large_losses
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 SELECTION = Path(__file__).with_name("ddp_selection.py")
@@ -48,7 +47,7 @@ def test_the_selection_over_processes_is_what_one_process_selects(tmp_path: Path
     generator = torch.Generator().manual_seed(0)  # the script's global batch: 12 x 7, as one process sees it
     losses = torch.rand(12, 7, generator=generator).round(decimals=1)
     unobserved = torch.rand(12, 7, generator=generator) < 0.7
-    k = large_loss_k(12, 7, 4, 9.0, "llct")
+    k = large_loss_k(12, 7, 4, 9.0, LargeLoss.TEMPORARY_CORRECTION)
     expected = select_large_losses(losses.masked_fill(~unobserved, -math.inf), unobserved, k)
     assert int(expected.sum()) == k == math.ceil(12 * 7 * 3 * 9 / 100)
     assert torch.equal(torch.cat([ranks[0]["selected"], ranks[1]["selected"]]), expected)

@@ -14,9 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import StopAfter
+from helpers import TINY, StopAfter, error_of, invoke
 from PIL import Image
-from test_cli import TINY, error_of, invoke
 
 from wsml_fast import atomic
 from wsml_fast.config import resolve

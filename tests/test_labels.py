@@ -2,7 +2,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write
+from helpers import write
 
 from wsml_fast.errors import WsmlError
 from wsml_fast.labels import align_truth, read_label_csv, write_label_csv

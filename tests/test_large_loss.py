@@ -8,27 +8,23 @@ from functools import partial
 from pathlib import Path
 
 import fastai.callback.schedule  # noqa: F401 - adds Learner.lr_find
-import numpy as np
 import pytest
 import torch
 from fastai.callback.core import Callback, CancelFitException
-from fastai.callback.progress import ProgressCallback
 from fastai.callback.training import GradientAccumulation
-from fastai.data.core import DataLoaders
-from fastai.data.load import DataLoader
-from fastai.learner import Learner
-from fastai.optimizer import SGD
-from torch.utils.data import Dataset
+from helpers import BS, C, N, callback_of, observed_labels, tiny_learner, truth_labels
 
 from wsml_fast.atomic import write_text
-from wsml_fast.callbacks import RunState, TargetsCallback
+from wsml_fast.callbacks import WsmlCallback
 from wsml_fast.labelstore import LabelStore
-from wsml_fast.losses import AssumeNegativeLoss
 from wsml_fast.schemes.large_loss.training import (
+    LargeLoss,
     LargeLossCallback,
+    LargeLossRecordCallback,
     apply_large_loss,
     large_loss_k,
     large_loss_losses,
+    large_loss_parts,
     select_large_losses,
 )
 
@@ -43,8 +39,8 @@ def test_reference_example_on_losses():
     selected = select_large_losses(an, TARGETS == -1, 2)
     assert selected.tolist() == [[False, True, True, False, False]]
     assert an.mean().item() == pytest.approx(0.74)
-    assert apply_large_loss(an, flipped, selected, "llr").mean().item() == pytest.approx(0.08)
-    assert apply_large_loss(an, flipped, selected, "llct").mean().item() == pytest.approx(0.18)
+    assert apply_large_loss(an, flipped, selected, LargeLoss.REJECTION).mean().item() == pytest.approx(0.08)
+    assert apply_large_loss(an, flipped, selected, LargeLoss.TEMPORARY_CORRECTION).mean().item() == pytest.approx(0.18)
 
 
 def test_reference_example_on_logits():
@@ -52,12 +48,12 @@ def test_reference_example_on_logits():
     inverse_softplus = [math.log(math.expm1(v)) for v in AN_LOSSES]
     logits = torch.tensor([inverse_softplus], dtype=torch.float64)
     logits[0, 0] = -logits[0, 0]  # the observed positive's loss is softplus(-x)
-    an, _ = large_loss_losses(logits, TARGETS, 0, "llr")
+    an, _ = large_loss_losses(logits, TARGETS, 0, LargeLoss.REJECTION)
     assert an[0].tolist() == pytest.approx(AN_LOSSES)
-    llr, selected = large_loss_losses(logits, TARGETS, 2, "llr")
+    llr, selected = large_loss_losses(logits, TARGETS, 2, LargeLoss.REJECTION)
     assert selected[0].tolist() == [False, True, True, False, False]
     assert llr.mean().item() == pytest.approx(0.08)
-    llct, _ = large_loss_losses(logits, TARGETS, 2, "llct")
+    llct, _ = large_loss_losses(logits, TARGETS, 2, LargeLoss.TEMPORARY_CORRECTION)
     flipped = -math.log(1 - math.exp(-1.8)) - math.log(1 - math.exp(-1.5))
     assert llct.mean().item() == pytest.approx((0.1 + 0.1 + 0.2 + flipped) / 5)
 
@@ -71,13 +67,13 @@ def test_reference_example_on_logits():
     ],
 )
 def test_k_table(num_classes: int, delta: float, table: list[int]):
-    for scheme in ("llr", "llct"):
-        assert [large_loss_k(16, num_classes, t, delta, scheme) for t in range(1, 11)] == table
+    for kind in (LargeLoss.REJECTION, LargeLoss.TEMPORARY_CORRECTION):
+        assert [large_loss_k(16, num_classes, t, delta, kind) for t in range(1, 11)] == table
 
 
 def test_k_of_llcp_is_constant_and_exact():
-    assert [large_loss_k(16, 20, t, 0.2, "llcp") for t in range(1, 5)] == [0, 1, 1, 1]
-    assert large_loss_k(16, 20, 6, 0.5, "llr") == 8  # 320 * 5 * 0.5 / 100 exactly, not 8.000000000000007
+    assert [large_loss_k(16, 20, t, 0.2, LargeLoss.PERMANENT_CORRECTION) for t in range(1, 5)] == [0, 1, 1, 1]
+    assert large_loss_k(16, 20, 6, 0.5, LargeLoss.REJECTION) == 8  # 320 * 5 * 0.5 / 100 exactly, not 8.000000000000007
 
 
 def test_selection_picks_exactly_k_unobserved_entries():
@@ -104,62 +100,10 @@ def test_selection_never_picks_observed_entries():
             assert losses[selected].min() >= losses[unobserved & ~selected].max()
 
 
-# A tiny real Learner: 32 items, 5 classes, one observed positive per item, batches of 8 (4 per epoch).
-N, C, BS = 32, 5, 8
-
-
-class TinyDataset(Dataset):
-    """(float image, item index) and a label store, like wsml's ImageLabelDataset."""
-
-    def __init__(self, labels: np.ndarray) -> None:
-        self.images = torch.randn(len(labels), 3, 4, 4, generator=torch.Generator().manual_seed(1))
-        self.labels = LabelStore.from_dense(labels)
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.images[i], i
-
-
-def observed_labels(seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    labels = np.full((N, C), -1.0, dtype=np.float32)
-    labels[np.arange(N), rng.integers(0, C, N)] = 1.0
-    return labels
-
-
-def truth_labels(seed: int = 0) -> np.ndarray:
-    truth = (np.random.default_rng(seed + 1).random((N, C)) < 0.3).astype(np.float32)
-    return np.maximum(truth, observed_labels(seed) == 1)
-
-
-def tiny_learner(
-    cbs: list[Callback], labels: np.ndarray, workers: int = 0, bs: int = BS, shuffle: bool = True, opt_func=SGD
-) -> Learner:
-    """A Learner shaped like wsml's: batches carry item indices, and TargetsCallback makes their targets."""
-    dataset = TinyDataset(labels)
-    train = DataLoader(dataset, bs=bs, shuffle=shuffle, drop_last=True, num_workers=workers)
-    valid = DataLoader(dataset, bs=bs, num_workers=0)
-    train.n_inp = valid.n_inp = 1
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, C))
-    learn = Learner(
-        DataLoaders(train, valid),
-        model,
-        loss_func=AssumeNegativeLoss(),
-        opt_func=opt_func,
-        cbs=[RunState(), TargetsCallback(), *cbs],
-    )
-    learn.remove_cb(ProgressCallback)
-    learn.logger = lambda *_: None
-    return learn
-
-
-class EpochLog(Callback):
+class EpochLog(WsmlCallback):
     """Keeps the values each epoch recorded in the run state, and the positive targets training batches carried."""
 
-    order = LargeLossCallback.order + 1
+    order = LargeLossRecordCallback.order + 1
 
     def __init__(self) -> None:
         self.extras: list[dict] = []
@@ -173,26 +117,25 @@ class EpochLog(Callback):
             self.positives_seen[-1] += int((self.learn.yb[0] == 1).sum())
 
     def after_epoch(self) -> None:
-        if self.run_state.active:
-            self.extras.append(dict(self.run_state.values))
+        self.extras.append(dict(self.run_state.values))
 
 
-def large_loss_run(scheme: str, tmp_path: Path, epochs: int = 3, workers: int = 0, delta: float = 5.0):
+def large_loss_run(scheme: LargeLoss, tmp_path: Path, epochs: int = 3, workers: int = 0, delta: float = 5.0):
     labels, log = observed_labels(), EpochLog()
     tmp_path.mkdir(exist_ok=True)
-    write = partial(write_text, tmp_path / "corrections.csv") if scheme == "llcp" else None
+    write = partial(write_text, tmp_path / "corrections.csv") if scheme.stores else None
     names = [f"img{i}.jpg" for i in range(N)]
     truth = LabelStore.from_dense(truth_labels(), fill=0)
-    ll = LargeLossCallback(scheme, delta, C, truth, names, list("abcde"), write)
-    learn = tiny_learner([ll, log], labels, workers)
+    parts = large_loss_parts(scheme, delta, truth, (names, list("abcde")), write)
+    learn = tiny_learner([log], labels, workers, parts=parts)
     learn.fit(epochs, 0.1)
-    return ll, log, learn
+    return callback_of(parts, LargeLossCallback), log, learn
 
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_llcp_stores_k_entries_per_batch_that_persist(tmp_path: Path, workers: int):
-    ll, log, _ = large_loss_run("llcp", tmp_path, workers=workers)
-    k = large_loss_k(BS, C, 2, 5.0, "llcp")
+    ll, log, _ = large_loss_run(LargeLoss.PERMANENT_CORRECTION, tmp_path, workers=workers)
+    k = large_loss_k(BS, C, 2, 5.0, LargeLoss.PERMANENT_CORRECTION)
     assert k == 2
     per_epoch = k * N // BS  # 8 corrections in each of epochs 2 and 3
     assert [e["ll_selected"] for e in log.extras] == [0, per_epoch, per_epoch]
@@ -216,8 +159,8 @@ def test_llcp_stores_k_entries_per_batch_that_persist(tmp_path: Path, workers: i
 
 def test_llcp_is_not_llct(tmp_path: Path):
     """The reference's LL-Cp ran as LL-Ct: growing k and nothing stored."""
-    llcp, cp_log, cp_learn = large_loss_run("llcp", tmp_path / "cp")
-    llct, ct_log, ct_learn = large_loss_run("llct", tmp_path / "ct")
+    llcp, cp_log, cp_learn = large_loss_run(LargeLoss.PERMANENT_CORRECTION, tmp_path / "cp")
+    llct, ct_log, ct_learn = large_loss_run(LargeLoss.TEMPORARY_CORRECTION, tmp_path / "ct")
     assert [e["ll_selected"] for e in cp_log.extras] == [0, 8, 8]
     assert [e["ll_selected"] for e in ct_log.extras] == [0, 8, 16]
     assert llct.stored is None and len(llcp.stored.keys) == 16
@@ -227,13 +170,13 @@ def test_llcp_is_not_llct(tmp_path: Path):
 
 
 def test_llr_rejects_without_storing(tmp_path: Path):
-    ll, log, _ = large_loss_run("llr", tmp_path)
+    ll, log, _ = large_loss_run(LargeLoss.REJECTION, tmp_path)
     assert [e["ll_selected"] for e in log.extras] == [0, 8, 16]
     assert ll.stored is None and ll.state_dict() == {}
 
 
 def test_lr_find_neither_advances_the_epoch_nor_changes_labels(tmp_path: Path):
-    ll, log, learn = large_loss_run("llcp", tmp_path, epochs=2)
+    ll, log, learn = large_loss_run(LargeLoss.PERMANENT_CORRECTION, tmp_path, epochs=2)
     keys, csv_text = ll.stored.keys.clone(), (tmp_path / "corrections.csv").read_text()
     learn.lr_find(num_it=10, show_plot=False)
     assert learn.run_state.epoch == 2
@@ -262,24 +205,29 @@ def test_gradient_accumulation_over_half_batches_equals_one_batch():
     torch.testing.assert_close(grads[0], grads[1])
 
 
-class LossGradSpy(Callback):
-    """Keeps loss_grad / loss of each training batch, as GradientAccumulation left it."""
+class LossSpy(Callback):
+    """Keeps loss_grad / loss of each training batch, as GradientAccumulation left it, and the loss function of
+    each training and validation batch."""
 
     order = GradientAccumulation.order + 1
 
     def __init__(self) -> None:
         self.ratios: list[float] = []
+        self.losses: dict[bool, set[int]] = {True: set(), False: set()}
 
     def after_loss(self) -> None:
+        self.losses[self.learn.training].add(id(self.learn.loss_func))
         if self.learn.training:
             self.ratios.append(float((self.learn.loss_grad / self.learn.loss).detach()))
 
 
-def test_large_loss_runs_before_gradient_accumulation(tmp_path: Path):
-    """GradientAccumulation must divide the loss this callback sets, so the callback has to run first."""
-    labels = observed_labels()
-    ll = LargeLossCallback("llr", 5.0, C, None, [str(i) for i in range(N)], list("abcde"), None)
-    spy = LossGradSpy()
-    learn = tiny_learner([ll, GradientAccumulation(n_acc=BS), spy], labels, bs=BS // 2)
+def test_the_learner_trains_on_the_large_loss_and_validates_on_an():
+    """The Learner holds the scheme's training loss while it trains (GradientAccumulation divides it like any
+    loss) and AN on validation and after the fit."""
+    parts = large_loss_parts(LargeLoss.REJECTION, 5.0, None, ([str(i) for i in range(N)], list("abcde")), None)
+    spy = LossSpy()
+    learn = tiny_learner([GradientAccumulation(n_acc=BS), spy], observed_labels(), bs=BS // 2, parts=parts)
     learn.fit(2, 0.1)
     assert learn.run_state.epoch == 2 and spy.ratios == pytest.approx([0.5] * len(spy.ratios))
+    assert spy.losses == {True: {id(parts.loss)}, False: {id(parts.evaluation_loss)}}
+    assert learn.loss_func is parts.evaluation_loss and parts.loss.selected is not None  # epoch 2 selected

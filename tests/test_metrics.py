@@ -3,6 +3,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from helpers import partial_labels, sklearn_map
 from sklearn.metrics import average_precision_score
 
 from wsml_fast.metrics import APAccumulator, MapMetric, _labelled, _labelled_tensors, mean_average_precision
@@ -39,34 +40,6 @@ def test_no_scorable_class_gives_nan() -> None:
 
 
 # ---------------------------------------------------------------- the accumulator, against sklearn class by class
-
-
-def sklearn_map(scores: np.ndarray, labels: np.ndarray, convention: str) -> tuple[dict, list, float]:
-    """The dense rule, written out with sklearn: per-class AP of the labelled entries, degenerate classes
-    skipped (skip) or scored 0 when they have no positive (paper)."""
-    per_class, skipped = {}, []
-    for c in range(labels.shape[1]):
-        known = labels[:, c] >= 0
-        truth = labels[known, c] == 1
-        if not truth.any() and convention == "paper":
-            per_class[str(c)] = 0.0
-        elif not truth.any() or (truth.all() and convention == "skip"):
-            skipped.append(str(c))
-        else:
-            per_class[str(c)] = 100 * average_precision_score(truth, scores[known, c])
-    return per_class, skipped, float(np.mean(list(per_class.values()))) if per_class else float("nan")
-
-
-def partial_labels(rng: np.random.Generator, n: int, c: int) -> tuple[np.ndarray, np.ndarray]:
-    """Scores with many ties (rounded to 0.1) and labels with unlabelled entries, classes without positives,
-    without negatives and without any label."""
-    scores = np.round(rng.random((n, c)), 1).astype(np.float32)
-    labels = (rng.random((n, c)) < 0.3).astype(np.float32)
-    labels[rng.random((n, c)) < 0.5] = -1
-    labels[:, 0] = np.where(labels[:, 0] >= 0, 0, -1)  # no positive
-    labels[:, 1] = np.where(labels[:, 1] >= 0, 1, -1)  # no negative
-    labels[:, 2] = -1  # nothing labelled
-    return scores, labels
 
 
 @pytest.mark.parametrize("convention", ["skip", "paper"])

@@ -6,7 +6,7 @@ import pytest
 import torch
 from fastai.callback.core import Callback
 from fastai.callback.fp16 import MixedPrecision
-from test_large_loss import observed_labels, tiny_learner
+from helpers import observed_labels, tiny_learner
 
 from wsml_fast.callbacks import DeviceMixedPrecision
 from wsml_fast.learner import OPTIMIZERS

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,9 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from test_cli import TINY, invoke
+from helpers import HOOKED, TINY, hooked_env, invoke
 
-HOOKED = Path(__file__).with_name("hooked_wsml.py")
 CASES = {  # scheme with state, workers, schedule and mode: each value at least once
     "an-0-workers-one-cycle": ["--scheme", "an", "--workers", "0", "--schedule", "one-cycle", "--track-memorization"],
     "llcp-0-workers-constant": ["--scheme", "llcp", "--delta-rel", "0.5", "--workers", "0", "--schedule", "constant"],
@@ -29,11 +27,6 @@ CASES = {  # scheme with state, workers, schedule and mode: each value at least 
         "role",
     ],
 }
-
-
-def hooked_env(**hooks: str) -> dict[str, str]:
-    """The environment of a hooked `wsml`: this checkout's wsml_fast (wherever one is installed) and the hooks."""
-    return {**os.environ, "PYTHONPATH": str(HOOKED.parents[1]), **hooks}
 
 
 def kill_during(epoch: int, batch: int, *args: str) -> subprocess.CompletedProcess:

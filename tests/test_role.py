@@ -7,10 +7,10 @@ import math
 import numpy as np
 import pytest
 import torch
-from test_large_loss import C, observed_labels, tiny_learner
+from helpers import C, callback_of, observed_labels, tiny_learner
 
 from wsml_fast.labelstore import LabelStore
-from wsml_fast.schemes.role.training import RoleCallback, initial_estimates, role_loss
+from wsml_fast.schemes.role.training import RoleCallback, initial_estimates, role_loss, role_parts
 
 LN3 = math.log(3)
 
@@ -49,14 +49,15 @@ def test_role_loss_by_hand():
 
 def test_role_needs_expected_positives():
     with pytest.raises(ValueError, match="--expected-positives"):
-        RoleCallback(LabelStore.from_dense(observed_labels()), None)
+        role_parts(LabelStore.from_dense(observed_labels()), None)
 
 
 def test_estimates_train_with_the_model_and_round_trip():
     labels = observed_labels()
-    role = RoleCallback(LabelStore.from_dense(labels), 1.5, generator=torch.Generator().manual_seed(0))
+    parts = role_parts(LabelStore.from_dense(labels), 1.5, generator=torch.Generator().manual_seed(0))
+    role = callback_of(parts, RoleCallback)
     start = role.estimates.clone()
-    learn = tiny_learner([role], labels)
+    learn = tiny_learner([], labels, parts=parts)
     learn.fit(1, 0.01)
     assert role.estimate_opt.param_groups[0]["lr"] == pytest.approx(0.1)  # 10 x the learner's lr
     changed = (role.estimates - start).abs() > 1e-6
@@ -67,8 +68,10 @@ def test_estimates_train_with_the_model_and_round_trip():
     learn.lr_find(num_it=10, show_plot=False)  # trains nothing here
     torch.testing.assert_close(role.estimates, trained)
 
-    copy = RoleCallback(LabelStore.from_dense(labels), 1.5)
+    copy = callback_of(role_parts(LabelStore.from_dense(labels), 1.5), RoleCallback)
     copy.load_state_dict(role.state_dict())
     torch.testing.assert_close(copy.estimates, trained)
     with pytest.raises(ValueError, match="shape"):
-        RoleCallback(LabelStore.from_dense(labels[:, : C - 1]), 1.5).load_state_dict(role.state_dict())
+        callback_of(role_parts(LabelStore.from_dense(labels[:, : C - 1]), 1.5), RoleCallback).load_state_dict(
+            role.state_dict()
+        )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
-from test_large_loss import observed_labels, tiny_learner
+from helpers import observed_labels, tiny_learner
 
 from wsml_fast.callbacks import RunLogCallback
 from wsml_fast.runfolder import RunFolder

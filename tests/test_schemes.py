@@ -11,20 +11,19 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import write
 from fastai.callback.core import Callback
-from test_cli import TINY, error_of, invoke
-from test_large_loss import observed_labels, tiny_learner
+from helpers import TINY, callback_of, error_of, invoke, observed_labels, tiny_learner, write
 
 from wsml_fast.callbacks import EarlyStopCallback
 from wsml_fast.config import resolve
 from wsml_fast.errors import WsmlError
 from wsml_fast.labelstore import LabelStore
 from wsml_fast.recipes import find_recipe
-from wsml_fast.schemes import SCHEMES, check_dense_state, get_scheme, markdown_table
+from wsml_fast.schemes import SCHEMES, get_scheme, markdown_table
+from wsml_fast.schemes.build import SchemeParts, check_dense_state
 from wsml_fast.schemes.em.training import apl_quota
 from wsml_fast.schemes.gr.training import GrConfig, GrLoss, GrScheduleCallback, gr_params
-from wsml_fast.schemes.role.training import RoleCallback
+from wsml_fast.schemes.role.training import RoleCallback, role_parts
 
 README = Path(__file__).parents[1] / "README.md"
 TRAINABLE = [name for name in SCHEMES if name != "iu"]  # the demo has no observed negatives for iu
@@ -105,8 +104,9 @@ def test_shipped_recipes_follow_each_paper() -> None:
 
 
 def test_role_estimates_learn_at_ten_times_the_base_rate_whatever_the_head_multiplier() -> None:
-    role = RoleCallback(LabelStore.from_dense(observed_labels()), 1.5, head_lr_mult=10)
-    learn = tiny_learner([role], observed_labels())
+    parts = role_parts(LabelStore.from_dense(observed_labels()), 1.5, head_lr_mult=10)
+    role = callback_of(parts, RoleCallback)
+    learn = tiny_learner([], observed_labels(), parts=parts)
     learn.fit(1, slice(0.01, 0.1))  # body 0.01, head x10
     assert role.estimate_opt.param_groups[0]["lr"] == pytest.approx(0.1)  # 10 x 0.01, not 10 x 0.1
 
@@ -128,7 +128,7 @@ def test_early_stopping_fires_at_the_drop_and_not_before() -> None:
     learn = tiny_learner([History([50.0, 52.0, 49.5, 48.9, 60.0, 61.0]), stop], observed_labels())
     learn.fit(6, 0.1)
     assert learn.run_state.epoch == 4  # 49.5 is 2.5 below 52: goes on; 48.9 is 3.1 below: stops
-    assert stop.reason == "early stop: valid mAP 48.90 fell over 3 points below 52.00"
+    assert learn.run_state.stop_reason == "early stop: valid mAP 48.90 fell over 3 points below 52.00"
 
 
 def test_gr_schedule_follows_the_runs_epochs() -> None:
@@ -142,8 +142,8 @@ def test_gr_schedule_follows_the_runs_epochs() -> None:
         def before_epoch(self) -> None:
             seen.append(loss.params)
 
-    learn = tiny_learner([GrScheduleCallback(loss, constants, 3), Spy()], observed_labels())
-    learn.loss_func = loss
+    parts = SchemeParts(loss, [GrScheduleCallback(loss, constants, 3)])
+    learn = tiny_learner([Spy()], observed_labels(), parts=parts)
     learn.fit(2, 0.1)
     learn.fit(1, 0.1)  # a second fit continues the run's epochs
     assert seen == [gr_params(constants, epoch, 3) for epoch in (1, 2, 3)]

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from test_metrics import partial_labels, sklearn_map
+from helpers import partial_labels, sklearn_map
 
 from wsml_fast.features import FeatureDataset
 from wsml_fast.inference import score_split

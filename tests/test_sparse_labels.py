@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write
+from helpers import write
 
 import wsml_fast.labels as labels
 from wsml_fast.errors import WsmlError

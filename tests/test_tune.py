@@ -12,8 +12,7 @@ import optuna
 import pandas as pd
 import pytest
 import yaml
-from conftest import StopAfter, write
-from test_cli import invoke
+from helpers import StopAfter, invoke, write
 
 from wsml_fast.config import resolve
 from wsml_fast.schemes.declaration import Choice

@@ -1,8 +1,10 @@
 """fastai callbacks of wsml, one concern each.
 
 `RunState` is the one owner of where a run stands (its epoch, counted from 1 across every fit and across a
-resume; whether the current fit is an `lr_find`; the values callbacks add to this epoch's row; the rows of the
-finished epochs). Every other callback reads it as `self.run_state` and keeps no epoch counter of its own.
+resume; the stage in progress; the values callbacks add to this epoch's row; the rows of the finished epochs; why
+the last fit ended early). `TargetsCallback` makes each batch's targets and keeps its item indices. The other
+callbacks derive from `WsmlCallback`, which reads both as typed properties, keeps no epoch counter of its own,
+sits out `lr_find`'s fits (they are no part of the run) and ends a fit with a reason.
 
 Order of the end-of-epoch work: the schemes and diagnostics record their values (< 70), the run log writes the
 epoch's row (70), the best weights are saved (71), then the checkpoint (72), and only then may early stopping
@@ -14,7 +16,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import numpy as np
 import torch
@@ -24,6 +26,9 @@ from fastai.callback.fp16 import MixedPrecision
 from wsml_fast.distributed import active, all_reduce_sum, bare
 from wsml_fast.errors import WsmlError
 from wsml_fast.labelstore import DeviceLabels
+
+if TYPE_CHECKING:
+    from wsml_fast.stages import StageData
 
 MONITOR = "valid_map"
 
@@ -46,6 +51,51 @@ def checkpointed_states(learn, kind: type = CheckpointedState) -> dict[str, dict
     return {type(cb).__name__: cb.state_dict() for cb in learn.cbs if isinstance(cb, kind)}
 
 
+def model_device(learn) -> torch.device:
+    """The device of a Learner's model (where its first parameter lives)."""
+    return next(learn.model.parameters()).device
+
+
+def in_lr_find(learn) -> bool:
+    """Whether the Learner's current fit is fastai's `lr_find` (whose fits are no part of the run)."""
+    return hasattr(learn, "lr_finder")
+
+
+class WsmlCallback(Callback):
+    """The base of wsml's callbacks. It sits out `lr_find`'s fits, as fastai's own Recorder does (`self.run` set
+    once when a fit begins: those fits are no part of the run, so no epoch, state or file of the run changes); it
+    offers the run state, the batch's item indices, the stage in progress and the model's device as typed
+    properties; and `end_fit` ends the fit with a reason, which `learner.fit` says and returns."""
+
+    def __call__(self, event_name: str):
+        if event_name == "before_fit":
+            self.run = not in_lr_find(self.learn)
+        return super().__call__(event_name)
+
+    @property
+    def run_state(self) -> RunState:
+        return self.learn.run_state
+
+    @property
+    def item_index(self) -> torch.Tensor:
+        """The item index (row of its dataset) of each input of the batch in progress."""
+        return self.learn.targets.item_index
+
+    @property
+    def stage(self) -> StageData:
+        """The inputs of the stage in progress (images or features), set when the stage begins."""
+        return self.learn.run_state.stage
+
+    @property
+    def device(self) -> torch.device:
+        return model_device(self.learn)
+
+    def end_fit(self, reason: str) -> NoReturn:
+        """End the fit at once, saying why."""
+        self.learn.run_state.stop_reason = reason
+        raise CancelFitException()
+
+
 class RunState(Callback):
     """Where the run stands; see the module docstring. `history` holds the rows of the completed epochs."""
 
@@ -55,8 +105,8 @@ class RunState(Callback):
         self.history: list[dict] = list(history or [])
         self._epoch = len(self.history)  # fastai's own `learn.epoch` restarts at 0 in every fit
         self.values: dict[str, Any] = {}
-        self.in_lr_find = False
-        self.data = None  # the stage in progress's StageData (its inputs), set when the stage begins
+        self.stage: StageData | None = None  # the stage in progress's inputs, set when the stage begins
+        self.stop_reason: str | None = None  # why the last fit ended early (WsmlCallback.end_fit)
 
     @property
     def epoch(self) -> int:
@@ -64,24 +114,16 @@ class RunState(Callback):
         return self._epoch
 
     @property
-    def active(self) -> bool:
-        """True in the run's own training (False inside `lr_find`, whose fits are no part of the run)."""
-        return not self.in_lr_find
-
-    @property
     def completed(self) -> int:
         return len(self.history)
 
     def before_fit(self) -> None:
-        self.in_lr_find = hasattr(self.learn, "lr_finder")
-
-    def after_fit(self) -> None:
-        self.in_lr_find = False
+        self.stop_reason = None
+        self.run = not in_lr_find(self.learn)
 
     def before_epoch(self) -> None:
-        if self.active:
-            self._epoch += 1
-            self.values = {}
+        self._epoch += 1
+        self.values = {}
 
     def record(self, **values: Any) -> None:
         """Add columns to this epoch's row of metrics.csv."""
@@ -99,18 +141,19 @@ class TargetsCallback(Callback):
     """Make each batch's targets on the device, from its dataset's label store, by item index.
 
     Loaders carry only the inputs and the item indices; the B x C targets (1, 0, -1) are made here, for the
-    batch alone and on the device, so no label matrix is ever dense. The index stays as `learn.item_index` for
-    the callbacks that keep state per training entry.
+    batch alone and on the device, so no label matrix is ever dense. The index stays as `item_index` for the
+    callbacks that keep state per training entry (`WsmlCallback.item_index`). It acts in every fit.
     """
 
     order = -20
 
     def __init__(self) -> None:
         self.on_device: dict[int, DeviceLabels] = {}  # a dataset's labels, moved to the device once
+        self.item_index: torch.Tensor | None = None
 
     def before_batch(self) -> None:
         index = self.learn.yb[0]
-        self.learn.item_index = index
+        self.item_index = index
         self.learn.yb = (self.labels_of(self.learn.dl.dataset, index.device).dense(index),)
 
     def labels_of(self, dataset, device: torch.device) -> DeviceLabels:
@@ -118,6 +161,24 @@ class TargetsCallback(Callback):
         if key not in self.on_device or self.on_device[key].device != device:
             self.on_device[key] = dataset.labels.to(device)
         return self.on_device[key]
+
+
+class TrainingLossCallback(WsmlCallback):
+    """Give the Learner a scheme's training loss while it trains and its evaluation loss otherwise (validation,
+    `get_preds`), the way fastai's MixUp swaps `loss_func`; the Learner is built with the evaluation loss.
+    `lr_find`'s fits train on the evaluation loss: the scheme's own training belongs to the run."""
+
+    def __init__(self, training: torch.nn.Module, evaluation: torch.nn.Module) -> None:
+        self.training_loss, self.evaluation_loss = training, evaluation
+
+    def before_train(self) -> None:
+        self.learn.loss_func = self.training_loss
+
+    def before_validate(self) -> None:
+        self.learn.loss_func = self.evaluation_loss
+
+    def after_fit(self) -> None:
+        self.learn.loss_func = self.evaluation_loss
 
 
 class DeviceMixedPrecision(MixedPrecision):
@@ -128,13 +189,13 @@ class DeviceMixedPrecision(MixedPrecision):
         with warnings.catch_warnings():  # fastai warns that CUDA autocast is off on a CPU; ours replaces it
             warnings.filterwarnings("ignore", message=".*CUDA is not available")
             super().before_fit()
-        device_type = next(self.learn.model.parameters()).device.type
+        device_type = model_device(self.learn).type
         dtype = torch.bfloat16 if self.amp_mode.value == "bf16" else torch.float16
         self.autocast = torch.autocast(device_type, dtype=dtype)
         self.learn.scaler = torch.amp.GradScaler(device_type, **self.kwargs)
 
 
-class RunLogCallback(Callback):
+class RunLogCallback(WsmlCallback):
     """One row per completed epoch into metrics.csv (through the run folder), and one printed line per epoch
     when there is no progress bar. fastai's progress table on a terminal shows the run's epoch numbers too."""
 
@@ -147,8 +208,7 @@ class RunLogCallback(Callback):
 
     def before_epoch(self) -> None:
         self.start = time.perf_counter()
-        if self.run_state.active:  # fastai's progress table numbers from 0 in each fit
-            self.learn.recorder.log[0] = self.run_state.epoch
+        self.learn.recorder.log[0] = self.run_state.epoch  # fastai's progress table numbers from 0 in each fit
 
     def before_train(self) -> None:
         self.train_start = time.perf_counter()
@@ -157,8 +217,6 @@ class RunLogCallback(Callback):
         self.train_seconds = time.perf_counter() - self.train_start
 
     def after_epoch(self) -> None:
-        if not self.run_state.active:
-            return
         names = self.learn.recorder.metric_names[1:-1]  # without 'epoch' and 'time'
         values = self.learn.recorder.log[1 : 1 + len(names)]
         row = {"epoch": self.run_state.epoch, **{n: _number(v) for n, v in zip(names, values, strict=True)}}
@@ -171,7 +229,7 @@ class RunLogCallback(Callback):
         self.say("  ".join(_fmt(k, v) for k, v in row.items()), console=self.print_lines)
 
 
-class SaveBestCallback(Callback):
+class SaveBestCallback(WsmlCallback):
     """Save the weights of the best epoch so far (by valid mAP), and the schemes' state beside them. The best
     is read from the run's history, so a resumed run continues the same comparison."""
 
@@ -181,7 +239,7 @@ class SaveBestCallback(Callback):
         self.model, self.save_weights, self.save_states = model, save_weights, save_states
 
     def after_epoch(self) -> None:
-        if not self.run_state.active or self.run_state.best() is not self.run_state.history[-1]:
+        if self.run_state.best() is not self.run_state.history[-1]:
             return
         self.save_weights(self.model.state_dict())
         states = checkpointed_states(self.learn, SchemeState)
@@ -189,25 +247,21 @@ class SaveBestCallback(Callback):
             self.save_states(states)
 
 
-class EarlyStopCallback(Callback):
+class EarlyStopCallback(WsmlCallback):
     """Stop training when valid mAP falls more than `drop` points below the best so far (the reference's rule)."""
 
     order = 80  # after the epoch's checkpoint is written
 
     def __init__(self, drop: float = 3.0) -> None:
         self.drop = drop
-        self.reason: str | None = None
 
     def after_epoch(self) -> None:
-        if not self.run_state.active:
-            return
         best, value = self.run_state.best()[MONITOR], self.run_state.history[-1][MONITOR]
         if value < best - self.drop:
-            self.reason = f"early stop: valid mAP {value:.2f} fell over {self.drop:g} points below {best:.2f}"
-            raise CancelFitException()
+            self.end_fit(f"early stop: valid mAP {value:.2f} fell over {self.drop:g} points below {best:.2f}")
 
 
-class TrainRecoveryCallback(Callback):
+class TrainRecoveryCallback(WsmlCallback):
     """`train_recovery_map`: mAP of the model's scores on (a sample of) the training inputs of the stage in progress
     against their full truth, after every epoch; how well the unobserved positives are being recovered."""
 
@@ -217,15 +271,14 @@ class TrainRecoveryCallback(Callback):
         self.score = score
 
     def after_epoch(self) -> None:
-        if self.run_state.active:
-            self.run_state.record(train_recovery_map=self.score(bare(self.learn.model), self.run_state.data.recovery))
+        self.run_state.record(train_recovery_map=self.score(bare(self.learn.model), self.stage.recovery))
 
 
-class LossGuardCallback(Callback, CheckpointedState):
+class LossGuardCallback(WsmlCallback, CheckpointedState):
     """Stop at once on a non-finite training loss, naming the epoch and batch; warn when an epoch's training
-    loss explodes yet stays finite (`explosion` times the run's first batch loss, the untrained model's)."""
-
-    order = 5  # after the schemes (< 0) have rewritten the loss
+    loss explodes yet stays finite (`explosion` times the run's first batch loss, the untrained model's). It reads
+    `learn.loss`, which fastai sets from the Learner's loss function (the scheme's training loss while it trains),
+    so its place in the order does not matter."""
 
     def __init__(self, lr: float, say: Callable[..., None], explosion: float = 100.0) -> None:
         self.lr, self.say, self.explosion = lr, say, explosion
@@ -246,11 +299,11 @@ class LossGuardCallback(Callback, CheckpointedState):
                 f"the training loss became {value} in epoch {self.run_state.epoch}, batch {self.learn.iter + 1}; "
                 f"the run stopped (its completed epochs are kept): start a new run with a lower --lr than {self.lr:g}"
             )
-        if self.first_loss is None and self.run_state.active:
+        if self.first_loss is None:
             self.first_loss = float(self.learn.loss.detach().float().mean())
 
     def after_epoch(self) -> None:
-        if not self.run_state.active or not self.first_loss:
+        if not self.first_loss:
             return
         now = _number(self.learn.recorder.smooth_loss.value)  # what the epoch's train_loss column shows
         if now > self.explosion * self.first_loss:

@@ -15,9 +15,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from fastai.callback.core import Callback
 
-from wsml_fast.callbacks import CheckpointedState, checkpointed_states
+from wsml_fast.callbacks import CheckpointedState, WsmlCallback, checkpointed_states
 from wsml_fast.randomness import rng_states, set_rng_states
 
 
@@ -71,7 +70,7 @@ def restore(learn, model: torch.nn.Module, checkpoint: dict[str, Any], mid_stage
     set_rng_states(checkpoint["rng"])
 
 
-class CheckpointCallback(Callback):
+class CheckpointCallback(WsmlCallback):
     """Write checkpoint.pth (through `save`) when an epoch completes; in a run resumed in the middle of a stage,
     put the loss scaler and smoothed loss back when its fit begins (fastai makes both anew in each fit)."""
 
@@ -82,7 +81,7 @@ class CheckpointCallback(Callback):
         self.fit_state: dict[str, Any] | None = None  # set by `restore` in the middle of a stage
 
     def before_fit(self) -> None:
-        if self.fit_state is None or not self.run_state.active:
+        if self.fit_state is None:
             return
         if self.fit_state["scaler"] is not None and getattr(self.learn, "scaler", None) is not None:
             self.learn.scaler.load_state_dict(self.fit_state["scaler"])
@@ -91,5 +90,4 @@ class CheckpointCallback(Callback):
         self.fit_state = None
 
     def after_epoch(self) -> None:
-        if self.run_state.active:
-            self.save(capture(self.learn, self.model, self.meta))
+        self.save(capture(self.learn, self.model, self.meta))

@@ -1,5 +1,8 @@
 """The Learner of a run and its fit: callbacks, optimizers, and the stages trained from the first incomplete epoch.
 
+`wsml_learner` is the one factory of a Learner with wsml's contract (run state, targets by item index, a
+scheme's losses and callbacks); `build_learner` makes the run's on it, with the run's callbacks and data.
+
 Each stage gets its own inputs, model part and optimizer (a new one, as Cole et al.'s fine-tuning phase has);
 a stage after the first starts from the best epoch of the stage before, its weights and its schemes' state
 both. A resumed run puts the checkpoint's state back just before its first stage trains.
@@ -8,12 +11,15 @@ both. A resumed run puts the checkpoint's state back just before its first stage
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from functools import partial
+from typing import Any
 
 import fastai.callback.schedule  # noqa: F401 - adds Learner.fit_one_cycle
 import torch
-from fastai.callback.core import CancelEpochException
+from fastai.callback.core import Callback, CancelEpochException
 from fastai.callback.progress import ProgressCallback
+from fastai.data.core import DataLoaders
 from fastai.learner import Learner
 from fastai.optimizer import OptimWrapper
 from fastai.torch_core import params
@@ -28,6 +34,7 @@ from wsml_fast.callbacks import (
     SchemeState,
     StopOnRequestCallback,
     TargetsCallback,
+    TrainingLossCallback,
     TrainRecoveryCallback,
 )
 from wsml_fast.checkpoint import CheckpointCallback, restore
@@ -49,7 +56,7 @@ from wsml_fast.memorization import MemorizationCallback, sample_entries
 from wsml_fast.metrics import MapMetric
 from wsml_fast.run_setup import Setup
 from wsml_fast.runfolder import SCHEME_STATE, Reporter
-from wsml_fast.schemes import scheme_parts
+from wsml_fast.schemes.build import SchemeParts, scheme_parts
 from wsml_fast.stages import IMAGES, StageData, stage_data, stages
 from wsml_fast.stopping import StopRequest
 
@@ -111,10 +118,34 @@ def _diagnostics(setup: Setup, truth_known: bool) -> list:
     return callbacks
 
 
+def wsml_learner(
+    dls: DataLoaders,
+    model: torch.nn.Module,
+    parts: SchemeParts,
+    cbs: Sequence[Callback] = (),
+    history: list[dict] | None = None,
+    progress: bool = False,
+    **kwargs: Any,
+) -> ResumableLearner:
+    """A Learner with wsml's contract on loaders whose batches are (inputs, item index) and whose datasets carry
+    a `labels` store: `RunState` (from `history`), `TargetsCallback`, the scheme's parts (its evaluation loss as
+    `loss_func`, its training loss swapped in while training, its callbacks) and `cbs`. `kwargs` go to fastai's
+    Learner (opt_func, metrics, path, ...); `progress`: keep fastai's progress bar and table."""
+    swap = [] if parts.evaluation_loss is None else [TrainingLossCallback(parts.loss, parts.evaluation_loss)]
+    loss = parts.loss if parts.evaluation_loss is None else parts.evaluation_loss
+    callbacks = [RunState(history), TargetsCallback(), *swap, *parts.callbacks, *cbs]
+    learn = ResumableLearner(dls, model, loss_func=loss, cbs=callbacks, **kwargs)
+    if not progress:
+        learn.remove_cb(ProgressCallback)
+        learn.logger = lambda *_: None
+    return learn
+
+
 def build_learner(
-    setup: Setup, stop: StopRequest | None = None, history: list[dict] | None = None
+    setup: Setup, stop: StopRequest | None = None, history: list[dict] | None = None, cbs: Sequence[Callback] = ()
 ) -> tuple[Learner, dict[str, StageData]]:
-    """The callbacks, the data of every stage (by its inputs), and the Learner (set for the first stage)."""
+    """The callbacks, the data of every stage (by its inputs), and the run's Learner (set for the first stage),
+    with `cbs` besides (wsml tune's report to its trial, tests' probes)."""
     config, model, device, run = setup.config, setup.model, setup.device, setup.run
     model.to(device)
     if device.type == "cuda" and setup.precision in AMP_DTYPES:
@@ -126,8 +157,6 @@ def build_learner(
         compile_in_place(model, next(iter(data[IMAGES].loaders.valid))[0][:2], setup.say)
     on_terminal = sys.stdout.isatty()
     callbacks = [
-        RunState(history),
-        TargetsCallback(),
         RunLogCallback(run.write_metrics, setup.say, print_lines=not on_terminal),
         SaveBestCallback(model, run.save_weights, run.save_scheme_state),
         CheckpointCallback(run.save_checkpoint, model, setup.meta()),
@@ -150,7 +179,7 @@ def build_learner(
     def score_train(module: torch.nn.Module) -> torch.Tensor:
         """Probabilities on every training input of the stage in progress (read when called, hence `learn`);
         in a data-parallel run each process scores its share and they exchange them."""
-        plain = learn.run_state.data.plain_train
+        plain = learn.run_state.stage.plain_train
         rows = shard(len(plain), world_size(), rank())
         loader = make_loader(plain.subset(rows), config.bs * 2, False, config.workers, device)
         probs = torch.from_numpy(predict_scores(bare(module), loader, setup.precision, device))
@@ -158,22 +187,21 @@ def build_learner(
         everyone[all_gather_varying(torch.as_tensor(rows))] = all_gather_varying(probs)
         return everyone
 
-    loss, scheme_callbacks = scheme_parts(config, setup.table, setup.train_labels, run, setup.say, score_train)
+    parts = scheme_parts(config, setup.table, setup.train_labels, run, setup.say, score_train)
     first = data[stages(config)[0].inputs]
-    learn = ResumableLearner(
+    learn = wsml_learner(
         first.loaders,
         first.module,
-        loss_func=loss,
+        parts,
+        [*callbacks, *cbs],
+        history,
+        progress=on_terminal and is_main(),
         opt_func=OPTIMIZERS[config.opt],
         metrics=[MapMetric(config.map_convention)],
         path=run.path,
         model_dir=".",
-        cbs=callbacks + scheme_callbacks,
         train_bn=False,
     )
-    if not on_terminal or not is_main():
-        learn.remove_cb(ProgressCallback)
-        learn.logger = lambda *_: None
     return learn, data
 
 
@@ -181,7 +209,7 @@ def _use_stage(learn: Learner, data: StageData) -> None:
     """Point the Learner at a stage's inputs and model part, with a new optimizer for its parameters."""
     learn.dls, learn.model = data.loaders, data.module
     learn.splitter = body_head_split if data.inputs == IMAGES else head_only
-    learn.run_state.data = data
+    learn.run_state.stage = data
     learn.opt = None
     learn.create_opt()
 
@@ -225,8 +253,7 @@ def fit(
             learn.fit(stage.epochs, lr)
         if stop is not None and stop():
             return "interrupted"
-        reasons = [cb.reason for cb in learn.cbs if getattr(cb, "reason", None)]  # callbacks that ended the fit
-        if reasons:
-            setup.say(reasons[0])  # says itself why (early stop: ..., pruned after ...)
-            return reasons[0]
+        if state.stop_reason:  # a callback ended the fit (early stop: ..., pruned after ...)
+            setup.say(state.stop_reason)
+            return state.stop_reason
     return None

@@ -12,9 +12,8 @@ import io
 
 import numpy as np
 import torch
-from fastai.callback.core import Callback
 
-from wsml_fast.callbacks import CheckpointedState
+from wsml_fast.callbacks import CheckpointedState, WsmlCallback
 from wsml_fast.distributed import bare
 from wsml_fast.labelstore import LabelStore
 from wsml_fast.losses import negative_term
@@ -47,7 +46,7 @@ def sample_entries(
     )
 
 
-class MemorizationCallback(Callback, CheckpointedState):
+class MemorizationCallback(WsmlCallback, CheckpointedState):
     """Every `every` training iterations, score the sampled images in eval mode and record the AN loss of each
     sampled entry (target 0); write `memorization.csv` and `memorization.png` at the end of each fit."""
 
@@ -70,15 +69,13 @@ class MemorizationCallback(Callback, CheckpointedState):
 
     def before_fit(self) -> None:
         """The sampled images as the stage in progress sees them (images, or the frozen body's features)."""
-        if self.run_state.active:
-            self.inputs = torch.stack([self.run_state.data.truth_view[i][0] for i in self.rows])
+        self.inputs = torch.stack([self.stage.truth_view[i][0] for i in self.rows])
 
     def after_batch(self) -> None:
-        if not self.learn.training or not self.run_state.active:
+        if not self.learn.training:
             return
         if self.iteration % self.every == 0:
-            model = bare(self.learn.model)
-            device = next(model.parameters()).device
+            model, device = bare(self.learn.model), self.device
             model.eval()
             with torch.no_grad():
                 logits = model(self.inputs.to(device)).float()
@@ -89,7 +86,7 @@ class MemorizationCallback(Callback, CheckpointedState):
         self.iteration += 1
 
     def after_fit(self) -> None:
-        if not self.run_state.active or not self.records:
+        if not self.records:
             return
         self._write_csv()
         self._plot()

@@ -17,7 +17,8 @@ from wsml_fast.inference import pick_device, resolve_precision
 from wsml_fast.labelstore import LabelStore
 from wsml_fast.model import Classifier, build_model
 from wsml_fast.runfolder import LOG, Reporter, RunFolder
-from wsml_fast.schemes import get_scheme, settings_of, training_labels
+from wsml_fast.schemes import get_scheme, settings_of
+from wsml_fast.schemes.build import training_labels
 from wsml_fast.sources import DataSource
 from wsml_fast.table import PartialLabelTable, check_images, load_table
 

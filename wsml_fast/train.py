@@ -65,8 +65,7 @@ def _run(
     completed = checkpoint["meta"]["epoch"] if checkpoint else 0
     run.write_status("running", epoch=completed)
     try:
-        learn, data = build_learner(setup, stop, checkpoint["meta"]["history"] if checkpoint else None)
-        learn.add_cbs(callbacks or [])
+        learn, data = build_learner(setup, stop, checkpoint["meta"]["history"] if checkpoint else None, callbacks or [])
         ended = fit(learn, data, setup, stop, checkpoint)
         history = learn.run_state.history
         if ended == "interrupted":

@@ -22,10 +22,10 @@ from typing import Any
 
 import optuna
 import yaml
-from fastai.callback.core import Callback, CancelFitException
 from optuna.trial import TrialState
 
 from wsml_fast.atomic import write_text
+from wsml_fast.callbacks import WsmlCallback
 from wsml_fast.config import TrainConfig, apply_layer, with_scheme_defaults
 from wsml_fast.errors import WsmlError, one_line
 from wsml_fast.evaluate import evaluate
@@ -151,7 +151,7 @@ class Tuner:
         except (NonFiniteLoss, torch.OutOfMemoryError) as exc:
             raise self._failed(trial, exc) from None
         if report.pruned:
-            raise optuna.TrialPruned(report.reason)
+            raise optuna.TrialPruned(report.pruned)
         return RunFolder(run).results()["valid_map"]
 
     @staticmethod
@@ -164,23 +164,21 @@ class TrialFailed(Exception):
     """A trial that failed on its own (recorded as failed; the study goes on)."""
 
 
-class ReportToTrial(Callback):
+class ReportToTrial(WsmlCallback):
     """Give the trial each epoch's valid mAP; end the run when the pruner says the trial is clearly worse."""
 
     order = 75  # after the run log (70) has the epoch's row and its checkpoint (72) is written
 
     def __init__(self, trial: optuna.Trial) -> None:
-        self.trial, self.pruned, self.reason = trial, False, None
+        self.trial = trial
+        self.pruned: str | None = None  # why the trial was pruned, if it was
 
     def after_epoch(self) -> None:
-        if not self.run_state.active:
-            return
         row = self.run_state.history[-1]
         self.trial.report(row["valid_map"], step=row["epoch"])
         if self.trial.should_prune():
-            self.pruned = True
-            self.reason = f"pruned after epoch {row['epoch']} (valid mAP {row['valid_map']:.2f})"
-            raise CancelFitException()
+            self.pruned = f"pruned after epoch {row['epoch']} (valid mAP {row['valid_map']:.2f})"
+            self.end_fit(self.pruned)
 
 
 def first_prunable_epoch(epochs: int) -> int:

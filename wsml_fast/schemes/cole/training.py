@@ -2,30 +2,30 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from fastai.callback.core import Callback
-
-from wsml_fast.losses import (
-    LABEL_SMOOTHING,
-    AssumeNegativeLoss,
-    ExpectedPositiveLoss,
-    KnownLabelLoss,
-    PartialLabelLoss,
-)
-from wsml_fast.schemes import Scheme, SchemeContext
-
-LOSSES: dict[str, Callable[[SchemeContext], PartialLabelLoss]] = {
-    "an": lambda context: AssumeNegativeLoss(),
-    "an-ls": lambda context: AssumeNegativeLoss(smoothing=LABEL_SMOOTHING),
-    "wan": lambda context: AssumeNegativeLoss(unobserved_weight=1 / (len(context.table.classes) - 1)),
-    "epr": lambda context: ExpectedPositiveLoss(context.expected_positives),
-    "iu": lambda context: KnownLabelLoss(),  # on the observed labels
-    "iun": lambda context: KnownLabelLoss(),  # on the observed positives and truth.csv's negatives
-    "bce": lambda context: KnownLabelLoss(),  # on the full labels
-    "bce-ls": lambda context: KnownLabelLoss(smoothing=LABEL_SMOOTHING),
-}
+from wsml_fast.losses import LABEL_SMOOTHING, AssumeNegativeLoss, ExpectedPositiveLoss, KnownLabelLoss
+from wsml_fast.schemes.build import SchemeContext, SchemeParts
 
 
-def parts(scheme: Scheme, context: SchemeContext) -> tuple[PartialLabelLoss, list[Callback]]:
-    return LOSSES[scheme.name](context), []
+def assume_negative(context: SchemeContext) -> SchemeParts:
+    return SchemeParts(AssumeNegativeLoss())
+
+
+def assume_negative_smoothed(context: SchemeContext) -> SchemeParts:
+    return SchemeParts(AssumeNegativeLoss(smoothing=LABEL_SMOOTHING))
+
+
+def weak_assume_negative(context: SchemeContext) -> SchemeParts:
+    return SchemeParts(AssumeNegativeLoss(unobserved_weight=1 / (len(context.table.classes) - 1)))
+
+
+def expected_positive(context: SchemeContext) -> SchemeParts:
+    return SchemeParts(ExpectedPositiveLoss(context.expected_positives))
+
+
+def known_labels(context: SchemeContext) -> SchemeParts:
+    """IU, IUN and BCE: the scheme's targets (observed; observed positives and true negatives; truth) decide."""
+    return SchemeParts(KnownLabelLoss())
+
+
+def known_labels_smoothed(context: SchemeContext) -> SchemeParts:
+    return SchemeParts(KnownLabelLoss(smoothing=LABEL_SMOOTHING))

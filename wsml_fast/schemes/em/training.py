@@ -27,13 +27,12 @@ from fractions import Fraction
 from functools import partial
 
 import torch
-from fastai.callback.core import Callback
 
-from wsml_fast.callbacks import SchemeState, TargetsCallback
+from wsml_fast.callbacks import SchemeState, TargetsCallback, WsmlCallback
 from wsml_fast.labelstore import LabelStore
 from wsml_fast.losses import PartialLabelLoss, negative_term, positive_term, soft_bce
 from wsml_fast.runfolder import PSEUDO_LABELS
-from wsml_fast.schemes import Scheme, SchemeContext
+from wsml_fast.schemes.build import SchemeContext, SchemeParts
 
 APL_PROPORTION = 0.9  # the reference's `neg_proportion` (main.py:327,334,341,348); per-dataset settings: recipes
 
@@ -124,35 +123,44 @@ class EntropyMaximizationLoss(PartialLabelLoss):
         return em_losses(logits, targets, self.alpha)
 
 
-class AplCallback(Callback, SchemeState):
-    """APL's pseudo-labels: kept here, in the main process (DataLoader workers hold stale copies of a Dataset),
-    added after each epoch from `warmup` on by one pass over the training images, and trained on by replacing
-    the training loss with `em_apl_losses`. The pass scores the training images without augmentation (the
-    reference's pass went through its training loader's random flips); it is skipped after the last epoch,
-    where its labels would never be trained on."""
+class EntropyMaximizationAplLoss(PartialLabelLoss):
+    """EM-APL's training loss: `em_apl_losses` with the batch's pseudo-labels, which `AplCallback` sets before
+    each batch (`pseudo_mask`, `pseudo_values`: the batch's rows)."""
 
-    order = TargetsCallback.order + 1  # needs `learn.item_index`; must precede GradientAccumulation (6)
+    def __init__(self, alpha: float, beta: float) -> None:
+        super().__init__()
+        self.alpha, self.beta = alpha, beta
+        self.pseudo_mask: torch.Tensor | None = None
+        self.pseudo_values: torch.Tensor | None = None
+
+    def entry_losses(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return em_apl_losses(logits, targets, self.alpha, self.beta, self.pseudo_mask, self.pseudo_values)
+
+
+class AplCallback(WsmlCallback, SchemeState):
+    """APL's pseudo-labels: kept here, in the main process (DataLoader workers hold stale copies of a Dataset),
+    given to the training loss for each batch, and added after each epoch from `warmup` on by one pass over the
+    training images. The pass scores the training images without augmentation (the reference's pass went
+    through its training loader's random flips); it is skipped after the last epoch, where its labels would
+    never be trained on. `lr_find` trains on EM and leaves them alone."""
+
+    order = TargetsCallback.order + 1
 
     def __init__(
         self,
+        loss: EntropyMaximizationAplLoss,
         train_labels: LabelStore,
-        alpha: float,
-        beta: float,
         warmup: int,
         epochs: int,
         score_train: Callable[[torch.nn.Module], torch.Tensor],
-        truth: LabelStore | None,
-        write: Callable[[str], None] | None = None,
-        names: tuple[list[str], list[str]] = ([], []),
     ) -> None:
+        self.loss, self.warmup, self.epochs, self.score_train = loss, warmup, epochs, score_train
         self.observed = torch.from_numpy(train_labels.to_dense())  # APL scores and labels every entry: dense
-        self.alpha, self.beta, self.warmup, self.epochs = alpha, beta, warmup, epochs
-        self.score_train, self.write, (self.image_names, self.class_names) = score_train, write, names
-        self.truth = None if truth is None else torch.from_numpy(truth.to_dense() == 1)
         self.quota = apl_quota((self.observed == -1).sum(0), epochs, warmup)
         self.mask = torch.zeros(self.observed.shape, dtype=torch.bool)
         self.values = torch.zeros(self.observed.shape, dtype=torch.float32)
         self.labelled_in = torch.zeros(self.observed.shape, dtype=torch.int16)  # epoch of each pseudo-label
+        self.labelled_now = False  # whether this epoch's pass added pseudo-labels
 
     def state_dict(self) -> dict:
         return {"mask": self.mask.cpu(), "values": self.values.cpu(), "labelled_in": self.labelled_in.cpu()}
@@ -163,43 +171,59 @@ class AplCallback(Callback, SchemeState):
         self.labelled_in = state["labelled_in"].to(device)
 
     def before_fit(self) -> None:
-        device = next(self.learn.model.parameters()).device
         for name in ("observed", "mask", "values", "labelled_in"):
-            setattr(self, name, getattr(self, name).to(device))
-        if self.truth is not None:
-            self.truth = self.truth.to(device)
+            setattr(self, name, getattr(self, name).to(self.device))
 
-    def after_loss(self) -> None:
-        if not self.learn.training:
-            return
-        index = self.learn.item_index
-        losses = em_apl_losses(
-            self.learn.pred.float(), self.learn.yb[0], self.alpha, self.beta, self.mask[index], self.values[index]
-        )
-        loss = losses.mean()
-        self.learn.loss_grad, self.learn.loss = loss, loss.detach().clone()
+    def before_batch(self) -> None:
+        if self.training:
+            index = self.item_index
+            self.loss.pseudo_mask, self.loss.pseudo_values = self.mask[index], self.values[index]
 
     def after_epoch(self) -> None:
         epoch = self.run_state.epoch
-        if not self.run_state.active:
-            return
-        if apl_due(epoch, self.warmup) and epoch < self.epochs:
+        self.labelled_now = apl_due(epoch, self.warmup) and epoch < self.epochs
+        if self.labelled_now:
             probs = self.score_train(self.learn.model).to(self.mask.device)
             mask, self.values = apl_update(probs, self.observed, self.mask, self.values, self.quota)
             self.labelled_in[mask & ~self.mask] = epoch
             self.mask = mask
-            if self.write is not None:
-                self.write(self._pseudo_labels_csv())
-        values = {"apl_pseudo_labels": int(self.mask.sum())}
+
+
+class AplRecordCallback(WsmlCallback):
+    """APL's columns of each epoch (pseudo-labels so far and, with the training set's truth, the share that
+    really are negatives) and its pseudo-labels CSV (through `write`) after each pass."""
+
+    order = 64  # after the pass (AplCallback); before the recovery mAP (65) and the run log (70)
+
+    def __init__(
+        self,
+        apl: AplCallback,
+        truth: LabelStore | None,
+        write: Callable[[str], None] | None = None,
+        names: tuple[list[str], list[str]] = ([], []),
+    ) -> None:
+        self.apl, self.write, (self.image_names, self.class_names) = apl, write, names
+        self.truth = None if truth is None else torch.from_numpy(truth.to_dense() == 1)
+
+    def before_fit(self) -> None:
+        if self.truth is not None:
+            self.truth = self.truth.to(self.device)
+
+    def after_epoch(self) -> None:
+        mask = self.apl.mask
+        if self.apl.labelled_now and self.write is not None:
+            self.write(self._pseudo_labels_csv())
+        values = {"apl_pseudo_labels": int(mask.sum())}
         if self.truth is not None:  # pseudo-negatives that really are negatives
-            labelled = int(self.mask.sum())
-            true = int((self.mask & ~self.truth).sum())
+            labelled = int(mask.sum())
+            true = int((mask & ~self.truth).sum())
             values["apl_precision"] = true / labelled if labelled else float("nan")
         self.run_state.record(**values)
 
     def _pseudo_labels_csv(self) -> str:
-        rows, cols = self.mask.nonzero(as_tuple=True)
-        epochs, values = self.labelled_in[rows, cols].tolist(), self.values[rows, cols].tolist()
+        apl = self.apl
+        rows, cols = apl.mask.nonzero(as_tuple=True)
+        epochs, values = apl.labelled_in[rows, cols].tolist(), apl.values[rows, cols].tolist()
         text = io.StringIO()
         writer = csv.writer(text, lineterminator="\n")
         writer.writerow(["image", "class", "value", "epoch"])
@@ -208,21 +232,16 @@ class AplCallback(Callback, SchemeState):
         return text.getvalue()
 
 
-def parts(scheme: Scheme, context: SchemeContext) -> tuple[PartialLabelLoss, list[Callback]]:
+def entropy_maximization(context: SchemeContext) -> SchemeParts:
+    return SchemeParts(EntropyMaximizationLoss(context.config.em_alpha))
+
+
+def entropy_maximization_apl(context: SchemeContext) -> SchemeParts:
+    """EM-APL as the training loss, fed by the callback's pseudo-labels; validation reports EM."""
     config, table = context.config, context.table
-    loss = EntropyMaximizationLoss(config.em_alpha)
-    if scheme.name == "em":
-        return loss, []
+    loss = EntropyMaximizationAplLoss(config.em_alpha, config.em_beta)
+    apl = AplCallback(loss, context.train_labels, config.apl_warmup, context.total_epochs, context.score_train)
     names = ([table.images[i] for i in table.rows("train")], table.classes)
-    callback = AplCallback(
-        context.train_labels,
-        config.em_alpha,
-        config.em_beta,
-        config.apl_warmup,
-        context.total_epochs,
-        context.score_train,
-        table.train_truth(),
-        partial(context.run.write_text, PSEUDO_LABELS) if context.run.writes else None,  # process 0 alone
-        names,
-    )
-    return loss, [callback]
+    write = partial(context.run.write_text, PSEUDO_LABELS) if context.run.writes else None  # process 0 alone
+    record = AplRecordCallback(apl, table.train_truth(), write, names)
+    return SchemeParts(loss, [apl, record], evaluation_loss=EntropyMaximizationLoss(config.em_alpha))

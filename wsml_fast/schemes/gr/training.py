@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 import torch.nn.functional as F
-from fastai.callback.core import Callback
 
+from wsml_fast.callbacks import WsmlCallback
 from wsml_fast.losses import PartialLabelLoss, negative_term, positive_term
-from wsml_fast.schemes import Scheme, SchemeContext
+from wsml_fast.schemes.build import SchemeContext, SchemeParts
 from wsml_fast.schemes.gr import GR_B, GR_MU, GR_Q, GR_SIGMA, GR_W
 
 if TYPE_CHECKING:
@@ -131,7 +131,7 @@ class GrLoss(PartialLabelLoss):
         return gr_losses(logits, targets, self.params)
 
 
-class GrScheduleCallback(Callback):
+class GrScheduleCallback(WsmlCallback):
     """Move GR's w, b, mu, sigma along their schedules: the run's epoch t of its `epochs` (RunState)."""
 
     order = -10
@@ -140,11 +140,10 @@ class GrScheduleCallback(Callback):
         self.loss, self.constants, self.epochs = loss, constants, epochs
 
     def before_epoch(self) -> None:
-        if self.run_state.active:
-            self.loss.params = gr_params(self.constants, self.run_state.epoch, self.epochs)
+        self.loss.params = gr_params(self.constants, self.run_state.epoch, self.epochs)
 
 
-def parts(scheme: Scheme, context: SchemeContext) -> tuple[PartialLabelLoss, list[Callback]]:
+def generalized_robust(context: SchemeContext) -> SchemeParts:
     constants = gr_config(context.config)
     loss = GrLoss(gr_params(constants, 1, context.total_epochs))
-    return loss, [GrScheduleCallback(loss, constants, context.total_epochs)]
+    return SchemeParts(loss, [GrScheduleCallback(loss, constants, context.total_epochs)])

@@ -15,25 +15,36 @@ import csv
 import io
 import math
 from collections.abc import Callable
+from enum import Enum
 from fractions import Fraction
 from functools import partial
 
 import torch
-from fastai.callback.core import Callback
 
-from wsml_fast.callbacks import SchemeState, TargetsCallback
+from wsml_fast.callbacks import SchemeState, TargetsCallback, WsmlCallback
 from wsml_fast.distributed import all_gather, rank
 from wsml_fast.labelstore import DeviceLabels, LabelStore, row_entries
 from wsml_fast.losses import AssumeNegativeLoss, PartialLabelLoss, positive_term
 from wsml_fast.runfolder import CORRECTIONS
-from wsml_fast.schemes import SCHEMES, Scheme, SchemeContext
-
-LARGE_LOSS_SCHEMES = tuple(name for name, scheme in SCHEMES.items() if scheme.family == "large-loss")
+from wsml_fast.schemes.build import SchemeContext, SchemeParts
 
 _ASSUME_NEGATIVE = AssumeNegativeLoss()
 
 
-def large_loss_k(batch_size: int, num_classes: int, epoch: int, delta_rel: float, scheme: str) -> int:
+class LargeLoss(Enum):
+    """What a large-loss scheme does with the entries it selects."""
+
+    REJECTION = "rejection"  # LL-R: their loss counts 0
+    TEMPORARY_CORRECTION = "temporary_correction"  # LL-Ct: trained as positives for this step
+    PERMANENT_CORRECTION = "permanent_correction"  # LL-Cp: also stored as observed positives from then on
+
+    @property
+    def stores(self) -> bool:
+        """Whether the selected entries are stored as positives (and k stays constant: they accumulate there)."""
+        return self is LargeLoss.PERMANENT_CORRECTION
+
+
+def large_loss_k(batch_size: int, num_classes: int, epoch: int, delta_rel: float, kind: LargeLoss) -> int:
     """Entries to select per batch in training epoch `epoch` (from 1); `delta_rel` is Delta in percent.
 
     LL-R and LL-Ct select (t - 1) * Delta percent of the batch's B*C entries, LL-Cp a constant Delta percent
@@ -41,11 +52,9 @@ def large_loss_k(batch_size: int, num_classes: int, epoch: int, delta_rel: float
     float bookkeeping (a clean rate lowered by Delta/100 each epoch) gives k = 9 instead of 8 at B*C = 320,
     Delta = 0.5, t = 6 (the product came out as 8.000000000000007).
     """
-    if scheme not in LARGE_LOSS_SCHEMES:
-        raise ValueError(f"{scheme!r} is not a large-loss scheme ({', '.join(LARGE_LOSS_SCHEMES)})")
     if epoch <= 1:
         return 0
-    steps = 1 if scheme == "llcp" else epoch - 1
+    steps = 1 if kind.stores else epoch - 1
     return math.ceil(batch_size * num_classes * steps * Fraction(str(delta_rel)) / 100)
 
 
@@ -63,7 +72,7 @@ def select_large_losses(an_losses: torch.Tensor, unobserved: torch.Tensor, k: in
 
 
 def select_over_processes(
-    an_losses: torch.Tensor, unobserved: torch.Tensor, epoch: int, delta_rel: float, scheme: str
+    an_losses: torch.Tensor, unobserved: torch.Tensor, epoch: int, delta_rel: float, kind: LargeLoss
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(this process's selected entries, the global batch's). In a data-parallel run the k largest losses are
     chosen over the global batch: every process gathers the others' losses (observed entries at -inf), selects
@@ -72,29 +81,29 @@ def select_over_processes(
     global batch is the batch. Bytes sent per process and step: B x C x 4 (the fp32 losses)."""
     masked = an_losses.detach().masked_fill(~unobserved, -math.inf)
     everyone = all_gather(masked)
-    k = large_loss_k(everyone.shape[0], everyone.shape[1], epoch, delta_rel, scheme)
+    k = large_loss_k(everyone.shape[0], everyone.shape[1], epoch, delta_rel, kind)
     every_selected = select_large_losses(everyone, everyone > -math.inf, k)
     start = rank() * len(an_losses) if len(everyone) > len(an_losses) else 0
     return every_selected[start : start + len(an_losses)], every_selected
 
 
 def apply_large_loss(
-    an_losses: torch.Tensor, positive_losses: torch.Tensor, selected: torch.Tensor, scheme: str
+    an_losses: torch.Tensor, positive_losses: torch.Tensor, selected: torch.Tensor, kind: LargeLoss
 ) -> torch.Tensor:
     """Per-entry losses: LL-R gives selected entries 0 (they stay in the denominator), LL-Ct/LL-Cp their
     loss against target 1."""
-    if scheme == "llr":
+    if kind is LargeLoss.REJECTION:
         return an_losses.masked_fill(selected, 0.0)
     return torch.where(selected, positive_losses, an_losses)
 
 
 def large_loss_losses(
-    logits: torch.Tensor, targets: torch.Tensor, k: int, scheme: str
+    logits: torch.Tensor, targets: torch.Tensor, k: int, kind: LargeLoss
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(per-entry losses, selected mask) of `scheme` for one batch of fp32 logits and 1/0/-1 targets."""
+    """(per-entry losses, selected mask) of `kind` for one batch of fp32 logits and 1/0/-1 targets."""
     an_losses = _ASSUME_NEGATIVE.entry_losses(logits, targets)
     selected = select_large_losses(an_losses, targets == -1, k)
-    return apply_large_loss(an_losses, positive_term(logits), selected, scheme), selected
+    return apply_large_loss(an_losses, positive_term(logits), selected, kind), selected
 
 
 class StoredPositives:
@@ -144,31 +153,38 @@ class StoredPositives:
         self.keys, self.epochs, self.new = state["keys"].to(device), state["epochs"].to(device), []
 
 
-class LargeLossCallback(Callback, SchemeState):
-    """Replace the training loss by LL-R / LL-Ct / LL-Cp; for LL-Cp, keep the stored positives and lay them
-    over every training batch's targets (they live here, in the main process: DataLoader workers hold stale
-    copies of a Dataset). The epoch is the run's (RunState); `lr_find` selects nothing. With the training set's
-    truth, it reports how many of the selected entries, and of the stored ones, really are positives.
-    """
+class LargeLossTrainingLoss(PartialLabelLoss):
+    """The training loss of LL-R / LL-Ct / LL-Cp: AN, with the k largest losses among the unobserved entries of
+    the global batch rejected or trained as positives from the run's epoch 2 on. `LargeLossCallback` sets
+    `epoch` as each epoch begins; `selected` keeps the batch's selection over the global batch (None before
+    epoch 2) for the callbacks that store and count it."""
 
-    order = TargetsCallback.order + 1  # needs `learn.item_index`; must precede GradientAccumulation (6)
+    def __init__(self, kind: LargeLoss, delta_rel: float) -> None:
+        super().__init__()
+        self.kind, self.delta_rel = kind, delta_rel
+        self.epoch = 1
+        self.selected: torch.Tensor | None = None
 
-    def __init__(
-        self,
-        scheme: str,
-        delta_rel: float,
-        n_classes: int,
-        truth: LabelStore | None,
-        image_names: list[str],
-        class_names: list[str],
-        write_corrections: Callable[[str], None] | None,
-    ) -> None:
-        large_loss_k(1, 1, 1, delta_rel, scheme)  # validates the scheme
-        self.scheme, self.delta_rel, self.truth_store = scheme, delta_rel, truth
-        self.image_names, self.class_names = list(image_names), list(class_names)
-        self.write_corrections = write_corrections
-        self.stored = StoredPositives(n_classes) if scheme == "llcp" else None
-        self.truth: DeviceLabels | None = None
+    def entry_losses(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        an_losses = _ASSUME_NEGATIVE.entry_losses(logits, targets)
+        if self.epoch < 2:
+            self.selected = None
+            return an_losses
+        selected, self.selected = select_over_processes(an_losses, targets == -1, self.epoch, self.delta_rel, self.kind)
+        return apply_large_loss(an_losses, positive_term(logits), selected, self.kind)
+
+
+class LargeLossCallback(WsmlCallback, SchemeState):
+    """The large-loss state: tells the training loss the run's epoch and, for LL-Cp, keeps the stored positives
+    and lays them over every training batch's targets (they live here, in the main process: DataLoader workers
+    hold stale copies of a Dataset). `lr_find` trains on AN and selects nothing."""
+
+    order = TargetsCallback.order + 1  # lays the stored positives over the targets TargetsCallback made
+
+    def __init__(self, loss: LargeLossTrainingLoss, n_classes: int) -> None:
+        self.loss = loss
+        self.stored = StoredPositives(n_classes) if loss.kind.stores else None
+        self._entries: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def state_dict(self) -> dict:
         """LL-Cp's stored positives and the epoch of each (nothing for LL-R / LL-Ct, which store nothing)."""
@@ -178,64 +194,94 @@ class LargeLossCallback(Callback, SchemeState):
         if self.stored is not None:
             self.stored.load_state_dict(state)
 
+    @property
+    def selected(self) -> torch.Tensor | None:
+        """The entries the loss selected in the global batch (B x N processes, C), or None."""
+        return self.loss.selected
+
+    def selected_entries(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(item rows, classes) of the selected entries of the global batch; gathered once a batch, when asked."""
+        if self._entries is None:
+            batch, cols = self.loss.selected.nonzero(as_tuple=True)
+            self._entries = all_gather(self.item_index)[batch], cols
+        return self._entries
+
     def before_fit(self) -> None:
-        self.device = device = next(self.learn.model.parameters()).device
-        if self.truth_store is not None and (self.truth is None or self.truth.device != device):
-            self.truth = self.truth_store.to(device)
         if self.stored is not None:
-            self.stored.to(device)
+            self.stored.to(self.device)
+
+    def before_epoch(self) -> None:
+        self.loss.epoch = self.run_state.epoch
+
+    def before_batch(self) -> None:
+        self._entries = None
+        if self.training and self.stored is not None:
+            self.learn.yb = (self.stored.overlay(self.learn.yb[0], self.item_index),)
+
+    def after_loss(self) -> None:
+        if self.training and self.stored is not None and self.selected is not None:
+            self.stored.add(*self.selected_entries())
+
+    def after_epoch(self) -> None:
+        if self.stored is not None:
+            self.stored.merge(self.run_state.epoch)
+
+
+class LargeLossRecordCallback(WsmlCallback):
+    """The large-loss columns of each epoch: entries selected, and, with the training set's truth, how many of
+    them (and of LL-Cp's stored ones) really are positives; LL-Cp's corrections CSV (through `write`)."""
+
+    order = 64  # after the state merged the epoch's corrections; before the recovery mAP (65) and run log (70)
+
+    def __init__(
+        self,
+        large_loss: LargeLossCallback,
+        truth: LabelStore | None,
+        names: tuple[list[str], list[str]],
+        write_corrections: Callable[[str], None] | None,
+    ) -> None:
+        self.large_loss, self.truth_store, self.write_corrections = large_loss, truth, write_corrections
+        self.image_names, self.class_names = list(names[0]), list(names[1])
+        self.truth: DeviceLabels | None = None
+
+    def before_fit(self) -> None:
+        if self.truth_store is not None and (self.truth is None or self.truth.device != self.device):
+            self.truth = self.truth_store.to(self.device)
 
     def before_epoch(self) -> None:
         self.n_selected = torch.zeros((), dtype=torch.long, device=self.device)
         self.n_selected_true = torch.zeros_like(self.n_selected)
 
-    def before_batch(self) -> None:
-        if self.learn.training and self.stored is not None:
-            self.learn.yb = (self.stored.overlay(self.learn.yb[0], self.learn.item_index),)
-
     def after_loss(self) -> None:
-        epoch = self.run_state.epoch
-        if not self.learn.training or not self.run_state.active or epoch < 2:
+        if not self.training or self.large_loss.selected is None:
             return
-        logits, targets = self.learn.pred.float(), self.learn.yb[0]
-        an_losses = _ASSUME_NEGATIVE.entry_losses(logits, targets)
-        selected, every_selected = select_over_processes(an_losses, targets == -1, epoch, self.delta_rel, self.scheme)
-        loss = apply_large_loss(an_losses, positive_term(logits), selected, self.scheme).mean()
-        self.learn.loss_grad, self.learn.loss = loss, loss.detach().clone()
-        self.n_selected += every_selected.sum()
-        if self.truth is None and self.stored is None:
-            return  # LL-R / LL-Ct without a truth: no host synchronisation
-        batch, cols = every_selected.nonzero(as_tuple=True)
-        rows = all_gather(self.learn.item_index)[batch]  # the global batch's item indices
-        if self.truth is not None:
+        self.n_selected += self.large_loss.selected.sum()
+        if self.truth is not None:  # without a truth, LL-R / LL-Ct need no host synchronisation
+            rows, cols = self.large_loss.selected_entries()
             self.n_selected_true += (self.truth.lookup(rows, cols) == 1).sum()
-        if self.stored is not None:
-            self.stored.add(rows, cols)
 
     def after_epoch(self) -> None:
-        if not self.run_state.active:
-            return
         values = {"ll_selected": int(self.n_selected)}
         if self.truth is not None:
             values["ll_fn_precision"] = _ratio(self.n_selected_true, self.n_selected)
-        if self.stored is not None:
-            self.stored.merge(self.run_state.epoch)
-            values["ll_corrections"] = len(self.stored.keys)
+        stored = self.large_loss.stored
+        if stored is not None:
+            values["ll_corrections"] = len(stored.keys)
             if self.truth is not None:
-                rows, cols = self.stored.keys // self.stored.n_classes, self.stored.keys % self.stored.n_classes
+                rows, cols = stored.keys // stored.n_classes, stored.keys % stored.n_classes
                 values["ll_correction_precision"] = _ratio((self.truth.lookup(rows, cols) == 1).sum(), len(rows))
             if self.write_corrections is not None:
-                self.write_corrections(self._corrections_csv())
+                self.write_corrections(self._corrections_csv(stored))
         self.run_state.record(**values)
 
-    def _corrections_csv(self) -> str:
+    def _corrections_csv(self, stored: StoredPositives) -> str:
         """Every entry stored as positive so far, one row (image, class, epoch) each, in order of epoch."""
-        order = torch.argsort(self.stored.epochs, stable=True)
-        keys, epochs = self.stored.keys[order].tolist(), self.stored.epochs[order].tolist()
+        order = torch.argsort(stored.epochs, stable=True)
+        keys, epochs = stored.keys[order].tolist(), stored.epochs[order].tolist()
         text = io.StringIO()
         writer = csv.writer(text, lineterminator="\n")
         writer.writerow(["image", "class", "epoch"])
-        n = self.stored.n_classes
+        n = stored.n_classes
         writer.writerows(
             (self.image_names[key // n], self.class_names[key % n], epoch)
             for key, epoch in zip(keys, epochs, strict=True)
@@ -248,17 +294,35 @@ def _ratio(part: torch.Tensor, whole: torch.Tensor) -> float:
     return int(part) / whole if whole else float("nan")
 
 
-def parts(scheme: Scheme, context: SchemeContext) -> tuple[PartialLabelLoss, list[Callback]]:
-    """AN as the loss (validation reports it); the callback replaces the training loss from epoch 2 on."""
-    table, rows = context.table, context.table.rows("train")
-    write = partial(context.run.write_text, CORRECTIONS) if scheme.name == "llcp" and context.run.writes else None
-    callback = LargeLossCallback(
-        scheme.name,
-        context.config.delta_rel,
-        len(table.classes),
-        table.train_truth(),
-        [table.images[i] for i in rows],
-        table.classes,
-        write,
-    )
-    return AssumeNegativeLoss(), [callback]
+def large_loss_parts(
+    kind: LargeLoss,
+    delta_rel: float,
+    truth: LabelStore | None,
+    names: tuple[list[str], list[str]],
+    write_corrections: Callable[[str], None] | None,
+) -> SchemeParts:
+    """The parts of a large-loss scheme: its training loss, fed and counted by its callbacks; validation reports
+    AN. `names`: the training images and the classes (for the corrections CSV)."""
+    loss = LargeLossTrainingLoss(kind, delta_rel)
+    state = LargeLossCallback(loss, len(names[1]))
+    record = LargeLossRecordCallback(state, truth, names, write_corrections)
+    return SchemeParts(loss, [state, record], evaluation_loss=AssumeNegativeLoss())
+
+
+def rejection(context: SchemeContext) -> SchemeParts:
+    return _large_loss(context, LargeLoss.REJECTION)
+
+
+def temporary_correction(context: SchemeContext) -> SchemeParts:
+    return _large_loss(context, LargeLoss.TEMPORARY_CORRECTION)
+
+
+def permanent_correction(context: SchemeContext) -> SchemeParts:
+    return _large_loss(context, LargeLoss.PERMANENT_CORRECTION)
+
+
+def _large_loss(context: SchemeContext, kind: LargeLoss) -> SchemeParts:
+    table = context.table
+    write = partial(context.run.write_text, CORRECTIONS) if kind.stores and context.run.writes else None
+    names = ([table.images[i] for i in table.rows("train")], table.classes)
+    return large_loss_parts(kind, context.config.delta_rel, table.train_truth(), names, write)

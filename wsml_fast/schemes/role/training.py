@@ -18,14 +18,14 @@ from __future__ import annotations
 import math
 
 import torch
-from fastai.callback.core import Callback
+from torch import nn
 
-from wsml_fast.callbacks import SchemeState, TargetsCallback
+from wsml_fast.callbacks import SchemeState, TargetsCallback, WsmlCallback
 from wsml_fast.checkpoint import optimizer_state
 from wsml_fast.distributed import active, all_gather, world_size
 from wsml_fast.labelstore import LabelStore
-from wsml_fast.losses import AssumeNegativeLoss, ExpectedPositiveLoss, PartialLabelLoss, soft_bce
-from wsml_fast.schemes import Scheme, SchemeContext
+from wsml_fast.losses import AssumeNegativeLoss, ExpectedPositiveLoss, soft_bce
+from wsml_fast.schemes.build import SchemeContext, SchemeParts
 
 START_POSITIVE, START_NEGATIVE = 0.995, 0.005  # the reference's start values for observed labels
 START_UNOBSERVED = (0.4, 0.6)  # unobserved entries start uniformly in this probability range
@@ -58,29 +58,43 @@ def role_loss(
     return (one_side(logits, estimate_logits) + one_side(estimate_logits, logits)) / 2
 
 
-class RoleCallback(Callback, SchemeState):
-    """Replace the training loss by L_ROLE and step the label estimates with every step of the model.
+class RoleLoss(nn.Module):
+    """L_ROLE as the Learner's training loss: the classifier's logits against the batch's label estimates, which
+    `RoleCallback` sets (`estimates`, rows of its estimate matrix, with their gradient) before each batch."""
+
+    def __init__(self, expected_positives: float | None) -> None:
+        super().__init__()
+        if expected_positives is None:
+            raise ValueError("--scheme role needs --expected-positives (the expected positives per image)")
+        self.expected_positives = expected_positives
+        self.estimates: torch.Tensor | None = None
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return role_loss(logits.float(), self.estimates, targets, self.expected_positives)
+
+
+class RoleCallback(WsmlCallback, SchemeState):
+    """Keep the label estimates, give the training loss the batch's rows of them, and step them with every step
+    of the model.
 
     The estimates' learning rate is `lr_mult` (10, Cole et al.'s) times the base learning rate as the schedule
     has it now: the head group's current rate over the head multiplier, whatever that multiplier and whether
-    the Learner trains the head alone (linear) or body and head. `lr_find` trains nothing here.
+    the Learner trains the head alone (linear) or body and head. `lr_find` trains on AN and leaves them alone.
     Under fp16 the estimates are stepped through fastai's GradScaler like a second optimizer. The estimates
     and their optimizer's moments live across every fit of the run, and go into the checkpoint together.
     """
 
-    order = TargetsCallback.order + 1  # needs `learn.item_index`; must precede GradientAccumulation (6)
+    order = TargetsCallback.order + 1
 
     def __init__(
         self,
+        loss: RoleLoss,
         train_labels: LabelStore,
-        expected_positives: float | None,
         head_lr_mult: float = 1.0,
         lr_mult: float = 10.0,
         generator: torch.Generator | None = None,
     ) -> None:
-        if expected_positives is None:
-            raise ValueError("--scheme role needs --expected-positives (the expected positives per image)")
-        self.expected_positives, self.head_lr_mult, self.lr_mult = expected_positives, head_lr_mult, lr_mult
+        self.loss, self.head_lr_mult, self.lr_mult = loss, head_lr_mult, lr_mult
         self.estimate_logits = torch.nn.Parameter(initial_estimates(train_labels, generator))
         self.estimate_opt = torch.optim.Adam([self.estimate_logits])
 
@@ -103,7 +117,7 @@ class RoleCallback(Callback, SchemeState):
             self.estimate_opt.load_state_dict(state["optimizer"])
 
     def before_fit(self) -> None:
-        device = next(self.learn.model.parameters()).device
+        device = self.device
         if self.estimate_logits.device != device:  # moved in place: the optimizer keeps its parameter
             self.estimate_logits.data = self.estimate_logits.data.to(device)
             for state in self.estimate_opt.state.values():
@@ -112,37 +126,43 @@ class RoleCallback(Callback, SchemeState):
                         state[key] = value.to(device)
         self.estimate_opt.zero_grad()
 
-    def after_loss(self) -> None:
-        if not self.learn.training:
-            return
-        estimate_logits = self.estimate_logits[self.learn.item_index]
-        loss = role_loss(self.learn.pred.float(), estimate_logits, self.learn.yb[0], self.expected_positives)
-        self.learn.loss_grad, self.learn.loss = loss, loss.detach().clone()
+    def before_batch(self) -> None:
+        if self.training:
+            self.loss.estimates = self.estimate_logits[self.item_index]
 
     def after_step(self) -> None:
         if active():
             self._share_gradients()
-        if self.run_state.active:
-            for group in self.estimate_opt.param_groups:
-                group["lr"] = self.lr_mult * float(self.learn.opt.hypers[-1]["lr"]) / self.head_lr_mult
-            scaler = getattr(self.learn, "scaler", None)  # set by fastai's MixedPrecision during its fits
-            if scaler is not None:
-                scaler.step(self.estimate_opt)
-            else:
-                self.estimate_opt.step()
+        for group in self.estimate_opt.param_groups:
+            group["lr"] = self.lr_mult * float(self.learn.opt.hypers[-1]["lr"]) / self.head_lr_mult
+        scaler = getattr(self.learn, "scaler", None)  # set by fastai's MixedPrecision during its fits
+        if scaler is not None:
+            scaler.step(self.estimate_opt)
+        else:
+            self.estimate_opt.step()
         self.estimate_opt.zero_grad()
 
     def _share_gradients(self) -> None:
         """In a data-parallel run each process has the gradient of its own batch's rows only: every process takes
         all of them (their mean over the processes, as DDP gives the model), so the estimates stay the same on
         every process. The processes' rows are distinct: one global batch holds each image once."""
-        grad, index = self.estimate_logits.grad, self.learn.item_index
+        grad, index = self.estimate_logits.grad, self.item_index
         rows, values = all_gather(index), all_gather(grad[index]) / world_size()
         grad.zero_()
         grad.index_add_(0, rows, values)
 
 
-def parts(scheme: Scheme, context: SchemeContext) -> tuple[PartialLabelLoss, list[Callback]]:
-    """AN as the loss (validation reports it); the callback trains on L_ROLE with its label estimates."""
-    callback = RoleCallback(context.train_labels, context.expected_positives, context.config.head_lr_mult)
-    return AssumeNegativeLoss(), [callback]
+def role_parts(
+    train_labels: LabelStore,
+    expected_positives: float | None,
+    head_lr_mult: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> SchemeParts:
+    """L_ROLE as the training loss, fed by the callback's label estimates; validation reports AN."""
+    loss = RoleLoss(expected_positives)
+    callback = RoleCallback(loss, train_labels, head_lr_mult, generator=generator)
+    return SchemeParts(loss, [callback], evaluation_loss=AssumeNegativeLoss())
+
+
+def role(context: SchemeContext) -> SchemeParts:
+    return role_parts(context.train_labels, context.expected_positives, context.config.head_lr_mult)
