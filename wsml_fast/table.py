@@ -16,7 +16,7 @@ import numpy as np
 from wsml_fast.errors import WsmlError
 from wsml_fast.labels import align_truth, outside_root_note, read_label_csv
 from wsml_fast.labelstore import LabelStore
-from wsml_fast.sources import DataSource
+from wsml_fast.sources import DatasetFiles
 
 
 @dataclass
@@ -24,7 +24,7 @@ class PartialLabelTable:
     """Rows are images; `observed` holds 1 / 0 and -1 (unobserved) elsewhere, `truth` (if known) 1 and 0
     elsewhere; both are sparse stores (memory grows with the listed labels)."""
 
-    source: DataSource
+    source: DatasetFiles
     images: list[str]
     splits: np.ndarray
     classes: list[str]
@@ -88,7 +88,7 @@ def _without_positives(observed: LabelStore, train: np.ndarray, classes: list[st
 
 
 def load_table(
-    source: DataSource, valid_fraction: float = 0.2, seed: int = 0, for_training: bool = True
+    source: DatasetFiles, valid_fraction: float = 0.2, seed: int = 0, for_training: bool = True
 ) -> PartialLabelTable:
     """Read the label files of `source`, align the truth and settle the splits.
 

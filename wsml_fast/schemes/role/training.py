@@ -22,7 +22,7 @@ from fastai.callback.core import Callback
 
 from wsml_fast.callbacks import SchemeState, TargetsCallback
 from wsml_fast.checkpoint import optimizer_state
-from wsml_fast.distributed import active, all_gather, world_size
+from wsml_fast.distributed import all_gather, in_group, world_size
 from wsml_fast.labelstore import LabelStore
 from wsml_fast.losses import AssumeNegativeLoss, ExpectedPositiveLoss, PartialLabelLoss, soft_bce
 from wsml_fast.schemes import Scheme, SchemeContext
@@ -120,7 +120,7 @@ class RoleCallback(Callback, SchemeState):
         self.learn.loss_grad, self.learn.loss = loss, loss.detach().clone()
 
     def after_step(self) -> None:
-        if active():
+        if in_group():
             self._share_gradients()
         if self.run_state.active:
             for group in self.estimate_opt.param_groups:
