@@ -168,7 +168,7 @@ class DataParallel(DistributedTrainer):
         super().__init__(**kwargs)
         self.process = process
 
-    def _wrap_dl(self, dl):
+    def _wrap_dl(self, dl):  # fastai's (private) hook for its loaders: DistributedTrainer offers no public one
         if isinstance(dl, ProcessLoader):
             return dl
         return ProcessLoader(dl, self.process.world_size, self.process.rank)

@@ -107,7 +107,7 @@ def set_up(
     `process` (which runs at the config's precision)."""
     table = load_table(source, config.valid_fraction, config.seed)
     if config.check_images:
-        check_images(source.images_root, table.images, source.observed_csv)
+        check_images(source.images_root, table.images, source.observed_csv, speaks=process.writes)
     train_labels = training_labels(get_scheme(config.scheme), table)
     process = process.with_precision(config.precision)
     set_seed(config.seed)  # (cuDNN's switches are the command's: `process_switches`)

@@ -17,6 +17,7 @@ from wsml_fast.errors import WsmlError
 from wsml_fast.labels import align_truth, outside_root_note, read_label_csv
 from wsml_fast.labelstore import LabelStore
 from wsml_fast.sources import DatasetFiles
+from wsml_fast.splits import split_train_valid
 
 
 @dataclass
@@ -60,13 +61,15 @@ class PartialLabelTable:
 
 
 def _hold_out_valid(splits: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """`splits` with `fraction` of its train rows made valid, by `wsml prepare`'s rule (`split_train_valid`).
+    (Before this rule was shared, training drew these rows with another generator: a CSV without valid rows
+    now holds out other rows than it did then, the same ones `wsml prepare` would.)"""
     train = np.flatnonzero(splits == "train")
-    n_valid = round(fraction * len(train))
-    if n_valid < 1 or n_valid >= len(train):
+    kept, valid = split_train_valid(len(train), seed, fraction)
+    if not len(valid) or not len(kept):
         raise WsmlError(f"only {len(train)} train rows: too few to hold out a validation part; add valid rows")
-    chosen = np.random.default_rng(seed).permutation(train)[:n_valid]
     splits = splits.copy()
-    splits[chosen] = "valid"
+    splits[train[valid]] = "valid"
     return splits
 
 
@@ -120,13 +123,13 @@ CHECK_CHUNK = 256  # images a thread checks at a time: few tasks to schedule, a 
 IMAGE_PROBLEMS = ("missing", "unreadable", "too large", "float")  # in the order they are reported
 
 
-def check_images(root: Path, images: list[str], csv: Path, threads: int | None = None) -> None:
+def check_images(root: Path, images: list[str], csv: Path, threads: int | None = None, speaks: bool = True) -> None:
     """Every listed image must exist, have a readable header and be decodable, before any training starts.
 
     Headers are read by `threads` threads (default: from the CPU count), since opening files waits on the disk
     more than it computes; problems are reported in list order whatever the threads. On a terminal, a line
-    counting the images checked is kept up to date."""
-    progress = sys.stdout if sys.stdout.isatty() else None
+    counting the images checked is kept up to date (by the process that `speaks`: one of a data-parallel run)."""
+    progress = sys.stdout if speaks and sys.stdout.isatty() else None
     counts, first = _scan(root, images, threads or min(32, 4 * (os.cpu_count() or 1)), progress)
     for problem in IMAGE_PROBLEMS:
         if counts[problem]:

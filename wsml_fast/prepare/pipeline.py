@@ -19,7 +19,7 @@ from wsml_fast.prepare.images import expose_images, missing_images
 from wsml_fast.prepare.observe import ObservedSpec, check_protocol, parse_observed, simulate_observed
 from wsml_fast.prepare.registry import get_reader
 from wsml_fast.prepare.source import Labels, Part, RawDataset, positives_per_row, stack_rows, take_rows
-from wsml_fast.prepare.splits import split_train_valid
+from wsml_fast.splits import split_train_valid
 
 SHOW_MISSING = 3
 
