@@ -240,7 +240,11 @@ def _timm_body(name: str, pretrained: bool, img_size: int | None) -> nn.Module:
 
 
 def create_body(name: str, pretrained: bool, weights: str | None, img_size: int | None = None) -> tuple[nn.Module, str]:
-    """The backbone without classifier, and a line saying where its weights came from."""
+    """The backbone without classifier, and a line saying where its weights came from.
+
+    Where weights come from the hub (and for a fixed-size model at another size, in `_timm_body`), the body is
+    built more than once; each build draws from the seeded random stream before the head is initialized, so
+    building once would change every such seeded run's head: kept as it is."""
     _check_name(name)
     body = _timm_body(name, False, img_size)
     if weights:
