@@ -73,15 +73,8 @@ class StageData:
 def image_dataset(setup: Setup, split: str, labels: LabelStore, augment: bool) -> ImageLabelDataset:
     config, table = setup.config, setup.table
     images = [table.images[i] for i in table.rows(split)]
-    return ImageLabelDataset(
-        table.source.images_root,
-        images,
-        labels,
-        config.img_size,
-        augment,
-        config.hflip,
-        process_seed(config.seed, setup.process.rank),
-    )
+    seed = process_seed(config.seed, setup.process.rank)
+    return ImageLabelDataset(table.source.images_root, images, labels, config.img_size, augment, config.hflip, seed)
 
 
 def _image_sets(setup: Setup) -> tuple[Dataset, Dataset, Dataset, Dataset | None]:
