@@ -14,7 +14,7 @@ from wsml_fast.data import default_workers
 from wsml_fast.errors import WsmlError
 from wsml_fast.labelstore import LabelStore
 from wsml_fast.model import Classifier, build_model
-from wsml_fast.process import Process
+from wsml_fast.process import Process, launched
 from wsml_fast.runfolder import Reporter, RunFolder
 from wsml_fast.schemes import get_scheme, settings_of, training_labels
 from wsml_fast.sources import DatasetFiles
@@ -101,10 +101,15 @@ def _describe(setup: Setup) -> None:
 
 
 def set_up(
-    config: TrainConfig, source: DatasetFiles, run: RunFolder, process: Process, resumed: dict | None = None
+    config: TrainConfig,
+    source: DatasetFiles,
+    run: RunFolder,
+    process: Process | None = None,
+    resumed: dict | None = None,
 ) -> Setup:
     """Read and check the data, build the model, and open the run folder (a new one, or a resumed run's), for
-    `process` (which runs at the config's precision)."""
+    `process` (by default: this process as launched), which runs at the config's precision."""
+    process = process or launched()
     table = load_table(source, config.valid_fraction, config.seed)
     if config.check_images:
         check_images(source.images_root, table.images, source.observed_csv, speaks=process.writes)
