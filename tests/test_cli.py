@@ -77,9 +77,10 @@ def test_predict_scores_a_batch_at_a_time(trained_run: Path, demo_folder: Path) 
     batches = list(predict_batches(run, images, batch_size=5))
     assert [len(names) for names, _ in batches] == [5, 5, 5, 1]
     assert [name for names, _ in batches for name in names] == [str(p) for p in images]
-    model = run.load_model(torch.device("cpu")).eval()
+    info = run.model_info()
+    model = run.load_model(info, torch.device("cpu")).eval()
     no_labels = LabelStore.empty(16, 0)
-    dataset = ImageLabelDataset(Path("."), [str(p) for p in images], no_labels, run.model_info().img_size)
+    dataset = ImageLabelDataset(Path("."), [str(p) for p in images], no_labels, info.img_size)
     with torch.no_grad():
         expected = torch.sigmoid(model(torch.stack([dataset[i][0] for i in range(16)]))).numpy()
     np.testing.assert_allclose(np.concatenate([p for _, p in batches]), expected, atol=1e-5)

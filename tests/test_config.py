@@ -48,7 +48,7 @@ def test_check_images_option_reaches_the_config(demo_folder: Path, monkeypatch: 
     from wsml_fast.cli import app
 
     seen = []
-    monkeypatch.setattr(wsml_fast.train, "train", lambda config, source, stop: seen.append(config))
+    monkeypatch.setattr(wsml_fast.train, "train", lambda config, source, stop, **_: seen.append(config))
     for flag in ([], ["--no-check-images"], ["--check-images"]):
         assert CliRunner().invoke(app, ["train", "--data", str(demo_folder), *flag]).exit_code == 0
     assert [(c.check_images, c.sources["check_images"]) for c in seen] == [

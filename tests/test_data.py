@@ -8,6 +8,7 @@ from helpers import write
 from wsml_fast.data import ImageLabelDataset, make_loader
 from wsml_fast.errors import WsmlError
 from wsml_fast.sources import from_csv, from_folder, resolve_source
+from wsml_fast.splits import split_train_valid
 from wsml_fast.table import check_images, load_table
 
 
@@ -42,6 +43,16 @@ def test_split_is_held_out_when_missing(tmp_path: Path) -> None:
     assert any("no split column" in note for note in table.notes)
     again = load_table(from_csv(csv, tmp_path / "img"), valid_fraction=0.2, seed=0)
     assert list(again.splits) == list(table.splits)
+
+
+def test_training_holds_out_the_rows_wsml_prepare_would(tmp_path: Path) -> None:
+    rows = "".join(f"{i}.png,{'test' if i % 5 == 0 else 'train'},{i % 2},\n" for i in range(30))
+    csv = write(tmp_path / "labels.csv", "image,split,cat,dog\n" + rows)
+    (tmp_path / "img").mkdir()
+    table = load_table(from_csv(csv, tmp_path / "img"), valid_fraction=0.25, seed=7)
+    train = np.array([i for i in range(30) if i % 5])
+    assert table.rows("valid").tolist() == train[split_train_valid(len(train), 7, 0.25)[1]].tolist()
+    assert len(table.rows("test")) == 6
 
 
 def test_missing_and_unreadable_images_are_counted_before_training(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from wsml_fast.prepare import prepare_dataset
 from wsml_fast.prepare.images import missing_images
 from wsml_fast.prepare.observe import ObservedSpec, parse_observed, simulate_observed
 from wsml_fast.prepare.source import positives_per_row, stack_rows, take_rows
-from wsml_fast.prepare.splits import split_train_valid
+from wsml_fast.splits import split_train_valid
 
 TRUTH = np.array(
     [

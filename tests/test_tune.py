@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -122,6 +123,16 @@ def test_two_processes_share_one_study(demo_folder: Path, tmp_path: Path) -> Non
     assert len(set(runs)) == 4 and all((Path(run) / "results.json").is_file() for run in runs)
     pids = {t.user_attrs["pid"] for t in done}
     assert len(pids) == 2  # both processes ran trials of the one study
+
+
+def test_a_trial_left_running_by_a_killed_process_is_failed_and_queued_again(tmp_path: Path) -> None:
+    trial = load(tmp_path).ask({"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)})
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    trial.set_user_attr("host", socket.gethostname())
+    trial.set_user_attr("pid", int(gone.stdout))  # a process of this host that no longer exists
+    left, again = load(tmp_path).trials  # opening the study again finds it
+    assert left.state == optuna.trial.TrialState.FAIL and left.user_attrs["interrupted"]
+    assert again.state == optuna.trial.TrialState.WAITING
 
 
 def test_the_study_bar_fills_with_the_finished_trials() -> None:

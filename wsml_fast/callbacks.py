@@ -23,7 +23,7 @@ import torch
 from fastai.callback.core import Callback, CancelFitException
 from fastai.callback.fp16 import MixedPrecision
 
-from wsml_fast.distributed import active, all_reduce_sum, bare
+from wsml_fast.distributed import all_reduce_sum, bare, in_group
 from wsml_fast.errors import WsmlError
 from wsml_fast.labelstore import DeviceLabels
 
@@ -333,7 +333,7 @@ class StopOnRequestCallback(Callback):
 def everyone_agrees(this_process: bool) -> bool:
     """True when the condition holds in every process of a data-parallel run (the condition itself with one):
     processes that decided apart would wait forever for each other in the next collective."""
-    if not active():
+    if not in_group():
         return this_process
     return int(all_reduce_sum(torch.tensor([int(not this_process)]))) == 0
 

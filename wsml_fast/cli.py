@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import json
 import sys
-import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -17,8 +17,8 @@ from wsml_fast.errors import WsmlError, one_line
 from wsml_fast.schemes import SCHEMES, SETTINGS, option_help, schemes_json
 from wsml_fast.schemes.declaration import option_name
 
-# Deprecation notices of the libraries we build on say nothing a user can act on.
-warnings.filterwarnings("ignore", category=FutureWarning, module=r"(torch|fastai|timm|albumentations)\.")
+if TYPE_CHECKING:
+    from wsml_fast.process import Process
 
 app = typer.Typer(
     add_completion=False,
@@ -40,6 +40,17 @@ def friendly(command):
             raise typer.Exit(2) from None
 
     return wrapper
+
+
+@contextlib.contextmanager
+def _this_process(autotune: bool = False) -> Iterator[Process]:
+    """The command's one decision about this process (which of the job it is, whether it writes, its device and
+    precision), under the command's process-wide switches (`process_switches`), put back when it ends. The heavy
+    libraries are imported inside, so their deprecation notices are silenced too."""
+    from wsml_fast.process import launched, process_switches
+
+    with process_switches(launched(), autotune) as process:
+        yield process
 
 
 def _absolute(path: str | None) -> str | None:
@@ -156,15 +167,19 @@ def train(
                 f"--resume continues {resume} with its saved settings; {option_name(changed[0])} cannot "
                 "be changed (only a larger --epochs)"
             )
-        _with_signals(lambda stop: _resume(resume, epochs, stop))
+        with _this_process(autotune=True) as process:
+            from wsml_fast.train import resume as resume_training
+
+            _with_signals(process, lambda stop: resume_training(resume, epochs, stop, process))
         return
-    from wsml_fast.sources import resolve_source
+    with _this_process(autotune=True) as process:
+        from wsml_fast.runfolder import Reporter
+        from wsml_fast.sources import resolve_source
+        from wsml_fast.train import train as run_training
 
-    config = _configure(options, options.pop("recipe"), scheme)
-    source = resolve_source(config.dataset, config.data, config.csv, config.images)
-    from wsml_fast.train import train as run_training
-
-    _with_signals(lambda stop: run_training(config, source, stop))
+        config = _configure(options, options.pop("recipe"), scheme)
+        source = resolve_source(config.dataset, config.data, config.csv, config.images, Reporter(speaks=process.writes))
+        _with_signals(process, lambda stop: run_training(config, source, stop, process=process))
 
 
 DATA_KEYS = ("dataset", "data", "csv")
@@ -183,18 +198,13 @@ def _configure(options: dict, recipe_file: str | None, scheme: str | None):
     return resolve(values, recipe_name, options, implied)
 
 
-def _resume(run_dir: Path, epochs: int | None, stop) -> None:
-    from wsml_fast.train import resume
-
-    resume(run_dir, epochs, stop)
-
-
-def _with_signals(training) -> None:
+def _with_signals(process: Process, training) -> None:
     """Run `training(stop)` with Ctrl-C and SIGTERM asking for a clean stop; exit 130 / 143 after one."""
+    from wsml_fast.runfolder import Reporter
     from wsml_fast.stopping import RunInterrupted, StopRequest
 
     try:
-        with StopRequest().installed() as stop:
+        with StopRequest(Reporter(speaks=process.writes)).installed() as stop:
             training(stop)
     except RunInterrupted as exc:
         raise typer.Exit(exc.exit_code) from None
@@ -223,7 +233,6 @@ def evaluate(
     ] = None,
 ) -> None:
     """mAP and per-class AP of a run's best weights (on the run's own data unless told otherwise)."""
-    from wsml_fast.evaluate import evaluate as run_eval
     from wsml_fast.metrics import CONVENTIONS
     from wsml_fast.runfolder import RunFolder
 
@@ -236,7 +245,10 @@ def evaluate(
         raise WsmlError(f"--map-convention {convention!r} is not one of: {', '.join(CONVENTIONS)}")
     if split not in ("train", "valid", "test"):
         raise WsmlError(f"--split {split!r} is not one of: train, valid, test")
-    result = run_eval(run, _source_for_eval(run, data, csv, images), split, convention)
+    with _this_process() as process:
+        from wsml_fast.evaluate import evaluate as run_eval
+
+        result = run_eval(run, _source_for_eval(run, data, csv, images), split, convention, process)
     if as_json:
         typer.echo(json.dumps(result.to_dict()))
         return
@@ -264,18 +276,22 @@ def predict(
 ) -> None:
     """Class probabilities for new images, written a batch at a time; prints the labels at or above the threshold
     (with --top-k: the K most probable)."""
-    from wsml_fast.predict import PredictionRows, check_output, collect_images, predict_batches, write_predictions
     from wsml_fast.runfolder import RunFolder
 
     if not 0 <= threshold <= 1:
         raise WsmlError(f"--threshold must be between 0 and 1 (got {threshold})")
     run = RunFolder.open(run_dir)
-    check_output(out, run)
-    rows = PredictionRows(run.model_info().classes, threshold, top_k)
-    note = run.weights_note()
-    if note:
-        typer.echo(note)
-    written = write_predictions(out, predict_batches(run, collect_images(paths)), rows, typer.echo)
+    with _this_process() as process:
+        from wsml_fast.predict import PredictionRows, check_output, collect_images, predict_batches, write_predictions
+
+        check_output(out, run)
+        info = run.model_info()
+        rows = PredictionRows(info.classes, threshold, top_k)
+        note = run.weights_note()
+        if note:
+            typer.echo(note)
+        batches = predict_batches(run, collect_images(paths), process=process, info=info)
+        written = write_predictions(out, batches, rows, typer.echo)
     typer.echo(f"wrote {written} rows to {out}")
 
 
@@ -349,37 +365,43 @@ def tune(
 ) -> None:
     """Search scheme, learning rate, batch size and the schemes' own settings by valid mAP (Optuna); every trial
     is a run folder in OUT, and the best becomes OUT/best.yaml, scored once on the test split."""
-    import optuna
+    with _this_process(autotune=True) as process:
+        import optuna
 
-    from wsml_fast.schemes import get_scheme
-    from wsml_fast.sources import resolve_source
-    from wsml_fast.tune import Tuner, open_study, parse_duration, read_space, run_study
+        from wsml_fast.runfolder import Reporter
+        from wsml_fast.schemes import get_scheme
+        from wsml_fast.sources import resolve_source
+        from wsml_fast.tune import Tuner, open_study, parse_duration, read_space, run_study
 
-    optuna.logging.set_verbosity(optuna.logging.ERROR)  # wsml prints a line per trial itself
-    names = [name.strip() for name in schemes.split(",") if name.strip()]
-    if not names:
-        raise WsmlError("--schemes: name at least one scheme (`wsml schemes` lists them)")
-    for name in names:
-        get_scheme(name)
-    if trials < 1:
-        raise WsmlError(f"--trials must be at least 1 (got {trials})")
-    seconds = parse_duration(timeout) if timeout else None  # options checked before anything is made
-    space = read_space(search) if search else {}
-    if pruner not in ("median", "halving"):
-        raise WsmlError(f"--pruner {pruner!r} is not one of: median, halving")
-    fixed = {"dataset": dataset, "data": data, "csv": csv, "images": images, "epochs": epochs, "backbone": backbone}
-    fixed |= {"img_size": img_size, "mode": mode, "workers": workers, "precision": precision, "seed": seed}
-    fixed |= {"pretrained": pretrained}
-    configs = {name: _configure({**fixed, "scheme": name}, recipe, name) for name in names}
-    first = configs[names[0]]
-    source = resolve_source(first.dataset, first.data, first.csv, first.images)
-    folder = out or Path("tunes") / source.name
-    if folder.exists() and not folder.is_dir():
-        raise WsmlError(f"--out {folder}: is a file, not a folder")
-    folder.mkdir(parents=True, exist_ok=True)
-    opened = open_study(folder, study, storage, first.seed, pruner, first.epochs)
-    tuner = Tuner(configs.__getitem__, source, names, space, folder, opened)
-    _with_signals(lambda stop: run_study(tuner, trials, seconds, stop))
+        names = [name.strip() for name in schemes.split(",") if name.strip()]
+        if not names:
+            raise WsmlError("--schemes: name at least one scheme (`wsml schemes` lists them)")
+        for name in names:
+            get_scheme(name)
+        if trials < 1:
+            raise WsmlError(f"--trials must be at least 1 (got {trials})")
+        seconds = parse_duration(timeout) if timeout else None  # options checked before anything is made
+        space = read_space(search) if search else {}
+        if pruner not in ("median", "halving"):
+            raise WsmlError(f"--pruner {pruner!r} is not one of: median, halving")
+        fixed = {"dataset": dataset, "data": data, "csv": csv, "images": images, "epochs": epochs, "backbone": backbone}
+        fixed |= {"img_size": img_size, "mode": mode, "workers": workers, "precision": precision, "seed": seed}
+        fixed |= {"pretrained": pretrained}
+        configs = {name: _configure({**fixed, "scheme": name}, recipe, name) for name in names}
+        first = configs[names[0]]
+        source = resolve_source(first.dataset, first.data, first.csv, first.images, Reporter(speaks=process.writes))
+        folder = out or Path("tunes") / source.name
+        if folder.exists() and not folder.is_dir():
+            raise WsmlError(f"--out {folder}: is a file, not a folder")
+        folder.mkdir(parents=True, exist_ok=True)
+        verbosity = optuna.logging.get_verbosity()
+        optuna.logging.set_verbosity(optuna.logging.ERROR)  # wsml prints a line per trial itself
+        try:
+            opened = open_study(folder, study, storage, first.seed, pruner, first.epochs)
+            tuner = Tuner(configs.__getitem__, source, names, space, folder, opened, process=process)
+            _with_signals(process, lambda stop: run_study(tuner, trials, seconds, stop))
+        finally:
+            optuna.logging.set_verbosity(verbosity)
 
 
 @app.command()

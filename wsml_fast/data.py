@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+from functools import partial
 from pathlib import Path
 
 import albumentations
@@ -153,21 +154,19 @@ class ImageLabelDataset(Dataset):
         return ImageLabelDataset(self.root, self.images, labels, self.size, False)
 
 
-def process_seed(seed: int) -> int:
-    """This process's augmentation seed: `seed` itself in process 0 (so a single-process run draws as it always
-    did), and one derived from (seed, rank) in every other process of a data-parallel run, whose images would
-    otherwise all get the same flips."""
-    from wsml_fast.distributed import rank
-
-    return seed if rank() == 0 else int(np.random.SeedSequence([seed, rank()]).generate_state(1)[0])
+def process_seed(seed: int, rank: int) -> int:
+    """The augmentation seed of process `rank`: `seed` itself in process 0 (so a single-process run draws as it
+    always did), and one derived from (seed, rank) in every other process of a data-parallel run, whose images
+    would otherwise all get the same flips."""
+    return seed if rank == 0 else int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
 
 
-def _init_worker() -> None:
+def _init_worker(rank: int) -> None:
     """Give each worker, in each epoch, its own augmentation stream (albumentations would repeat them), and
     leave Ctrl-C to the main process, which stops training at the next batch boundary."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     info = get_worker_info()
-    info.dataset.d.dataset.reseed(process_seed(info.seed))
+    info.dataset.d.dataset.reseed(process_seed(info.seed, rank))
 
 
 def default_workers() -> int:
@@ -176,8 +175,9 @@ def default_workers() -> int:
     return 0 if cores <= 2 else min(8, cores - 1)
 
 
-def make_loader(dataset: ImageLabelDataset, bs: int, train: bool, workers: int, device: torch.device):
-    """A fastai DataLoader yielding (input, item index) with one input, on `device`."""
+def make_loader(dataset: ImageLabelDataset, bs: int, train: bool, workers: int, device: torch.device, rank: int = 0):
+    """A fastai DataLoader yielding (input, item index) with one input, on `device`, for process `rank` (whose
+    workers draw their own augmentations)."""
     from fastai.data.load import DataLoader
 
     loader = DataLoader(
@@ -188,7 +188,7 @@ def make_loader(dataset: ImageLabelDataset, bs: int, train: bool, workers: int, 
         num_workers=workers,
         pin_memory=device.type == "cuda",
         device=device,
-        wif=_init_worker,
+        wif=partial(_init_worker, rank),
     )
     loader.n_inp = 1
     return loader

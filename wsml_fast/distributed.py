@@ -11,13 +11,14 @@ its schemes need on top:
 - A few collectives for the schemes (all-gathers of a batch's losses, item indices or label rows), on the
   CPU with gloo or on the GPU with NCCL, whichever backend the process group has.
 
-With one process (no `torchrun`), every function here is the identity and no process group is touched.
+With one process (no `torchrun`), every function here is the identity and no process group is touched. Which
+process this is, and whether it writes, is decided once at the command line (`wsml_fast.process.Process`); the
+collectives here only ask the process group they work in.
 """
 
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 import torch
@@ -27,23 +28,23 @@ from fastai.data.load import DataLoader
 from fastai.distributed import DistributedTrainer
 from fastai.torch_core import to_detach
 
+from wsml_fast.process import Process
 
-def world_size() -> int:
-    """Processes in the job: torchrun's WORLD_SIZE (1 without it)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
+
+def in_group() -> bool:
+    """Whether this process is in a process group of several (made when a data-parallel fit starts)."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def rank() -> int:
-    return int(os.environ.get("RANK", "0"))
+    """This process's place in its process group (0 outside one): for the collectives' bookkeeping, such as
+    finding its own rows among gathered ones."""
+    return dist.get_rank() if in_group() else 0
 
 
-def is_main() -> bool:
-    """The process that writes the run folder and prints (rank 0)."""
-    return rank() == 0
-
-
-def active() -> bool:
-    return world_size() > 1 and dist.is_available() and dist.is_initialized()
+def world_size() -> int:
+    """Processes in this process's group (1 outside one): for the collectives' bookkeeping."""
+    return dist.get_world_size() if in_group() else 1
 
 
 def _collective_device(tensor: torch.Tensor) -> torch.device:
@@ -54,13 +55,13 @@ def _collective_device(tensor: torch.Tensor) -> torch.device:
 def wait_for_main() -> None:
     """Every process waits here until all arrive: files process 0 alone writes (best weights, scheme state)
     are complete before the others read them. Nothing to wait for with one process."""
-    if active():
+    if in_group():
         dist.barrier()
 
 
 def all_gather(tensor: torch.Tensor) -> torch.Tensor:
     """The tensors of every process (same shape on each), concatenated along dim 0 in rank order."""
-    if not active():
+    if not in_group():
         return tensor
     moved = tensor.to(_collective_device(tensor)).contiguous()
     parts = [torch.empty_like(moved) for _ in range(world_size())]
@@ -70,7 +71,7 @@ def all_gather(tensor: torch.Tensor) -> torch.Tensor:
 
 def all_gather_varying(tensor: torch.Tensor) -> torch.Tensor:
     """Like `all_gather` for tensors whose first dimension differs between processes (padded, then cut)."""
-    if not active():
+    if not in_group():
         return tensor
     sizes = all_gather(torch.tensor([len(tensor)], device=tensor.device)).tolist()
     padded = torch.zeros((max(sizes), *tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device)
@@ -80,7 +81,7 @@ def all_gather_varying(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-    if not active():
+    if not in_group():
         return tensor
     moved = tensor.to(_collective_device(tensor)).clone()
     dist.all_reduce(moved)
@@ -88,7 +89,7 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def broadcast_from_main(tensor: torch.Tensor) -> torch.Tensor:
-    if not active():
+    if not in_group():
         return tensor
     moved = tensor.to(_collective_device(tensor)).clone()
     dist.broadcast(moved, src=0)
@@ -161,10 +162,16 @@ class ShareValidLoss(Callback):
 
 class DataParallel(DistributedTrainer):
     """fastai's DistributedTrainer (DistributedDataParallel through accelerate, SyncBatchNorm when asked) with
-    wsml's loaders: global batches for training, unpadded shares for evaluation."""
+    wsml's loaders for `process`: global batches for training, unpadded shares for evaluation."""
 
-    def _wrap_dl(self, dl):
-        return dl if isinstance(dl, ProcessLoader) else ProcessLoader(dl, world_size(), rank())
+    def __init__(self, process: Process, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.process = process
+
+    def _wrap_dl(self, dl):  # fastai's (private) hook for its loaders: DistributedTrainer offers no public one
+        if isinstance(dl, ProcessLoader):
+            return dl
+        return ProcessLoader(dl, self.process.world_size, self.process.rank)
 
 
 def lost_a_process(exc: BaseException) -> bool:

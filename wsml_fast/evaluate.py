@@ -4,15 +4,19 @@ from __future__ import annotations
 
 from wsml_fast.data import ImageLabelDataset
 from wsml_fast.errors import WsmlError
-from wsml_fast.inference import pick_device, resolve_precision, score_split
+from wsml_fast.inference import evaluation_bs, score_split
 from wsml_fast.metrics import MapResult
+from wsml_fast.process import Process, launched
 from wsml_fast.runfolder import RunFolder
-from wsml_fast.sources import DataSource
+from wsml_fast.sources import DatasetFiles
 from wsml_fast.table import check_images, load_table
 
 
-def evaluate(run: RunFolder, source: DataSource, split: str, convention: str) -> MapResult:
-    """mAP and per-class AP of the run's model on `split` of `source` (truth when known, else observed)."""
+def evaluate(
+    run: RunFolder, source: DatasetFiles, split: str, convention: str, process: Process | None = None
+) -> MapResult:
+    """mAP and per-class AP of the run's model on `split` of `source` (truth when known, else observed), scored
+    on `process`'s device at its precision (by default: this process as launched, automatic precision)."""
     config, info = run.config(), run.model_info()
     table = load_table(source, config.valid_fraction, config.seed, for_training=False)
     if table.classes != info.classes:
@@ -25,8 +29,7 @@ def evaluate(run: RunFolder, source: DataSource, split: str, convention: str) ->
         raise WsmlError(f"--split {split}: {source.observed_csv} has no rows in that split")
     images = [table.images[i] for i in rows]
     check_images(source.images_root, images, source.observed_csv)
-    device = pick_device()
+    process = process or launched()
     dataset = ImageLabelDataset(source.images_root, images, table.eval_labels(split), info.img_size)
-    precision = resolve_precision("auto", device)
-    args = (convention, precision, device, config.bs * 2, config.workers or 0)
-    return score_split(run.load_model(device), dataset, table.classes, *args)
+    args = (convention, process.precision, process.device, evaluation_bs(config.bs), config.workers or 0)
+    return score_split(run.load_model(info, process.device), dataset, table.classes, *args)

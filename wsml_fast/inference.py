@@ -1,36 +1,22 @@
-"""Device and precision choices, and batched scoring shared by training's test pass, `eval` and `predict`."""
+"""Precision, the evaluation batch size, and batched scoring shared by training's test pass, `eval` and `predict`."""
 
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
 
-from wsml_fast.errors import WsmlError
 from wsml_fast.metrics import APAccumulator, MapResult
 
 AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-def pick_device() -> torch.device:
-    """The GPU (in a data-parallel run, this process's own: torchrun's LOCAL_RANK), else the CPU."""
-    if not torch.cuda.is_available():
-        return torch.device("cpu")
-    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    torch.cuda.set_device(device)
-    return device
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """`auto` means fp16 mixed precision on CUDA and fp32 elsewhere; fp16 on a CPU is refused."""
-    if precision == "auto":
-        return "fp16" if device.type == "cuda" else "fp32"
-    if precision == "fp16" and device.type != "cuda":
-        raise WsmlError("--precision fp16 needs a CUDA GPU; on a CPU use bf16 or fp32")
-    return precision
+def evaluation_bs(bs: int) -> int:
+    """The batch size of scoring passes (valid and test splits, training scores, features) for a run training at
+    `bs`: twice as large, since they keep no gradients."""
+    return bs * 2
 
 
 def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:

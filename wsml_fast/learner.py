@@ -44,14 +44,11 @@ from wsml_fast.distributed import (
     ShareValidLoss,
     all_gather_varying,
     bare,
-    is_main,
-    rank,
     shard,
     wait_for_main,
-    world_size,
 )
 from wsml_fast.errors import WsmlError
-from wsml_fast.inference import AMP_DTYPES, predict_scores, score_split
+from wsml_fast.inference import AMP_DTYPES, evaluation_bs, predict_scores, score_split
 from wsml_fast.memorization import MemorizationCallback, sample_entries
 from wsml_fast.metrics import MapMetric
 from wsml_fast.run_setup import Setup
@@ -107,9 +104,9 @@ def _diagnostics(setup: Setup, truth_known: bool) -> list:
         if config.track_memorization:
             raise WsmlError("--track-memorization needs truth.csv (the truth of the unobserved training entries)")
         return []
-    if not is_main():  # diagnostics go to the run folder, which the main process alone writes
+    if not setup.process.writes:  # diagnostics go to the run folder, which process 0 alone writes
         return []
-    scoring = (config.map_convention, setup.precision, setup.device, config.bs * 2, config.workers)
+    scoring = (config.map_convention, setup.precision, setup.device, evaluation_bs(config.bs), config.workers)
     callbacks = [TrainRecoveryCallback(lambda model, dataset: score_split(model, dataset, None, *scoring).map)]
     if config.track_memorization:
         entries = sample_entries(setup.train_labels, setup.table.train_truth(), seed=config.seed)
@@ -171,8 +168,8 @@ def build_learner(
         callbacks.append(EarlyStopCallback(drop=config.early_stop_drop))
     if config.sync_bn and device.type != "cuda":
         raise WsmlError("--sync-bn needs GPUs: PyTorch's SyncBatchNorm works on GPU modules only")
-    if world_size() > 1:
-        callbacks += [DataParallel(sync_bn=config.sync_bn, cpu=device.type == "cpu"), ShareValidLoss()]
+    if setup.process.parallel:
+        callbacks += [DataParallel(setup.process, sync_bn=config.sync_bn, cpu=device.type == "cpu"), ShareValidLoss()]
     elif config.sync_bn:
         setup.say("note: --sync-bn does nothing in a single process (it shares batch statistics between processes)")
 
@@ -180,8 +177,8 @@ def build_learner(
         """Probabilities on every training input of the stage in progress (read when called, hence `learn`);
         in a data-parallel run each process scores its share and they exchange them."""
         plain = learn.run_state.stage.plain_train
-        rows = shard(len(plain), world_size(), rank())
-        loader = make_loader(plain.subset(rows), config.bs * 2, False, config.workers, device)
+        rows = shard(len(plain), setup.process.world_size, setup.process.rank)
+        loader = make_loader(plain.subset(rows), evaluation_bs(config.bs), False, config.workers, device)
         probs = torch.from_numpy(predict_scores(bare(module), loader, setup.precision, device))
         everyone = torch.zeros(len(plain), probs.shape[1])
         everyone[all_gather_varying(torch.as_tensor(rows))] = all_gather_varying(probs)
@@ -195,7 +192,7 @@ def build_learner(
         parts,
         [*callbacks, *cbs],
         history,
-        progress=on_terminal and is_main(),
+        progress=on_terminal and setup.process.writes,
         opt_func=OPTIMIZERS[config.opt],
         metrics=[MapMetric(config.map_convention)],
         path=run.path,

@@ -7,7 +7,6 @@ a true negative's loss falls from the start. This callback records both kinds an
 
 from __future__ import annotations
 
-import csv
 import io
 
 import numpy as np
@@ -17,7 +16,7 @@ from wsml_fast.callbacks import CheckpointedState, WsmlCallback
 from wsml_fast.distributed import bare
 from wsml_fast.labelstore import LabelStore
 from wsml_fast.losses import negative_term
-from wsml_fast.runfolder import MEMORIZATION_CSV, MEMORIZATION_PNG, RunFolder
+from wsml_fast.runfolder import MEMORIZATION_CSV, MEMORIZATION_PNG, RunFolder, csv_text
 
 
 def sample_entries(
@@ -92,23 +91,25 @@ class MemorizationCallback(WsmlCallback, CheckpointedState):
         self._plot()
 
     def _write_csv(self) -> None:
-        text = io.StringIO()
-        writer = csv.writer(text, lineterminator="\n")
-        writer.writerow(["iteration", "entry", "kind", "loss"])
-        for iteration, losses in self.records:
-            for entry, (loss, fn) in enumerate(zip(losses, self.false_negative, strict=True)):
-                writer.writerow([iteration, entry, "false_negative" if fn else "true_negative", f"{loss:.5f}"])
-        self.run_folder.write_text(MEMORIZATION_CSV, text.getvalue())
+        rows = [
+            {
+                "iteration": iteration,
+                "entry": entry,
+                "kind": "false_negative" if fn else "true_negative",
+                "loss": f"{loss:.5f}",
+            }
+            for iteration, losses in self.records
+            for entry, (loss, fn) in enumerate(zip(losses, self.false_negative, strict=True))
+        ]
+        self.run_folder.write_text(MEMORIZATION_CSV, csv_text(rows))
 
     def _plot(self) -> None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure  # a figure of its own: no pyplot, so no process-wide backend to set
 
         iterations = np.array([i for i, _ in self.records])
         losses = np.stack([values for _, values in self.records])
-        figure, axis = plt.subplots(figsize=(7, 4))
+        figure = Figure(figsize=(7, 4))
+        axis = figure.subplots()
         for fn, color, name in ((True, "tab:red", "false negatives"), (False, "tab:blue", "true negatives")):
             kind = losses[:, self.false_negative == fn]
             if kind.size:
@@ -124,4 +125,3 @@ class MemorizationCallback(WsmlCallback, CheckpointedState):
         image = io.BytesIO()
         figure.savefig(image, format="png", dpi=120)
         self.run_folder.write_bytes(MEMORIZATION_PNG, image.getvalue())
-        plt.close(figure)

@@ -82,9 +82,9 @@ class APAccumulator:
     def shared(self) -> APAccumulator:
         """Every process's entries together (data-parallel evaluation scores a share of the images in each);
         itself when there is one process. AP does not depend on the entries' order."""
-        from wsml_fast.distributed import active, all_gather_varying
+        from wsml_fast.distributed import all_gather_varying, in_group
 
-        if not active():
+        if not in_group():
             return self
         everyone = APAccumulator()
         everyone.n_classes = self.n_classes

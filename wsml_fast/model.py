@@ -7,11 +7,13 @@ the positive class activations (BoostLU, Kim et al., CVPR 2023) in training and 
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import importlib
 import os
 import socket
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -134,12 +136,26 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
     return ok.is_set()
 
 
-def _go_offline() -> None:
-    """Make huggingface_hub use its local cache only (it would otherwise retry for about a minute)."""
+@contextlib.contextmanager
+def _hub_offline(offline: bool) -> Iterator[None]:
+    """With `offline`, huggingface_hub uses its local cache only (it would otherwise retry for about a minute);
+    its switch (the environment variable and the constant it was read into) is put back on leaving."""
+    if not offline:
+        yield
+        return
     import huggingface_hub.constants
 
+    previous = os.environ.get("HF_HUB_OFFLINE"), huggingface_hub.constants.HF_HUB_OFFLINE
     os.environ["HF_HUB_OFFLINE"] = "1"
     huggingface_hub.constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        if previous[0] is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = previous[0]
+        huggingface_hub.constants.HF_HUB_OFFLINE = previous[1]
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -224,7 +240,11 @@ def _timm_body(name: str, pretrained: bool, img_size: int | None) -> nn.Module:
 
 
 def create_body(name: str, pretrained: bool, weights: str | None, img_size: int | None = None) -> tuple[nn.Module, str]:
-    """The backbone without classifier, and a line saying where its weights came from."""
+    """The backbone without classifier, and a line saying where its weights came from.
+
+    Where weights come from the hub (and for a fixed-size model at another size, in `_timm_body`), the body is
+    built more than once; each build draws from the seeded random stream before the head is initialized, so
+    building once would change every such seeded run's head: kept as it is."""
     _check_name(name)
     body = _timm_body(name, False, img_size)
     if weights:
@@ -237,10 +257,9 @@ def create_body(name: str, pretrained: bool, weights: str | None, img_size: int 
     if packaged is not None:
         load_into_body(body, packaged, f"packaged weights for {architecture}")
         return body, f"ImageNet weights from the {PACKAGED_WEIGHTS[architecture][0]} package"
-    if not _hub_reachable():
-        _go_offline()
     try:
-        body = _timm_body(name, True, img_size)
+        with _hub_offline(not _hub_reachable()):
+            body = _timm_body(name, True, img_size)
     except Exception as exc:  # noqa: BLE001 - hub, cache and URL failures all leave us without weights
         raise WsmlError(
             f"--backbone {name}: pretrained weights could not be fetched or found in the cache "

@@ -15,9 +15,10 @@ import pandas as pd
 from wsml_fast.atomic import atomic_write
 from wsml_fast.data import ImageLabelDataset, make_loader
 from wsml_fast.errors import WsmlError
-from wsml_fast.inference import pick_device, resolve_precision, scored_batches
+from wsml_fast.inference import scored_batches
 from wsml_fast.labelstore import LabelStore
-from wsml_fast.runfolder import CONFIG, RUN_FILES, RunFolder
+from wsml_fast.process import Process, launched
+from wsml_fast.runfolder import CONFIG, RUN_FILES, ModelInfo, RunFolder
 
 SEPARATOR = "|"  # between the labels, and between the scores, of --top-k
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -39,16 +40,24 @@ def collect_images(paths: list[Path]) -> list[Path]:
     return found
 
 
-def predict_batches(run: RunFolder, images: list[Path], batch_size: int = 64) -> Iterator[tuple[list[str], np.ndarray]]:
+def predict_batches(
+    run: RunFolder,
+    images: list[Path],
+    batch_size: int = 64,
+    process: Process | None = None,
+    info: ModelInfo | None = None,
+) -> Iterator[tuple[list[str], np.ndarray]]:
     """(image names, probabilities B x C) a batch at a time, in the order of `images`: never all at once. The
-    model is loaded here, before any output is opened; the images are read as the batches are asked for."""
-    info = run.model_info()
-    device = pick_device()
-    model = run.load_model(device)
+    model (`info`: the run's `model_info()`, read if not given) is loaded here on `process`'s device (by default:
+    this process as launched, automatic precision), before any output is opened; the images are read as the
+    batches are asked for."""
+    info = info or run.model_info()
+    process = process or launched()
+    model = run.load_model(info, process.device)
     no_labels = LabelStore.empty(len(images), 0)  # label rows without columns: nothing N x C
     dataset = ImageLabelDataset(Path("."), [str(p) for p in images], no_labels, info.img_size)
-    loader = make_loader(dataset, batch_size, False, 0, device)
-    batches = scored_batches(model, loader, resolve_precision("auto", device), device)
+    loader = make_loader(dataset, batch_size, False, 0, process.device)
+    batches = scored_batches(model, loader, process.precision, process.device)
     return (([dataset.images[i] for i in rest[-1].tolist()], scores.cpu().numpy()) for scores, rest in batches)
 
 

@@ -11,15 +11,14 @@ from fastai.torch_core import set_seed
 
 from wsml_fast.config import TrainConfig
 from wsml_fast.data import default_workers
-from wsml_fast.distributed import world_size
 from wsml_fast.errors import WsmlError
-from wsml_fast.inference import pick_device, resolve_precision
 from wsml_fast.labelstore import LabelStore
 from wsml_fast.model import Classifier, build_model
-from wsml_fast.runfolder import LOG, Reporter, RunFolder
+from wsml_fast.process import Process, launched
+from wsml_fast.runfolder import Reporter, RunFolder
 from wsml_fast.schemes import get_scheme, settings_of
 from wsml_fast.schemes.build import training_labels
-from wsml_fast.sources import DataSource
+from wsml_fast.sources import DatasetFiles
 from wsml_fast.table import PartialLabelTable, check_images, load_table
 
 
@@ -30,12 +29,19 @@ class Setup:
     config: TrainConfig
     table: PartialLabelTable
     train_labels: LabelStore
-    device: torch.device
-    precision: str
+    process: Process  # at the run's precision
     model: Classifier
     origin: str
     run: RunFolder
     say: Reporter
+
+    @property
+    def device(self) -> torch.device:
+        return self.process.device
+
+    @property
+    def precision(self) -> str:
+        return self.process.precision
 
     def fingerprint(self) -> str:
         """Identifies the training data: a resumed run must see the same images, splits, classes and labels."""
@@ -86,32 +92,37 @@ def _describe(setup: Setup) -> None:
         f"model: {config.backbone} ({setup.origin}) at {config.img_size}px{head} | scheme {config.scheme}{settings} "
         f"| {setup.device.type} {setup.precision}"
     )
-    if world_size() > 1:
-        bs = config.bs
+    if setup.process.parallel:
+        bs, processes = config.bs, setup.process.world_size
         say(
-            f"data parallel: {world_size()} processes | global batch {bs} x {world_size()} = {bs * world_size()} "
+            f"data parallel: {processes} processes | global batch {bs} x {processes} = {bs * processes} "
             f"| SyncBatchNorm {'on' if config.sync_bn else 'off'}"
         )
     say(f"run folder: {setup.run.path}")
 
 
-def set_up(config: TrainConfig, source: DataSource, run: RunFolder, resumed: dict | None = None) -> Setup:
-    """Read and check the data, build the model, and open the run folder (a new one, or a resumed run's)."""
+def set_up(
+    config: TrainConfig,
+    source: DatasetFiles,
+    run: RunFolder,
+    process: Process | None = None,
+    resumed: dict | None = None,
+) -> Setup:
+    """Read and check the data, build the model, and open the run folder (a new one, or a resumed run's), for
+    `process` (by default: this process as launched), which runs at the config's precision."""
+    process = process or launched()
     table = load_table(source, config.valid_fraction, config.seed)
     if config.check_images:
-        check_images(source.images_root, table.images, source.observed_csv)
+        check_images(source.images_root, table.images, source.observed_csv, speaks=process.writes)
     train_labels = training_labels(get_scheme(config.scheme), table)
-    device = pick_device()
-    precision = resolve_precision(config.precision, device)
-    set_seed(config.seed, reproducible=device.type != "cuda")
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # autotuned convolutions: inputs keep one shape all run
+    process = process.with_precision(config.precision)
+    set_seed(config.seed)  # (cuDNN's switches are the command's: `process_switches`)
     model, size, origin = build_model(
         config.backbone, len(table.classes), config.pretrained, config.weights, config.img_size, config.boost_lu
     )
-    say = Reporter(run.file(LOG)) if resumed else run.create()
+    say = run.reporter() if resumed else run.create()
     config = _resolved(config, img_size=size, workers=default_workers(), out=str(run.path))
-    setup = Setup(config, table, train_labels, device, precision, model, origin, run, say)
+    setup = Setup(config, table, train_labels, process, model, origin, run, say)
     if resumed and resumed["data"] != setup.fingerprint():
         raise WsmlError(
             f"--resume {run.path}: the training data changed since the run started (images, splits, classes or "

@@ -29,7 +29,6 @@ from typing import Any
 
 from wsml_fast.atomic import atomic_write, save_torch, write_text
 from wsml_fast.config import TrainConfig
-from wsml_fast.distributed import is_main
 from wsml_fast.errors import WsmlError
 
 CONFIG, STATUS, METRICS, RESULTS, LOG = "config.yaml", "status.json", "metrics.csv", "results.json", "train.log"
@@ -45,17 +44,18 @@ def default_run_dir(dataset: str, scheme: str) -> Path:
 
 
 class Reporter:
-    """Prints to the console and appends the same lines to the run's log file; in a data-parallel run, only the
-    main process (rank 0) says anything."""
+    """wsml's one way to speak: prints to the console (stdout, or stderr with `err`) and appends the same lines
+    to the run's log file, if any. A process that does not write (any but process 0 of a data-parallel run) is
+    given one that does not speak."""
 
-    def __init__(self, log_path: Path | None = None) -> None:
-        self.log_path, self.main = log_path, is_main()
+    def __init__(self, log_path: Path | None = None, speaks: bool = True) -> None:
+        self.log_path, self.speaks = log_path, speaks
 
-    def __call__(self, message: str, console: bool = True) -> None:
-        if not self.main:
+    def __call__(self, message: str, console: bool = True, err: bool = False) -> None:
+        if not self.speaks:
             return
         if console:
-            print(message, file=sys.stdout, flush=True)
+            print(message, file=sys.stderr if err else sys.stdout, flush=True)
         if self.log_path is not None:
             with self.log_path.open("a") as handle:
                 handle.write(message + "\n")
@@ -80,10 +80,11 @@ def _probe_writable(folder: Path) -> None:
 
 class RunFolder:
     """A training run on disk: finished, running, interrupted or failed. In a data-parallel run every process
-    reads it and only the main one (rank 0) writes: the others' writes do nothing."""
+    reads it and only process 0 writes: the others are given a folder whose `writes` is False, and their writes
+    do nothing."""
 
-    def __init__(self, path: Path) -> None:
-        self.path, self.writes = Path(path), is_main()
+    def __init__(self, path: Path, writes: bool = True) -> None:
+        self.path, self.writes = Path(path), writes
 
     def file(self, name: str) -> Path:
         return self.path / name
@@ -91,7 +92,7 @@ class RunFolder:
     # --- making and finding run folders ---
 
     @classmethod
-    def check_new(cls, path: Path) -> RunFolder:
+    def check_new(cls, path: Path, writes: bool = True) -> RunFolder:
         """A place a new run can go, checked before any work (nothing is created yet)."""
         path = Path(path)
         if path.exists() and not path.is_dir():
@@ -101,24 +102,28 @@ class RunFolder:
                 if not parent.is_dir():
                     raise WsmlError(f"--out {path}: {parent} is a file, so no folder can be made under it")
                 break
-        run = cls(path)
+        run = cls(path, writes)
         if run.writes and (run.file(CONFIG).exists() or run.file(WEIGHTS).exists()):  # the main process checks
             raise WsmlError(
                 f"--out {path}: already holds a run; choose another folder, or `wsml train --resume {path}`"
             )
         return run
 
+    def reporter(self) -> Reporter:
+        """What the run says goes to the console and its log (from the process that writes)."""
+        return Reporter(self.file(LOG), self.writes)
+
     def create(self) -> Reporter:
         """Make the folder (a fresh log) and prove it writable; returns the run's reporter."""
         if not self.writes:
-            return Reporter(self.file(LOG))
+            return self.reporter()
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise WsmlError(f"--out {self.path}: cannot be created ({exc.strerror})") from None
         _probe_writable(self.path)
         self.file(LOG).unlink(missing_ok=True)
-        return Reporter(self.file(LOG))
+        return self.reporter()
 
     def _require_folder(self) -> None:
         if not self.path.is_dir():
@@ -136,9 +141,9 @@ class RunFolder:
         return run
 
     @classmethod
-    def for_resume(cls, path: Path) -> RunFolder:
+    def for_resume(cls, path: Path, writes: bool = True) -> RunFolder:
         """A run that `wsml train --resume` can continue: it has a checkpoint and no live process."""
-        run = cls(path)
+        run = cls(path, writes)
         run._require_folder()
         status = run.status()
         if status.get("state") == "running" and run.writes:  # (the others start after the main one said so)
@@ -255,11 +260,10 @@ class RunFolder:
             f"the best of {len(history)} completed epochs (`wsml train --resume {self.path}` continues it)"
         )
 
-    def load_model(self, device):
-        """The trained classifier, rebuilt from the config and loaded with the best weights."""
+    def load_model(self, info: ModelInfo, device):
+        """The trained classifier described by `info` (this run's `model_info()`), loaded with the best weights."""
         from wsml_fast.model import build_model
 
-        info = self.model_info()
         model, _, _ = build_model(
             info.backbone, len(info.classes), False, img_size=info.img_size, boost_lu=info.boost_lu
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,8 +26,9 @@ def data_home() -> Path:
 
 
 @dataclass(frozen=True)
-class DataSource:
-    """The files of one dataset: the observed-label CSV, the image root and, if any, the full truth."""
+class DatasetFiles:
+    """Where a prepared dataset's files are: the observed-label CSV, the image root and, if any, the full truth
+    (what training, `eval` and `tune` read; `prepare.source.RawDataset` is a raw download being prepared)."""
 
     name: str
     observed_csv: Path
@@ -34,7 +36,7 @@ class DataSource:
     truth_csv: Path | None
 
 
-def from_folder(folder: Path, name: str | None = None) -> DataSource:
+def from_folder(folder: Path, name: str | None = None) -> DatasetFiles:
     """A dataset folder: `images/`, `observed.csv` and optionally `truth.csv`."""
     folder = Path(folder).expanduser()
     if not folder.is_dir():
@@ -46,10 +48,10 @@ def from_folder(folder: Path, name: str | None = None) -> DataSource:
     if not images.is_dir():
         raise WsmlError(f"{images}: folder not found (a dataset folder holds images/, observed.csv, truth.csv)")
     truth = folder / TRUTH
-    return DataSource(name or folder.name, observed, images, truth if truth.is_file() else None)
+    return DatasetFiles(name or folder.name, observed, images, truth if truth.is_file() else None)
 
 
-def from_csv(csv: Path, images: Path | None) -> DataSource:
+def from_csv(csv: Path, images: Path | None) -> DatasetFiles:
     """A label CSV anywhere, with its image root; a `truth.csv` beside the CSV is used if present."""
     csv = Path(csv).expanduser()
     if images is None:
@@ -60,16 +62,16 @@ def from_csv(csv: Path, images: Path | None) -> DataSource:
     if not images.is_dir():
         raise WsmlError(f"--images {images}: folder not found")
     truth = csv.with_name(TRUTH)
-    return DataSource(csv.stem, csv, images, truth if truth.is_file() and truth != csv else None)
+    return DatasetFiles(csv.stem, csv, images, truth if truth.is_file() and truth != csv else None)
 
 
-def from_dataset(name: str) -> DataSource:
-    """A prepared dataset under the data home; the demo dataset is made on first use."""
+def from_dataset(name: str, say: Callable[[str], None]) -> DatasetFiles:
+    """A prepared dataset under the data home; the demo dataset is made on first use (and `say` says so)."""
     folder = data_home() / name
     if name == "demo" and not (folder / OBSERVED).is_file():
         from wsml_fast.demo import SPLIT_IMAGES, make_demo_dataset
 
-        print(f"demo: making {sum(SPLIT_IMAGES.values())} images from MNIST digits into {folder} (once)", flush=True)
+        say(f"demo: making {sum(SPLIT_IMAGES.values())} images from MNIST digits into {folder} (once)")
         make_demo_dataset(folder)
     if not folder.is_dir():
         where = f" (raw data: {DOWNLOADS[name]})" if name in DOWNLOADS else ""
@@ -80,8 +82,15 @@ def from_dataset(name: str) -> DataSource:
     return from_folder(folder, name)
 
 
-def resolve_source(dataset: str | None, data: str | None, csv: str | None, images: str | None) -> DataSource:
-    """Exactly one of the three ways to name data; the demo dataset when none is given."""
+def resolve_source(
+    dataset: str | None,
+    data: str | None,
+    csv: str | None,
+    images: str | None,
+    say: Callable[[str], None] | None = None,
+) -> DatasetFiles:
+    """Exactly one of the three ways to name data; the demo dataset when none is given. `say` (by default a
+    console `Reporter`) tells of the demo dataset being made."""
     given = [opt for opt, value in (("--dataset", dataset), ("--data", data), ("--csv", csv)) if value]
     if len(given) > 1:
         raise WsmlError(f"{' and '.join(given)} name two data sources; give only one")
@@ -91,4 +100,8 @@ def resolve_source(dataset: str | None, data: str | None, csv: str | None, image
         return from_folder(Path(data))
     if csv:
         return from_csv(Path(csv), Path(images) if images else None)
-    return from_dataset(dataset or "demo")
+    if say is None:
+        from wsml_fast.runfolder import Reporter
+
+        say = Reporter()
+    return from_dataset(dataset or "demo", say)

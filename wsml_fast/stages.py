@@ -19,6 +19,7 @@ from torch.utils.data import Dataset
 from wsml_fast.config import TrainConfig
 from wsml_fast.data import ImageLabelDataset, make_loader, process_seed
 from wsml_fast.features import FeatureDataset, cache_key, cached_features
+from wsml_fast.inference import evaluation_bs
 from wsml_fast.labelstore import LabelStore
 from wsml_fast.run_setup import Setup
 
@@ -72,9 +73,8 @@ class StageData:
 def image_dataset(setup: Setup, split: str, labels: LabelStore, augment: bool) -> ImageLabelDataset:
     config, table = setup.config, setup.table
     images = [table.images[i] for i in table.rows(split)]
-    return ImageLabelDataset(
-        table.source.images_root, images, labels, config.img_size, augment, config.hflip, process_seed(config.seed)
-    )
+    seed = process_seed(config.seed, setup.process.rank)
+    return ImageLabelDataset(table.source.images_root, images, labels, config.img_size, augment, config.hflip, seed)
 
 
 def _image_sets(setup: Setup) -> tuple[Dataset, Dataset, Dataset, Dataset | None]:
@@ -93,7 +93,7 @@ def _feature_sets(setup: Setup) -> tuple[Dataset, Dataset, Dataset, Dataset | No
     def features(dataset: ImageLabelDataset) -> torch.Tensor:
         key = cache_key(config.backbone, setup.origin, config.img_size, setup.precision, dataset, stamp)
         plain = dataset.without_augmentation()
-        args = (config.bs * 2, config.workers, setup.precision, setup.device, setup.say)
+        args = (evaluation_bs(config.bs), config.workers, setup.precision, setup.device, setup.say)
         return cached_features(setup.model, plain, key, *args)
 
     train = FeatureDataset(features(images[0]), setup.train_labels)
@@ -106,8 +106,8 @@ def stage_data(setup: Setup, inputs: str, bs: int) -> StageData:
     train, valid, plain, truth_view = (_image_sets if inputs == IMAGES else _feature_sets)(setup)
     config, device = setup.config, setup.device
     loaders = DataLoaders(
-        make_loader(train, bs, True, config.workers, device),
-        make_loader(valid, bs, False, config.workers, device),
+        make_loader(train, bs, True, config.workers, device, setup.process.rank),
+        make_loader(valid, bs, False, config.workers, device, setup.process.rank),
         device=device,
     )
     recovery = None

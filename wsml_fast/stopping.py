@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import contextlib
 import signal
-import sys
 from collections.abc import Iterator
+
+from wsml_fast.runfolder import Reporter
 
 HANDLED = (signal.SIGINT, signal.SIGTERM)
 
 
 class StopRequest:
-    """Set by a signal; `StopRequest()` is true once a stop was asked for."""
+    """Set by a signal; `StopRequest()` is true once a stop was asked for. `say` (by default a console
+    `Reporter`) acknowledges the request."""
 
-    def __init__(self) -> None:
+    def __init__(self, say: Reporter | None = None) -> None:
         self.signum: int | None = None
+        self.say = say or Reporter()
 
     def __call__(self) -> bool:
         return self.signum is not None
@@ -37,11 +40,10 @@ class StopRequest:
             signal.signal(signum, signal.SIG_DFL)
             raise KeyboardInterrupt
         self.signum = signum
-        print(
+        self.say(
             f"\n{signal.Signals(signum).name}: stopping at the next batch boundary "
             "(Ctrl-C again stops at once; the last complete epoch stays saved)",
-            file=sys.stderr,
-            flush=True,
+            err=True,
         )
 
     @contextlib.contextmanager

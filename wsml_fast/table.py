@@ -16,7 +16,8 @@ import numpy as np
 from wsml_fast.errors import WsmlError
 from wsml_fast.labels import align_truth, outside_root_note, read_label_csv
 from wsml_fast.labelstore import LabelStore
-from wsml_fast.sources import DataSource
+from wsml_fast.sources import DatasetFiles
+from wsml_fast.splits import split_train_valid
 
 
 @dataclass
@@ -24,7 +25,7 @@ class PartialLabelTable:
     """Rows are images; `observed` holds 1 / 0 and -1 (unobserved) elsewhere, `truth` (if known) 1 and 0
     elsewhere; both are sparse stores (memory grows with the listed labels)."""
 
-    source: DataSource
+    source: DatasetFiles
     images: list[str]
     splits: np.ndarray
     classes: list[str]
@@ -60,13 +61,15 @@ class PartialLabelTable:
 
 
 def _hold_out_valid(splits: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """`splits` with `fraction` of its train rows made valid, by `wsml prepare`'s rule (`split_train_valid`).
+    (Before this rule was shared, training drew these rows with another generator: a CSV without valid rows
+    now holds out other rows than it did then, the same ones `wsml prepare` would.)"""
     train = np.flatnonzero(splits == "train")
-    n_valid = round(fraction * len(train))
-    if n_valid < 1 or n_valid >= len(train):
+    kept, valid = split_train_valid(len(train), seed, fraction)
+    if not len(valid) or not len(kept):
         raise WsmlError(f"only {len(train)} train rows: too few to hold out a validation part; add valid rows")
-    chosen = np.random.default_rng(seed).permutation(train)[:n_valid]
     splits = splits.copy()
-    splits[chosen] = "valid"
+    splits[train[valid]] = "valid"
     return splits
 
 
@@ -88,7 +91,7 @@ def _without_positives(observed: LabelStore, train: np.ndarray, classes: list[st
 
 
 def load_table(
-    source: DataSource, valid_fraction: float = 0.2, seed: int = 0, for_training: bool = True
+    source: DatasetFiles, valid_fraction: float = 0.2, seed: int = 0, for_training: bool = True
 ) -> PartialLabelTable:
     """Read the label files of `source`, align the truth and settle the splits.
 
@@ -120,13 +123,13 @@ CHECK_CHUNK = 256  # images a thread checks at a time: few tasks to schedule, a 
 IMAGE_PROBLEMS = ("missing", "unreadable", "too large", "float")  # in the order they are reported
 
 
-def check_images(root: Path, images: list[str], csv: Path, threads: int | None = None) -> None:
+def check_images(root: Path, images: list[str], csv: Path, threads: int | None = None, speaks: bool = True) -> None:
     """Every listed image must exist, have a readable header and be decodable, before any training starts.
 
     Headers are read by `threads` threads (default: from the CPU count), since opening files waits on the disk
     more than it computes; problems are reported in list order whatever the threads. On a terminal, a line
-    counting the images checked is kept up to date."""
-    progress = sys.stdout if sys.stdout.isatty() else None
+    counting the images checked is kept up to date (by the process that `speaks`: one of a data-parallel run)."""
+    progress = sys.stdout if speaks and sys.stdout.isatty() else None
     counts, first = _scan(root, images, threads or min(32, 4 * (os.cpu_count() or 1)), progress)
     for problem in IMAGE_PROBLEMS:
         if counts[problem]:

@@ -13,13 +13,14 @@ from pathlib import Path
 
 from wsml_fast.callbacks import NonFiniteLoss, RunState
 from wsml_fast.config import TrainConfig, apply_layer
-from wsml_fast.distributed import active, is_main, lost_a_process, rank, wait_for_main, world_size
+from wsml_fast.distributed import lost_a_process, wait_for_main
 from wsml_fast.errors import WsmlError, one_line
-from wsml_fast.inference import score_split
+from wsml_fast.inference import evaluation_bs, score_split
 from wsml_fast.learner import build_learner, fit
+from wsml_fast.process import Process, launched
 from wsml_fast.run_setup import Setup, set_up
-from wsml_fast.runfolder import CHECKPOINT, LOG, RESULTS, Reporter, RunFolder, default_run_dir
-from wsml_fast.sources import DataSource, resolve_source
+from wsml_fast.runfolder import CHECKPOINT, RESULTS, Reporter, RunFolder, default_run_dir
+from wsml_fast.sources import DatasetFiles, resolve_source
 from wsml_fast.stages import image_dataset
 from wsml_fast.stopping import RunInterrupted, StopRequest
 
@@ -44,7 +45,7 @@ def score(setup: Setup, history: list[dict], started: float, test: bool = True) 
     }
     if test and len(table.rows("test")):
         test_ds = image_dataset(setup, "test", table.eval_labels("test"), False)
-        args = (config.map_convention, setup.precision, setup.device, config.bs * 2, config.workers)
+        args = (config.map_convention, setup.precision, setup.device, evaluation_bs(config.bs), config.workers)
         test = score_split(setup.model, test_ds, table.classes, *args)
         results.update(test_map=test.map, test_per_class=test.per_class, test_skipped=test.skipped)
     elif test:
@@ -71,20 +72,22 @@ def _run(
         if ended == "interrupted":
             message = (
                 f"{stop.name}: stopped in epoch {len(history) + 1}; the checkpoint of epoch {len(history)} is kept; "
-                f"continue with: {resume_command(run)}"
+                f"continue with: {resume_command(run, setup.process)}"
             )
             say(message)
             run.write_status("interrupted", reason=stop.name, epoch=len(history))
             raise RunInterrupted(message, stop.exit_code)
-        results = score(setup, history, started, test and is_main())  # (the others write nothing)
+        results = score(setup, history, started, test and setup.process.writes)  # (the others write nothing)
         results["status"] = "finished" if ended is None else f"finished: {ended}"
         run.write_results(results)
     except RunInterrupted:
         raise
     except BaseException as exc:
-        if active() and lost_a_process(exc):  # a collective failed: another process of the run is gone
-            exc = WsmlError(f"process {rank()}: another process of this data-parallel run stopped (see its error)")
-        line = _record_failure(run, exc)
+        if setup.process.parallel and lost_a_process(exc):  # a collective failed: another process is gone
+            exc = WsmlError(
+                f"process {setup.process.rank}: another process of this data-parallel run stopped (see its error)"
+            )
+        line = _record_failure(run, exc, setup.process)
         if isinstance(exc, WsmlError):
             raise type(exc)(line) from None  # its own kind (a tuner tells a trial's failure by it), one line
         raise
@@ -101,7 +104,7 @@ def _completed_epochs(run: RunFolder) -> int:
     return run.load_checkpoint(mmap=True)["meta"]["epoch"] if run.file(CHECKPOINT).is_file() else 0
 
 
-def _record_failure(run: RunFolder, exc: BaseException) -> str:
+def _record_failure(run: RunFolder, exc: BaseException, process: Process) -> str:
     """Status and log of a run that ended on an error (or a second Ctrl-C, which stops at once); returns the
     line for the user: what happened and what the run folder now allows."""
     if isinstance(exc, KeyboardInterrupt):
@@ -109,44 +112,51 @@ def _record_failure(run: RunFolder, exc: BaseException) -> str:
     else:
         state, reason = "failed", one_line(exc)
     # a non-finite loss would come back on resuming (training is deterministic): its message says what to do
-    line = reason if isinstance(exc, NonFiniteLoss) else f"{reason}; {_what_now(run)}"
-    Reporter(run.file(LOG))(f"{state}: {line}", console=False)
+    line = reason if isinstance(exc, NonFiniteLoss) else f"{reason}; {_what_now(run, process)}"
+    run.reporter()(f"{state}: {line}", console=False)
     run.write_status(state, reason=reason, epoch=_completed_epochs(run))
     return line
 
 
-def resume_command(run: RunFolder) -> str:
+def resume_command(run: RunFolder, process: Process) -> str:
     """The command that continues `run`: under the same kind of launch when it is data-parallel."""
-    if world_size() > 1:
+    if process.parallel:
         return f"torchrun [the same launch options] -m wsml_fast train --resume {run.path}"
     return f"wsml train --resume {run.path}"
 
 
-def _what_now(run: RunFolder) -> str:
+def _what_now(run: RunFolder, process: Process) -> str:
     """What the run folder allows after a failure: resuming from its last complete epoch, or starting anew."""
     completed = _completed_epochs(run)
     if completed:
-        return f"the run keeps epoch {completed}: remove the cause, then `{resume_command(run)}`"
+        return f"the run keeps epoch {completed}: remove the cause, then `{resume_command(run, process)}`"
     return f"no epoch completed: remove {run.path} and start again"
 
 
 def train(
     config: TrainConfig,
-    source: DataSource,
+    source: DatasetFiles,
     stop: StopRequest | None = None,
     callbacks: list | None = None,
     test: bool = True,
+    process: Process | None = None,
 ) -> RunFolder:
     """Train a new run: keep the best epoch's weights, evaluate the test split (unless `test` is False), and
-    write the run folder."""
-    run = RunFolder.check_new(Path(config.out) if config.out else default_run_dir(source.name, config.scheme))
-    return _run(set_up(config, source, run), stop, None, callbacks, test)
+    write the run folder. `process` is the command's (by default: this process as launched)."""
+    process = process or launched()
+    path = Path(config.out) if config.out else default_run_dir(source.name, config.scheme)
+    run = RunFolder.check_new(path, process.writes)
+    return _run(set_up(config, source, run, process), stop, None, callbacks, test)
 
 
-def resume(run_dir: Path, epochs: int | None = None, stop: StopRequest | None = None) -> RunFolder | None:
+def resume(
+    run_dir: Path, epochs: int | None = None, stop: StopRequest | None = None, process: Process | None = None
+) -> RunFolder | None:
     """Continue an interrupted run from its last complete epoch, with its saved configuration (and optionally
-    more epochs). Returns None, after saying so, when the run is already finished."""
-    run = RunFolder.for_resume(run_dir)
+    more epochs). Returns None, after saying so, when the run is already finished. `process` is the command's
+    (by default: this process as launched)."""
+    process = process or launched()
+    run = RunFolder.for_resume(run_dir, process.writes)
     config = run.config()
     extended = epochs is not None and epochs > config.epochs
     if epochs is not None and epochs < config.epochs:
@@ -155,11 +165,12 @@ def resume(run_dir: Path, epochs: int | None = None, stop: StopRequest | None = 
         config = apply_layer(config, {"epochs": epochs}, "cli (--resume)").validate()
     checkpoint = run.load_checkpoint()
     completed = checkpoint["meta"]["epoch"]
+    say = Reporter(speaks=process.writes)  # the console; the run's log once it is set up
     if run.file(RESULTS).is_file() and not extended:
         status = run.results().get("status", "finished")
-        print(f"{run.path} is {status} after {completed} epochs; nothing to resume (a larger --epochs trains on)")
+        say(f"{run.path} is {status} after {completed} epochs; nothing to resume (a larger --epochs trains on)")
         return None
-    source = resolve_source(config.dataset, config.data, config.csv, config.images)
-    setup = set_up(config, source, run, resumed=checkpoint["meta"])
+    source = resolve_source(config.dataset, config.data, config.csv, config.images, say)
+    setup = set_up(config, source, run, process, resumed=checkpoint["meta"])
     setup.say(f"resuming {run.path} after epoch {completed} of {config.total_epochs}")
     return _run(setup, stop, checkpoint)

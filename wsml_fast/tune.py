@@ -16,12 +16,13 @@ import os
 import socket
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import optuna
 import yaml
+from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
 from wsml_fast.atomic import write_text
@@ -29,10 +30,11 @@ from wsml_fast.callbacks import WsmlCallback
 from wsml_fast.config import TrainConfig, apply_layer, with_scheme_defaults
 from wsml_fast.errors import WsmlError, one_line
 from wsml_fast.evaluate import evaluate
-from wsml_fast.runfolder import RunFolder, csv_text
+from wsml_fast.process import Process
+from wsml_fast.runfolder import Reporter, RunFolder, csv_text
 from wsml_fast.schemes import get_scheme
 from wsml_fast.schemes.declaration import Choice, Range
-from wsml_fast.sources import DataSource
+from wsml_fast.sources import DatasetFiles
 from wsml_fast.stopping import RunInterrupted, StopRequest
 
 JOURNAL, TRIALS, BEST, BEST_RESULT, PLOT = "study.journal", "trials.csv", "best.yaml", "best.json", "tune.png"
@@ -103,13 +105,14 @@ class Tuner:
     """One `wsml tune` process: the fixed settings, the search space, the study and its folder."""
 
     base_for: Callable[[str], TrainConfig]  # a scheme's settings from defaults, its recipe family and the CLI
-    source: DataSource
+    source: DatasetFiles
     schemes: list[str]
     space: dict[str, Range | Choice]  # overrides of the default and registry ranges
     folder: Path
     study: optuna.Study
-    say: Callable[[str], None] = print
+    say: Callable[[str], None] = field(default_factory=Reporter)
     stop: StopRequest | None = None  # set by `run_study`
+    process: Process | None = None  # the command's (by default: this process as launched)
 
     def ranges(self, scheme: str) -> dict[str, Range | Choice]:
         ranges = {**default_space(self.base_for(scheme)), **get_scheme(scheme).search}
@@ -143,7 +146,7 @@ class Tuner:
         except WsmlError as exc:
             raise self._failed(trial, exc) from None
         try:
-            train(config, self.source, self.stop, callbacks=[report], test=False)
+            train(config, self.source, self.stop, callbacks=[report], test=False, process=self.process)
         except RunInterrupted:
             trial.set_user_attr("interrupted", True)
             self.study.enqueue_trial(trial.params, skip_if_exists=False)  # the next `wsml tune` runs it again
@@ -190,20 +193,21 @@ def first_prunable_epoch(epochs: int) -> int:
 
 def open_study(folder: Path, name: str, storage: str | None, seed: int, pruner: str, epochs: int) -> optuna.Study:
     """The study, created or continued: a journal file in the tune folder unless `storage` names another (a
-    journal file path, or a database URL such as sqlite:///... or postgresql://...). The pruner compares
-    trials from `first_prunable_epoch(epochs)` on, once 5 trials have finished."""
-    from optuna.storages import JournalStorage
+    journal file path, or a database URL such as sqlite:///... or postgresql://...); trials that processes of
+    this host left running when killed are failed and queued again. The pruner compares trials from
+    `first_prunable_epoch(epochs)` on, once 5 trials have finished."""
+    from optuna.storages import JournalStorage, get_storage
     from optuna.storages.journal import JournalFileBackend
 
     target = storage or str(folder / JOURNAL)
-    backend = target if "://" in target else JournalStorage(JournalFileBackend(target))
     start = first_prunable_epoch(epochs)
     pruners = {
         "median": optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=start),
         "halving": optuna.pruners.SuccessiveHalvingPruner(min_resource=start),
     }
     try:
-        return optuna.create_study(
+        backend = get_storage(target) if "://" in target else JournalStorage(JournalFileBackend(target))
+        study = optuna.create_study(
             study_name=name,
             storage=backend,
             sampler=optuna.samplers.TPESampler(seed=seed),
@@ -213,17 +217,23 @@ def open_study(folder: Path, name: str, storage: str | None, seed: int, pruner: 
         )
     except Exception as exc:  # noqa: BLE001 - a database that cannot be reached, a URL without a driver, ...
         raise WsmlError(f"--storage {target}: cannot open the study ({one_line(exc)})") from None
+    fail_abandoned(study, backend)
+    return study
 
 
-def fail_abandoned(study: optuna.Study) -> None:
-    """Trials left running by a process of this host that no longer exists (killed): failed, and queued again."""
+def fail_abandoned(study: optuna.Study, storage: BaseStorage) -> None:
+    """Trials left running by a process of this host that no longer exists (killed): failed, and queued again.
+    A finished trial takes no attributes, and a study offers no way to change a trial it did not hand out: the
+    study's storage does it, through its public methods."""
     from wsml_fast.runfolder import _alive
 
+    study_id = storage.get_study_id_from_name(study.study_name)
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         attrs = trial.user_attrs
         if attrs.get("host") == socket.gethostname() and not _alive(int(attrs.get("pid", -1))):
-            study._storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
-            study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+            storage.set_trial_user_attr(trial_id, "interrupted", True)
+            storage.set_trial_state_values(trial_id, TrialState.FAIL)
             study.enqueue_trial(trial.params, skip_if_exists=False)
 
 
@@ -274,7 +284,8 @@ def write_best(tuner: Tuner) -> dict[str, Any] | None:
     recipe = {k: v for k, v in config.values().items() if k != "out"}
     header = f"# wsml tune: trial {best.number} of study '{study.study_name}', valid mAP {best.value:.2f}\n"
     write_text(tuner.folder / BEST, header + yaml.safe_dump(recipe, sort_keys=False))
-    test = evaluate(run, tuner.source, "test", config.map_convention) if len(_test_rows(tuner)) else None
+    scored = len(_test_rows(tuner))
+    test = evaluate(run, tuner.source, "test", config.map_convention, tuner.process) if scored else None
     result = {"trial": best.number, "run": str(run.path), "valid_map": best.value, "settings": trial_settings(best)}
     result["test_map"] = None if test is None else test.map
     write_text(tuner.folder / BEST_RESULT, json.dumps(result, indent=2) + "\n")
@@ -291,14 +302,13 @@ def _test_rows(tuner: Tuner):
 def plot(folder: Path, rows: list[dict[str, Any]]) -> None:
     """tune.png: valid mAP of the finished trials against Delta and against lr, a colour per scheme."""
     import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # a figure of its own: no pyplot, so no process-wide backend to set
 
     done = [r for r in rows if r["valid_map"] is not None]
     schemes = sorted({r["scheme"] for r in done})
-    colours = dict(zip(schemes, plt.rcParams["axes.prop_cycle"].by_key()["color"] * 3, strict=False))
-    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+    colours = dict(zip(schemes, matplotlib.rcParams["axes.prop_cycle"].by_key()["color"] * 3, strict=False))
+    figure = Figure(figsize=(10, 4))
+    axes = figure.subplots(1, 2)
     for axis, setting, label in ((axes[0], "delta_rel", "Delta (%)"), (axes[1], "lr", "learning rate")):
         for scheme in schemes:
             points = [(r[setting], r["valid_map"]) for r in done if r["scheme"] == scheme and r.get(setting)]
@@ -313,7 +323,6 @@ def plot(folder: Path, rows: list[dict[str, Any]]) -> None:
     from wsml_fast.atomic import atomic_write
 
     atomic_write(folder / PLOT, lambda handle: figure.savefig(handle, format="png", dpi=110))
-    plt.close(figure)
 
 
 def parse_duration(text: str) -> float:
@@ -347,7 +356,6 @@ def run_study(
     """Run this process's share of the study up to `trials` finished trials (or the timeout), then write the
     trials table, the best recipe and its test mAP, and the figure. Returns best.json's content."""
     tuner.stop = stop
-    fail_abandoned(tuner.study)
     done = finished(tuner.study)
     tuner.say(f"study '{tuner.study.study_name}': {done} of {trials} trials done; results in {tuner.folder}")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from wsml_fast.errors import WsmlError
-from wsml_fast.prepare.source import Part, Source
+from wsml_fast.prepare.source import Part, RawDataset
 from wsml_fast.prepare.textfiles import need
 
 LAYOUT = "ROOT/annotations/instances_{train,val}2014.json and images in ROOT/{train,val}2014/"
@@ -63,7 +63,7 @@ def _part(path: Path, folder: str, data: dict, category_ids: list) -> tuple[Part
     return Part([f"{folder}/{file_names[r]}" for r in rows], truth=truth), len(file_names) - len(rows)
 
 
-def read(root: Path, image_root: Path | None) -> Source:
+def read(root: Path, image_root: Path | None) -> RawDataset:
     """Parse both instance files; their category lists must agree."""
     parts, notes, classes = {}, [], None
     for split, folder in (("train", "train2014"), ("test", "val2014")):
@@ -77,4 +77,4 @@ def read(root: Path, image_root: Path | None) -> Source:
         parts[split], dropped = _part(path, folder, data, _field(path, categories, "id", "categories"))
         notes.append(f"{path.name}: dropped {dropped} images without annotations")
     links = {folder: (image_root or root) / folder for folder in ("train2014", "val2014")}
-    return Source(classes, links, parts, notes)
+    return RawDataset(classes, links, parts, notes)

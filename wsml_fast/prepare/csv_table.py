@@ -14,10 +14,10 @@ import numpy as np
 
 from wsml_fast.errors import WsmlError
 from wsml_fast.labels import SPLITS, outside_root_note, read_label_csv
-from wsml_fast.prepare.source import Part, Source
+from wsml_fast.prepare.source import Part, RawDataset
 
 
-def read(root: Path, image_root: Path | None) -> Source:
+def read(root: Path, image_root: Path | None) -> RawDataset:
     """Read the table as complete truth and group its rows by split."""
     path = root / "labels.csv" if root.is_dir() else root
     if not path.is_file():
@@ -35,4 +35,4 @@ def read(root: Path, image_root: Path | None) -> Source:
     }
     root = image_root or path.parent
     outside = outside_root_note(table.images, root)
-    return Source(table.classes, {"": root}, parts, notes=[outside] if outside else [])
+    return RawDataset(table.classes, {"": root}, parts, notes=[outside] if outside else [])

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from wsml_fast.errors import WsmlError
-from wsml_fast.prepare.source import Part, Source
+from wsml_fast.prepare.source import Part, RawDataset
 from wsml_fast.prepare.textfiles import find_base, first_duplicate, need, read_fields
 
 LAYOUT = (
@@ -51,7 +51,7 @@ def _lookup(path: Path, frame, column: str, ids: np.ndarray, what: str) -> np.nd
     return found
 
 
-def read(root: Path, image_root: Path | None) -> Source:
+def read(root: Path, image_root: Path | None) -> RawDataset:
     """Parse image list, split and attribute labels into one 0/1 matrix per official split."""
     base = find_base(root, ("CUB_200_2011/CUB_200_2011", "CUB_200_2011", "."), "images.txt", LAYOUT)
     images = read_fields(base / "images.txt", ("image_id", "path"), integer=("image_id",))
@@ -88,4 +88,4 @@ def read(root: Path, image_root: Path | None) -> Source:
         name: Part([paths[i] for i in np.flatnonzero(mask)], truth=truth[mask])
         for name, mask in (("train", is_train), ("test", ~is_train))
     }
-    return Source(attributes["name"].tolist(), {"": image_root or base / "images"}, parts)
+    return RawDataset(attributes["name"].tolist(), {"": image_root or base / "images"}, parts)

@@ -17,7 +17,7 @@ import numpy as np
 
 from wsml_fast.errors import WsmlError
 from wsml_fast.labels import UNOBSERVED, read_classes_file
-from wsml_fast.prepare.source import Part, Source
+from wsml_fast.prepare.source import Part, RawDataset
 
 LAYOUT = "ROOT/formatted_{train,val}_{images,labels}.npy (optional formatted_{train,val}_labels_obs.npy)"
 
@@ -61,7 +61,7 @@ def _part(root: Path, phase: str) -> Part:
     return Part([str(i) for i in images], truth=truth, observed=observed)
 
 
-def read(root: Path, image_root: Path | None) -> Source:
+def read(root: Path, image_root: Path | None) -> RawDataset:
     """Load both phases; the class count must agree between them."""
     parts = {split: _part(root, phase) for split, phase in (("train", "train"), ("test", "val"))}
     n_classes = parts["train"].truth.shape[1]
@@ -74,4 +74,4 @@ def read(root: Path, image_root: Path | None) -> Source:
     notes = [f"{root}: no classes.txt, classes named class_0..class_{n_classes - 1}"] if not names.is_file() else []
     if parts["train"].observed is not None:
         notes.append(f"{root}: using the given formatted_train observed labels (the observed option is not used)")
-    return Source(classes, {"": image_root or root}, parts, notes)
+    return RawDataset(classes, {"": image_root or root}, parts, notes)

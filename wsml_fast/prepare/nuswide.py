@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from wsml_fast.errors import WsmlError
-from wsml_fast.prepare.source import Part, Source
+from wsml_fast.prepare.source import Part, RawDataset
 from wsml_fast.prepare.textfiles import need, read_fields
 
 LAYOUT = (
@@ -56,8 +56,8 @@ def _part(root: Path, phase: str, concepts: list[str]) -> Part:
     return Part(images, truth=np.stack(columns, axis=1))
 
 
-def read(root: Path, image_root: Path | None) -> Source:
+def read(root: Path, image_root: Path | None) -> RawDataset:
     """Parse the image lists and the per-concept label columns."""
     concepts = _concepts(root)
     parts = {split: _part(root, phase, concepts) for split, phase in (("train", "Train"), ("test", "Test"))}
-    return Source(concepts, {"": image_root or root / "Flickr"}, parts)
+    return RawDataset(concepts, {"": image_root or root / "Flickr"}, parts)

@@ -20,7 +20,7 @@ import pandas as pd
 
 from wsml_fast.errors import WsmlError
 from wsml_fast.labelstore import UNOBSERVED, LabelStore
-from wsml_fast.prepare.source import Part, Source
+from wsml_fast.prepare.source import Part, RawDataset
 
 SPLITS = {"train": "train", "validation": "valid", "test": "test"}
 LAYOUT = "ROOT/class-descriptions.csv and ROOT/{train,validation,test}/*-human-imagelabels.csv with {ImageID}.jpg"
@@ -87,7 +87,7 @@ def _part(frame: pd.DataFrame, folder: str, classes: pd.Index) -> tuple[Part, in
     return Part([f"{folder}/{i}.jpg" for i in image_ids], observed=labels), conflicts
 
 
-def read(root: Path, image_root: Path | None) -> Source:
+def read(root: Path, image_root: Path | None) -> RawDataset:
     """Parse every split's label file; classes are all LabelNames used, in class-descriptions order."""
     files = {folder: path for folder in SPLITS if (path := _labels_file(root, folder)) is not None}
     if not files:
@@ -103,4 +103,4 @@ def read(root: Path, image_root: Path | None) -> Source:
         if conflicts:
             notes.append(f"{files[folder]}: {conflicts} labels listed with both confidences; kept them positive")
     links = {folder: (image_root or root) / folder for folder in files}
-    return Source(_class_names(mids, descriptions), links, parts, notes)
+    return RawDataset(_class_names(mids, descriptions), links, parts, notes)

@@ -18,8 +18,8 @@ from wsml_fast.labelstore import LabelStore
 from wsml_fast.prepare.images import expose_images, missing_images
 from wsml_fast.prepare.observe import ObservedSpec, check_protocol, parse_observed, simulate_observed
 from wsml_fast.prepare.registry import get_reader
-from wsml_fast.prepare.source import Labels, Part, Source, positives_per_row, stack_rows, take_rows
-from wsml_fast.prepare.splits import split_train_valid
+from wsml_fast.prepare.source import Labels, Part, RawDataset, positives_per_row, stack_rows, take_rows
+from wsml_fast.splits import split_train_valid
 
 SHOW_MISSING = 3
 
@@ -58,7 +58,7 @@ def _evaluation(part: Part) -> Labels:
     return part.truth if part.truth is not None else part.observed
 
 
-def _assemble(source: Source, spec: ObservedSpec, seed: int, protocol: str) -> _Table:
+def _assemble(source: RawDataset, spec: ObservedSpec, seed: int, protocol: str) -> _Table:
     pieces = []
     train = source.parts.get("train")
     if train is not None:

@@ -1,4 +1,4 @@
-"""Format name -> reader. Each reader turns one raw dataset layout into a `Source`."""
+"""Format name -> reader. Each reader turns one raw dataset layout into a `RawDataset`."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 
 from wsml_fast.errors import WsmlError
 from wsml_fast.prepare import coco, csv_table, cub, npy, nuswide, openimages, voc
-from wsml_fast.prepare.source import Source
+from wsml_fast.prepare.source import RawDataset
 
-Reader = Callable[[Path, Path | None], Source]
+Reader = Callable[[Path, Path | None], RawDataset]
 
 READERS: dict[str, Reader] = {
     "voc": voc.read,

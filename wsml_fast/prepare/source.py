@@ -46,8 +46,10 @@ class Part:
 
 
 @dataclass
-class Source:
-    """A parsed dataset. `parts` keys: `train` (official train), optionally `valid`, and `test`.
+class RawDataset:
+    """A raw download as a format reader parsed it, before `wsml prepare` makes a dataset folder of it (which
+    training then finds as `sources.DatasetFiles`). `parts` keys: `train` (official train), optionally `valid`,
+    and `test`.
 
     `links` maps a first path component of the image column to the raw folder it stands for; the key
     "" means `images/` itself stands for that folder.

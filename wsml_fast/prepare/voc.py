@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from wsml_fast.errors import WsmlError
-from wsml_fast.prepare.source import Part, Source
+from wsml_fast.prepare.source import Part, RawDataset
 from wsml_fast.prepare.textfiles import find_base, first_duplicate, need, read_fields
 
 CLASSES = (
@@ -43,9 +43,9 @@ def _part(main: Path, phase: str) -> Part:
     return Part([f"{image_id}.jpg" for image_id in labels.index], truth=truth)
 
 
-def read(root: Path, image_root: Path | None) -> Source:
+def read(root: Path, image_root: Path | None) -> RawDataset:
     """Parse the per-class train/val lists of VOC 2012 (an image absent from a class file is negative)."""
     base = find_base(root, ("VOCdevkit/VOC2012", "VOC2012", "."), MAIN, LAYOUT)
     main = base / MAIN
     parts = {split: _part(main, phase) for split, phase in (("train", "train"), ("test", "val"))}
-    return Source(list(CLASSES), {"": image_root or base / "JPEGImages"}, parts)
+    return RawDataset(list(CLASSES), {"": image_root or base / "JPEGImages"}, parts)

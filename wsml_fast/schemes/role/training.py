@@ -22,7 +22,7 @@ from torch import nn
 
 from wsml_fast.callbacks import SchemeState, TargetsCallback, WsmlCallback
 from wsml_fast.checkpoint import optimizer_state
-from wsml_fast.distributed import active, all_gather, world_size
+from wsml_fast.distributed import all_gather, in_group, world_size
 from wsml_fast.labelstore import LabelStore
 from wsml_fast.losses import AssumeNegativeLoss, ExpectedPositiveLoss, soft_bce
 from wsml_fast.schemes.build import SchemeContext, SchemeParts
@@ -131,7 +131,7 @@ class RoleCallback(WsmlCallback, SchemeState):
             self.loss.estimates = self.estimate_logits[self.item_index]
 
     def after_step(self) -> None:
-        if active():
+        if in_group():
             self._share_gradients()
         for group in self.estimate_opt.param_groups:
             group["lr"] = self.lr_mult * float(self.learn.opt.hypers[-1]["lr"]) / self.head_lr_mult

@@ -1,4 +1,6 @@
-"""The reference split of the official train set into train and valid, reproduced index for index."""
+"""The one rule that holds out part of a train split for validation: `wsml prepare` on a dataset without an
+official valid split, and training on a CSV without valid rows. It is the reference code's split of the official
+train set, reproduced index for index (`prepare --protocol reference` depends on it)."""
 
 from __future__ import annotations
 
