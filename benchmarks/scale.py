@@ -22,10 +22,10 @@ seconds from the command's start (the imports included) and peak resident memory
 the same command on a 1,000-row dataset of the same classes (what the model, the optimizer and the imports take
 without labels to speak of).
 
-`--step-share`: the large-loss work of one batch (the callback's LL-Cp overlay of stored corrections, the AN
-losses, the top-k selection, the replaced loss and its backward to the logits, the corrections' bookkeeping)
-against a whole training step of the same batch (forward, AN loss, backward, Adam), medians. The backward of the
-replaced loss is counted whole, although AN's own loss has one too: an upper bound of the added cost.
+`--step-share`: the large-loss work of one batch at epoch 3 (LL-Cp's overlay of stored corrections, the large-loss
+training loss: AN losses, top-k selection, replaced entries, and its backward to the logits; LL-Cp's bookkeeping of
+the corrections) against a whole training step of the same batch (forward, AN loss, backward, Adam), medians. The
+AN losses and their backward are counted whole, although an AN run has them too: an upper bound of the added cost.
 
 `--smoke`: all three on a tiny scale, in a temporary folder: 300 rows x 40 classes (load_table, which reads
 with read_label_csv; no baseline; `wsml train` to its first batch for llcp with timm's test_efficientnet at
