@@ -22,7 +22,7 @@ from smoke import TINY_BACKBONE, TINY_IMG_SIZE, parse_args
 from wsml_fast.callbacks import everyone_agrees
 from wsml_fast.distributed import all_gather
 from wsml_fast.model import build_model
-from wsml_fast.schemes.large_loss.training import select_over_processes
+from wsml_fast.schemes.large_loss.training import LargeLoss, select_over_processes
 
 
 def median_seconds(work, steps: int) -> float:
@@ -54,7 +54,7 @@ def measure(args: argparse.Namespace, classes: int) -> tuple[float, float]:
         opt.step()
 
     def collectives() -> None:
-        select_over_processes(losses, targets == -1, 5, 0.2, "llct")
+        select_over_processes(losses, targets == -1, 5, 0.2, LargeLoss.TEMPORARY_CORRECTION)
         all_gather(index)
         everyone_agrees(True)
         everyone_agrees(True)

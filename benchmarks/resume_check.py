@@ -1,5 +1,6 @@
 """The resume check: a run SIGKILLed from outside during epoch 3 of 4, then `wsml train --resume`d, against the
-same run uninterrupted. Prints, column by column, whether metrics.csv agrees, and the model.pth digests.
+same run uninterrupted (run meanwhile, in a process of its own). Prints, column by column, whether metrics.csv
+agrees, and the model.pth digests.
 
     python benchmarks/resume_check.py [--scheme llcp] [--workers 0] [-- extra wsml train options]
 
@@ -64,8 +65,14 @@ def main() -> None:
     train += options.extra + (tiny_training(folder) if options.smoke else [])
     whole, killed = folder / "uninterrupted", folder / "killed"
     print("command:", " ".join(["wsml", *train]), flush=True)
-    subprocess.run(wsml(*train, "--out", str(whole)), check=True, stdout=subprocess.DEVNULL)
-    kill_in_epoch(wsml(*train, "--out", str(killed)), killed / METRICS, 3, options.kill_delay)
+    uninterrupted = subprocess.Popen(wsml(*train, "--out", str(whole)), stdout=subprocess.DEVNULL)
+    try:
+        kill_in_epoch(wsml(*train, "--out", str(killed)), killed / METRICS, 3, options.kill_delay)
+    except BaseException:
+        uninterrupted.kill()
+        raise
+    if uninterrupted.wait():
+        raise SystemExit(f"the uninterrupted run failed (exit {uninterrupted.returncode})")
     status = RunFolder(killed).status()
     completed = len(pd.read_csv(killed / METRICS))
     print(

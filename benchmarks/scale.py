@@ -22,10 +22,10 @@ seconds from the command's start (the imports included) and peak resident memory
 the same command on a 1,000-row dataset of the same classes (what the model, the optimizer and the imports take
 without labels to speak of).
 
-`--step-share`: the large-loss work of one batch (the callback's LL-Cp overlay of stored corrections, the AN
-losses, the top-k selection, the replaced loss and its backward to the logits, the corrections' bookkeeping)
-against a whole training step of the same batch (forward, AN loss, backward, Adam), medians. The backward of the
-replaced loss is counted whole, although AN's own loss has one too: an upper bound of the added cost.
+`--step-share`: the large-loss work of one batch at epoch 3 (LL-Cp's overlay of stored corrections, the large-loss
+training loss: AN losses, top-k selection, replaced entries, and its backward to the logits; LL-Cp's bookkeeping of
+the corrections) against a whole training step of the same batch (forward, AN loss, backward, Adam), medians. The
+AN losses and their backward are counted whole, although an AN run has them too: an upper bound of the added cost.
 
 `--smoke`: all three on a tiny scale, in a temporary folder: 300 rows x 40 classes (load_table, which reads
 with read_label_csv; no baseline; `wsml train` to its first batch for llcp with timm's test_efficientnet at
@@ -186,10 +186,8 @@ def _first_batch_child(scheme: str, folder: Path, started: float, extra: list[st
                 print(json.dumps(figures), flush=True)
                 os._exit(0)
 
-    def with_first_batch(*args, **kwargs):
-        learn, data = build_learner(*args, **kwargs)
-        learn.add_cb(FirstBatch())
-        return learn, data
+    def with_first_batch(setup, stop=None, history=None, cbs=()):
+        return build_learner(setup, stop, history, [*cbs, FirstBatch()])
 
     train_module.build_learner = with_first_batch
     arguments = ["train", "--data", str(folder), "--scheme", scheme, "--no-check-images", "--img-size", "64"]
@@ -271,8 +269,9 @@ def step_share(bs: int, classes: int, backbone: str, img_size: int, steps: int, 
     from wsml_fast.losses import AssumeNegativeLoss
     from wsml_fast.model import build_model
     from wsml_fast.schemes.large_loss import DELTA_REL
-    from wsml_fast.schemes.large_loss.training import LargeLossCallback
+    from wsml_fast.schemes.large_loss.training import LargeLoss, LargeLossCallback, LargeLossTrainingLoss
 
+    kinds = {"llr": LargeLoss.REJECTION, "llct": LargeLoss.TEMPORARY_CORRECTION, "llcp": LargeLoss.PERMANENT_CORRECTION}
     torch.manual_seed(0)
     rows = 1_700_000
     delta_rel = DELTA_REL.default
@@ -297,27 +296,30 @@ def step_share(bs: int, classes: int, backbone: str, img_size: int, steps: int, 
     )
     logits = torch.randn(bs, classes) - 3
     stored = np.unique(np.random.default_rng(0).integers(0, rows * classes, corrections))
-    for scheme in ("llr", "llct", "llcp"):
-        callback = LargeLossCallback(scheme, delta_rel, classes, None, [], [], None)
-        learn = SimpleNamespace(training=True, item_index=item_index, model=model, yb=(targets,), pred=None)
-        learn.run_state = SimpleNamespace(epoch=3, active=True)
-        callback.learn = learn
-        callback.before_fit()
-        callback.before_epoch()
-        if callback.stored is not None:
+    for scheme, kind in kinds.items():
+        loss = LargeLossTrainingLoss(kind, delta_rel)
+        loss.epoch = 3
+        callback = LargeLossCallback(loss, classes) if kind.stores else None  # LL-Cp's stored corrections
+        learn = SimpleNamespace(training=True, targets=SimpleNamespace(item_index=item_index), model=model)
+        if callback is not None:
+            callback.learn = learn
+            callback.before_fit()
             callback.stored.keys = torch.from_numpy(stored)
             callback.stored.epochs = torch.full((len(stored),), 2, dtype=torch.int16)
 
-        def work(callback: LargeLossCallback = callback, learn: SimpleNamespace = learn) -> None:
-            learn.yb, learn.pred = (targets,), logits.clone().requires_grad_()
-            callback.before_batch()
-            callback.after_loss()
-            learn.loss_grad.backward()
-            if callback.stored is not None:
+        def work(
+            loss: LargeLossTrainingLoss = loss, callback: LargeLossCallback | None = callback, learn=learn
+        ) -> None:
+            learn.yb = (targets,)
+            if callback is not None:
+                callback.before_batch()
+            loss(logits.clone().requires_grad_(), learn.yb[0]).backward()
+            if callback is not None:
+                callback.after_loss()
                 callback.stored.new.clear()  # merged once an epoch: not part of a batch's cost
 
         work_s = _median_seconds(work, steps * 10)
-        stored_note = f" ({len(stored):,} stored corrections)" if callback.stored is not None else ""
+        stored_note = f" ({len(stored):,} stored corrections)" if callback is not None else ""
         share = 100 * work_s / step_s
         print(f"  {scheme}: large-loss work {work_s * 1e3:6.2f} ms = {share:.2f}% of the step{stored_note}")
 

@@ -11,7 +11,7 @@ Columns: test mAP (mean and spread over seeds), the large-loss schemes' `ll_fn_p
 selected entries that really are positives) and `train_recovery_map` (mAP on the training images against
 their full truth), both at the best epoch. Afterwards it prints the step-time ratio of `llct` to `an`: median
 training-step times in one Learner on the same images whose batches alternate between `an` and `llct` (the
-real large-loss callback, active from epoch 2 on).
+real large-loss training loss, selecting from epoch 2 on).
 
 `--smoke`: an, llct, llr with BoostLU and iu (refused) with timm's test_efficientnet at 32 px, 2 epochs, one
 seed, on a demo dataset of a few dozen images, all in a temporary folder (the table goes there).
@@ -33,6 +33,7 @@ from fastai.callback.core import Callback
 from fastai.learner import Learner
 from smoke import TINY_BACKBONE, TINY_IMG_SIZE, parse_args, scratch, tiny_demo
 
+from wsml_fast.callbacks import WsmlCallback
 from wsml_fast.config import TrainConfig, resolve
 from wsml_fast.errors import WsmlError
 from wsml_fast.labels import write_label_csv
@@ -41,7 +42,7 @@ from wsml_fast.recipes import find_recipe
 from wsml_fast.run_setup import set_up
 from wsml_fast.runfolder import METRICS, RESULTS, RunFolder
 from wsml_fast.schemes import SCHEMES
-from wsml_fast.schemes.large_loss.training import LargeLossCallback
+from wsml_fast.schemes.large_loss.training import LargeLossCallback, LargeLossTrainingLoss
 from wsml_fast.sources import DataSource, resolve_source
 from wsml_fast.table import load_table
 from wsml_fast.train import train
@@ -116,12 +117,19 @@ def table(rows: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
-def alternate_with_an(learn: Learner) -> None:
-    """LL-Ct on odd training batches, plain AN on even ones: the large-loss callback replaces the loss of odd
-    batches only, so the two interleave batch by batch and drifts of the machine's speed hit both alike."""
-    large_loss = next(cb for cb in learn.cbs if isinstance(cb, LargeLossCallback))
-    replace_loss = large_loss.after_loss
-    large_loss.after_loss = lambda: replace_loss() if learn.iter % 2 else None
+class AlternateWithAn(WsmlCallback):
+    """LL-Ct on odd training batches, plain AN on even ones: the large-loss training loss selects nothing at
+    epoch 1, so even batches tell it epoch 1 and odd ones the run's epoch; the two interleave batch by batch and
+    drifts of the machine's speed hit both alike."""
+
+    order = LargeLossCallback.order + 1  # after the large-loss state set the loss's epoch for the epoch
+
+    def __init__(self, loss: LargeLossTrainingLoss) -> None:
+        self.loss = loss
+
+    def before_batch(self) -> None:
+        if self.training:
+            self.loss.epoch = self.run_state.epoch if self.iter % 2 else 1
 
 
 class BatchTimer(Callback):
@@ -160,12 +168,12 @@ def timing_learner(args: argparse.Namespace, folder: Path) -> tuple[Learner, flo
 
 
 def step_time_ratio(args: argparse.Namespace, folder: Path) -> tuple[float, float, int]:
-    """Median seconds of an end-to-end training step under `an` and under `llct` (the real callback), on the
+    """Median seconds of an end-to-end training step under `an` and under `llct` (the real training loss), on the
     same demo images, the two alternating batch by batch in one Learner."""
     learn, lr = timing_learner(args, folder)
-    alternate_with_an(learn)
+    large_loss = next(cb for cb in learn.cbs if isinstance(cb, LargeLossCallback))
     timer = BatchTimer()
-    learn.add_cb(timer)
+    learn.add_cbs([AlternateWithAn(large_loss.loss), timer])
     learn.fit(args.timing_repeats, lr)
     an, llct = timer.times["an"], timer.times["llct"]
     return statistics.median(an), statistics.median(llct), min(len(an), len(llct))

@@ -24,20 +24,20 @@ from pathlib import Path
 import numpy as np
 import torch
 from fastai.callback.core import Callback
-from fastai.callback.progress import ProgressCallback
 from fastai.data.core import DataLoaders
 from fastai.learner import Learner
 from PIL import Image
 from smoke import TINY_BACKBONE, TINY_IMG_SIZE, parse_args, scratch, tiny_demo
 
-from wsml_fast.callbacks import DeviceMixedPrecision, TargetsCallback
+from wsml_fast.callbacks import DeviceMixedPrecision
 from wsml_fast.data import ImageLabelDataset, make_loader
 from wsml_fast.inference import AMP_DTYPES, autocast, resolve_precision
 from wsml_fast.labelstore import LabelStore
-from wsml_fast.learner import OPTIMIZERS
+from wsml_fast.learner import OPTIMIZERS, wsml_learner
 from wsml_fast.losses import AssumeNegativeLoss
 from wsml_fast.model import build_model
-from wsml_fast.schemes.large_loss.training import large_loss_losses
+from wsml_fast.schemes.build import SchemeParts
+from wsml_fast.schemes.large_loss.training import LargeLoss, large_loss_losses
 from wsml_fast.sources import DataSource, data_home, from_folder, resolve_source
 from wsml_fast.table import load_table
 
@@ -118,26 +118,17 @@ class TrainPhaseTimer(Callback):
         self.seconds = time.perf_counter() - self.start
 
 
-def wsml_learner(
+def training_learner(
     dataset: ImageLabelDataset, model: torch.nn.Module, bs: int, workers: int, precision: str, timer: Callback
 ) -> Learner:
-    """fastai's Learner as wsml drives it (targets made on the device from the label store, wsml's mixed
-    precision), without the run folder's callbacks; it validates on the first batch of `dataset`."""
+    """wsml's Learner (targets made on the device from the label store, wsml's mixed precision), without the run
+    folder's callbacks; it trains on AN and validates on the first batch of `dataset`."""
     device = next(model.parameters()).device
     loader = make_loader(dataset, bs, True, workers, device)
-    callbacks = [TargetsCallback(), timer] + (
-        [DeviceMixedPrecision(amp_mode=precision)] if precision in AMP_DTYPES else []
-    )
-    learn = Learner(
-        DataLoaders(loader, make_loader(dataset.subset(np.arange(bs)), bs, False, 0, device), device=device),
-        model,
-        loss_func=AssumeNegativeLoss(),
-        opt_func=OPTIMIZERS["adam"],
-        cbs=callbacks,
-    )
-    learn.remove_cb(ProgressCallback)
-    learn.logger = lambda *_: None
-    return learn
+    valid = make_loader(dataset.subset(np.arange(bs)), bs, False, 0, device)
+    callbacks = [timer] + ([DeviceMixedPrecision(amp_mode=precision)] if precision in AMP_DTYPES else [])
+    dls = DataLoaders(loader, valid, device=device)
+    return wsml_learner(dls, model, SchemeParts(AssumeNegativeLoss()), callbacks, opt_func=OPTIMIZERS["adam"])
 
 
 def compare(args: argparse.Namespace, bs: int, device: torch.device, precision: str) -> None:
@@ -186,13 +177,15 @@ def compare(args: argparse.Namespace, bs: int, device: torch.device, precision: 
     # the large-loss selection (LL-Ct, k as at epoch 5 with Delta 0.5%) against one training step
     logits = torch.randn(bs, labels.n_classes, device=device)
     k = int(np.ceil(bs * labels.n_classes * 4 * 0.5 / 100))
-    selection_rate = step_rate(lambda: large_loss_losses(logits, targets, k, "llct"), bs, args.steps * 10, device)
+    selection_rate = step_rate(
+        lambda: large_loss_losses(logits, targets, k, LargeLoss.TEMPORARY_CORRECTION), bs, args.steps * 10, device
+    )
     ll_share = ours_step / selection_rate
 
     # full training: wsml through fastai (resized to the model size) vs the reference loop
     train_ours = ImageLabelDataset(root, images, labels, size, augment=True)
     timer = TrainPhaseTimer()
-    learn = wsml_learner(train_ours, model, bs, args.workers, precision, timer)
+    learn = training_learner(train_ours, model, bs, args.workers, precision, timer)
     reference_train = ReferenceDataset(root, images, dense, size, mean, std)
     torch_loader = torch.utils.data.DataLoader(
         reference_train, batch_size=bs, shuffle=True, drop_last=True, num_workers=args.workers
