@@ -43,7 +43,7 @@ from wsml_fast.run_setup import set_up
 from wsml_fast.runfolder import METRICS, RESULTS, RunFolder
 from wsml_fast.schemes import SCHEMES
 from wsml_fast.schemes.large_loss.training import LargeLossCallback, LargeLossTrainingLoss
-from wsml_fast.sources import DataSource, resolve_source
+from wsml_fast.sources import DatasetFiles, resolve_source
 from wsml_fast.table import load_table
 from wsml_fast.train import train
 
@@ -71,7 +71,7 @@ def demo_config(args: argparse.Namespace, scheme: str, data: dict | None = None,
     return resolve(recipe, name, {**data, **tiny, "scheme": scheme, "backbone": args.backbone, **options})
 
 
-def source_of(config: TrainConfig) -> DataSource:
+def source_of(config: TrainConfig) -> DatasetFiles:
     return resolve_source(config.dataset, config.data, config.csv, config.images)
 
 

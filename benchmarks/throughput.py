@@ -31,20 +31,21 @@ from smoke import TINY_BACKBONE, TINY_IMG_SIZE, parse_args, scratch, tiny_demo
 
 from wsml_fast.callbacks import DeviceMixedPrecision
 from wsml_fast.data import ImageLabelDataset, make_loader
-from wsml_fast.inference import AMP_DTYPES, autocast, resolve_precision
+from wsml_fast.inference import AMP_DTYPES, autocast
 from wsml_fast.labelstore import LabelStore
 from wsml_fast.learner import OPTIMIZERS, wsml_learner
 from wsml_fast.losses import AssumeNegativeLoss
 from wsml_fast.model import build_model
+from wsml_fast.process import resolve_precision
 from wsml_fast.schemes.build import SchemeParts
 from wsml_fast.schemes.large_loss.training import LargeLoss, large_loss_losses
-from wsml_fast.sources import DataSource, data_home, from_folder, resolve_source
+from wsml_fast.sources import DatasetFiles, data_home, from_folder, resolve_source
 from wsml_fast.table import load_table
 
 JPEG_SIZE = (500, 375)
 
 
-def benchmark_jpegs(count: int, source: DataSource) -> tuple[Path, list[str], LabelStore]:
+def benchmark_jpegs(count: int, source: DatasetFiles) -> tuple[Path, list[str], LabelStore]:
     """`count` real JPEGs at VOC size, made once from the images of `source` (the demo), with their training
     labels."""
     table = load_table(source)

@@ -92,7 +92,7 @@ def test_the_train_options_are_the_declared_settings() -> None:
 
 def test_scheme_options_reach_the_config(demo_folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     seen = []
-    monkeypatch.setattr(wsml_fast.train, "train", lambda config, source, stop: seen.append(config))
+    monkeypatch.setattr(wsml_fast.train, "train", lambda config, source, stop, process: seen.append(config))
     result = invoke("train", "--data", demo_folder, "--scheme", "gr", "--gr-w", "0", "10", "--gr-b", "-2", "-8")
     assert result.exit_code == 0, result.output
     [config] = seen
