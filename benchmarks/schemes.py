@@ -33,8 +33,8 @@ from fastai.callback.core import Callback
 from fastai.learner import Learner
 from smoke import TINY_BACKBONE, TINY_IMG_SIZE, parse_args, scratch, tiny_demo
 
-from wsml_fast.callbacks import WsmlCallback
 from wsml_fast.config import TrainConfig, resolve
+from wsml_fast.contract import WsmlCallback
 from wsml_fast.errors import WsmlError
 from wsml_fast.labels import write_label_csv
 from wsml_fast.learner import build_learner

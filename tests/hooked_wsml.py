@@ -14,8 +14,8 @@ import torch
 from fastai.callback.core import Callback
 
 import wsml_fast.train as train_module
-from wsml_fast.callbacks import SchemeState, checkpointed_states
 from wsml_fast.cli import main
+from wsml_fast.contract import SchemeState, checkpointed_states
 from wsml_fast.distributed import rank
 
 

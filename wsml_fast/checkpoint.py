@@ -13,19 +13,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import torch
 
-from wsml_fast.callbacks import CheckpointedState, WsmlCallback, checkpointed_states
+from wsml_fast.contract import CheckpointedState, WsmlCallback, checkpointed_states, optimizer_state
 from wsml_fast.randomness import rng_states, set_rng_states
-
-
-def optimizer_state(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """A torch optimizer's state dict with plain numbers in its groups (fastai's schedulers write numpy
-    scalars there, which a safe `torch.load(weights_only=True)` refuses)."""
-    state = optimizer.state_dict()
-    groups = [{k: v.item() if isinstance(v, np.generic) else v for k, v in g.items()} for g in state["param_groups"]]
-    return {**state, "param_groups": groups}
 
 
 def _fit_state(learn) -> dict[str, Any]:

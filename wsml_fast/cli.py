@@ -173,7 +173,7 @@ def train(
             _with_signals(process, lambda stop: resume_training(resume, epochs, stop, process))
         return
     with _this_process(autotune=True) as process:
-        from wsml_fast.runfolder import Reporter
+        from wsml_fast.report import Reporter
         from wsml_fast.sources import resolve_source
         from wsml_fast.train import train as run_training
 
@@ -200,7 +200,7 @@ def _configure(options: dict, recipe_file: str | None, scheme: str | None):
 
 def _with_signals(process: Process, training) -> None:
     """Run `training(stop)` with Ctrl-C and SIGTERM asking for a clean stop; exit 130 / 143 after one."""
-    from wsml_fast.runfolder import Reporter
+    from wsml_fast.report import Reporter
     from wsml_fast.stopping import RunInterrupted, StopRequest
 
     try:
@@ -368,7 +368,7 @@ def tune(
     with _this_process(autotune=True) as process:
         import optuna
 
-        from wsml_fast.runfolder import Reporter
+        from wsml_fast.report import Reporter
         from wsml_fast.schemes import get_scheme
         from wsml_fast.sources import resolve_source
         from wsml_fast.tune import Tuner, open_study, parse_duration, read_space, run_study

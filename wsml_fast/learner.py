@@ -29,15 +29,13 @@ from wsml_fast.callbacks import (
     EarlyStopCallback,
     LossGuardCallback,
     RunLogCallback,
-    RunState,
     SaveBestCallback,
-    SchemeState,
     StopOnRequestCallback,
-    TargetsCallback,
     TrainingLossCallback,
     TrainRecoveryCallback,
 )
 from wsml_fast.checkpoint import CheckpointCallback, restore
+from wsml_fast.contract import RunState, SchemeState, TargetsCallback
 from wsml_fast.data import check_train_batches, make_loader
 from wsml_fast.distributed import (
     DataParallel,
@@ -51,8 +49,9 @@ from wsml_fast.errors import WsmlError
 from wsml_fast.inference import AMP_DTYPES, evaluation_bs, predict_scores, score_split
 from wsml_fast.memorization import MemorizationCallback, sample_entries
 from wsml_fast.metrics import MapMetric
+from wsml_fast.report import Reporter
 from wsml_fast.run_setup import Setup
-from wsml_fast.runfolder import SCHEME_STATE, Reporter
+from wsml_fast.runfolder import SCHEME_STATE
 from wsml_fast.schemes.build import SchemeParts, scheme_parts
 from wsml_fast.stages import IMAGES, StageData, stage_data, stages
 from wsml_fast.stopping import StopRequest

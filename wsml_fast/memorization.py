@@ -12,7 +12,7 @@ import io
 import numpy as np
 import torch
 
-from wsml_fast.callbacks import CheckpointedState, WsmlCallback
+from wsml_fast.contract import CheckpointedState, WsmlCallback
 from wsml_fast.distributed import bare
 from wsml_fast.labelstore import LabelStore
 from wsml_fast.losses import negative_term

@@ -15,7 +15,8 @@ from wsml_fast.errors import WsmlError
 from wsml_fast.labelstore import LabelStore
 from wsml_fast.model import Classifier, build_model
 from wsml_fast.process import Process, launched
-from wsml_fast.runfolder import Reporter, RunFolder
+from wsml_fast.report import Reporter
+from wsml_fast.runfolder import RunFolder
 from wsml_fast.schemes import get_scheme, settings_of
 from wsml_fast.schemes.build import training_labels
 from wsml_fast.sources import DatasetFiles

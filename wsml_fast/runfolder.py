@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,10 +29,13 @@ from typing import Any
 from wsml_fast.atomic import atomic_write, save_torch, write_text
 from wsml_fast.config import TrainConfig
 from wsml_fast.errors import WsmlError
+from wsml_fast.process import process_alive
+from wsml_fast.report import Reporter
+from wsml_fast.schemes.em import PSEUDO_LABELS
+from wsml_fast.schemes.large_loss import CORRECTIONS
 
 CONFIG, STATUS, METRICS, RESULTS, LOG = "config.yaml", "status.json", "metrics.csv", "results.json", "train.log"
 WEIGHTS, CHECKPOINT, SCHEME_STATE = "model.pth", "checkpoint.pth", "scheme_state.pt"
-CORRECTIONS, PSEUDO_LABELS = "corrected_labels.csv", "pseudo_labels.csv"
 MEMORIZATION_CSV, MEMORIZATION_PNG = "memorization.csv", "memorization.png"
 RUN_FILES = (CONFIG, STATUS, METRICS, RESULTS, LOG, WEIGHTS, CHECKPOINT, SCHEME_STATE, CORRECTIONS, PSEUDO_LABELS)
 RUN_FILES += (MEMORIZATION_CSV, MEMORIZATION_PNG)
@@ -41,24 +43,6 @@ RUN_FILES += (MEMORIZATION_CSV, MEMORIZATION_PNG)
 
 def default_run_dir(dataset: str, scheme: str) -> Path:
     return Path("runs") / f"{dataset}-{scheme}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
-class Reporter:
-    """wsml's one way to speak: prints to the console (stdout, or stderr with `err`) and appends the same lines
-    to the run's log file, if any. A process that does not write (any but process 0 of a data-parallel run) is
-    given one that does not speak."""
-
-    def __init__(self, log_path: Path | None = None, speaks: bool = True) -> None:
-        self.log_path, self.speaks = log_path, speaks
-
-    def __call__(self, message: str, console: bool = True, err: bool = False) -> None:
-        if not self.speaks:
-            return
-        if console:
-            print(message, file=sys.stderr if err else sys.stdout, flush=True)
-        if self.log_path is not None:
-            with self.log_path.open("a") as handle:
-                handle.write(message + "\n")
 
 
 @dataclass(frozen=True)
@@ -166,7 +150,7 @@ class RunFolder:
         """How the run stands. A run marked running whose process is gone on this host was killed."""
         status = self._read_json(STATUS) if self.file(STATUS).is_file() else {"state": "unknown"}
         if status.get("state") == "running" and status.get("host") == socket.gethostname():
-            if not _alive(int(status.get("pid", -1))):
+            if not process_alive(int(status.get("pid", -1))):
                 status.update(state="interrupted", reason="the process was killed")
         return status
 
@@ -274,18 +258,6 @@ class RunFolder:
             first = str(exc).splitlines()[0][:160]
             raise WsmlError(f"{self.file(WEIGHTS)}: does not fit the run's model ({first})") from None
         return model.to(device).eval()
-
-
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def csv_text(rows: list[dict]) -> str:

@@ -101,7 +101,7 @@ def resolve_source(
     if csv:
         return from_csv(Path(csv), Path(images) if images else None)
     if say is None:
-        from wsml_fast.runfolder import Reporter
+        from wsml_fast.report import Reporter
 
         say = Reporter()
     return from_dataset(dataset or "demo", say)

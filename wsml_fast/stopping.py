@@ -10,7 +10,7 @@ import contextlib
 import signal
 from collections.abc import Iterator
 
-from wsml_fast.runfolder import Reporter
+from wsml_fast.report import Reporter
 
 HANDLED = (signal.SIGINT, signal.SIGTERM)
 

@@ -11,15 +11,17 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from wsml_fast.callbacks import NonFiniteLoss, RunState
+from wsml_fast.callbacks import NonFiniteLoss
 from wsml_fast.config import TrainConfig, apply_layer
+from wsml_fast.contract import RunState
 from wsml_fast.distributed import lost_a_process, wait_for_main
 from wsml_fast.errors import WsmlError, one_line
 from wsml_fast.inference import evaluation_bs, score_split
 from wsml_fast.learner import build_learner, fit
 from wsml_fast.process import Process, launched
+from wsml_fast.report import Reporter
 from wsml_fast.run_setup import Setup, set_up
-from wsml_fast.runfolder import CHECKPOINT, RESULTS, Reporter, RunFolder, default_run_dir
+from wsml_fast.runfolder import CHECKPOINT, RESULTS, RunFolder, default_run_dir
 from wsml_fast.sources import DatasetFiles, resolve_source
 from wsml_fast.stages import image_dataset
 from wsml_fast.stopping import RunInterrupted, StopRequest

@@ -26,12 +26,13 @@ from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
 from wsml_fast.atomic import write_text
-from wsml_fast.callbacks import WsmlCallback
 from wsml_fast.config import TrainConfig, apply_layer, with_scheme_defaults
+from wsml_fast.contract import WsmlCallback
 from wsml_fast.errors import WsmlError, one_line
 from wsml_fast.evaluate import evaluate
-from wsml_fast.process import Process
-from wsml_fast.runfolder import Reporter, RunFolder, csv_text
+from wsml_fast.process import Process, process_alive
+from wsml_fast.report import Reporter
+from wsml_fast.runfolder import RunFolder, csv_text
 from wsml_fast.schemes import get_scheme
 from wsml_fast.schemes.declaration import Choice, Range
 from wsml_fast.sources import DatasetFiles
@@ -225,12 +226,11 @@ def fail_abandoned(study: optuna.Study, storage: BaseStorage) -> None:
     """Trials left running by a process of this host that no longer exists (killed): failed, and queued again.
     A finished trial takes no attributes, and a study offers no way to change a trial it did not hand out: the
     study's storage does it, through its public methods."""
-    from wsml_fast.runfolder import _alive
 
     study_id = storage.get_study_id_from_name(study.study_name)
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         attrs = trial.user_attrs
-        if attrs.get("host") == socket.gethostname() and not _alive(int(attrs.get("pid", -1))):
+        if attrs.get("host") == socket.gethostname() and not process_alive(int(attrs.get("pid", -1))):
             trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
             storage.set_trial_user_attr(trial_id, "interrupted", True)
             storage.set_trial_state_values(trial_id, TrialState.FAIL)

@@ -21,7 +21,8 @@ if TYPE_CHECKING:  # the heavy types, for annotations only
     from wsml_fast.config import TrainConfig
     from wsml_fast.labelstore import LabelStore
     from wsml_fast.losses import PartialLabelLoss
-    from wsml_fast.runfolder import Reporter, RunFolder
+    from wsml_fast.report import Reporter
+    from wsml_fast.runfolder import RunFolder
     from wsml_fast.table import PartialLabelTable
 
 

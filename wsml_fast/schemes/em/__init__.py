@@ -3,6 +3,8 @@ training code in `training`."""
 
 from wsml_fast.schemes.declaration import DenseState, Family, Interval, Range, Scheme, Setting
 
+PSEUDO_LABELS = "pseudo_labels.csv"  # the run-folder file its schemes write (and checkpoint), one row an entry
+
 FAMILY = Family("em", "Zhou et al., ECCV 2022 (Acknowledging the Unknown: EM and APL)", "em")
 
 EM_ALPHA = Setting(

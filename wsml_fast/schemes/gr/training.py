@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from wsml_fast.callbacks import WsmlCallback
+from wsml_fast.contract import WsmlCallback
 from wsml_fast.losses import PartialLabelLoss, negative_term, positive_term
 from wsml_fast.schemes.build import SchemeContext, SchemeParts
 from wsml_fast.schemes.gr import GR_B, GR_MU, GR_Q, GR_SIGMA, GR_W

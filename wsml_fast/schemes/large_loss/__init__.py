@@ -3,6 +3,8 @@ code in `training`."""
 
 from wsml_fast.schemes.declaration import Family, Interval, Range, Scheme, Setting
 
+CORRECTIONS = "corrected_labels.csv"  # the run-folder file its schemes write (and checkpoint), one row an entry
+
 FAMILY = Family("large-loss", "Kim et al., CVPR 2022 (Large Loss Matters)", "large_loss")
 
 DELTA_REL = Setting(

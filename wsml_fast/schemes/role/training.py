@@ -20,8 +20,7 @@ import math
 import torch
 from torch import nn
 
-from wsml_fast.callbacks import SchemeState, TargetsCallback, WsmlCallback
-from wsml_fast.checkpoint import optimizer_state
+from wsml_fast.contract import SchemeState, TargetsCallback, WsmlCallback, optimizer_state
 from wsml_fast.distributed import all_gather, in_group, world_size
 from wsml_fast.labelstore import LabelStore
 from wsml_fast.losses import AssumeNegativeLoss, ExpectedPositiveLoss, soft_bce
