@@ -1,5 +1,5 @@
 """`python benchmarks/check_images.py [--images 5000] [--threads 1 2 4 8]`: images a second that the check before
-training (`wsml_fast.table.check_images`: existence and header of every listed image) gets through with 1 and
+training (`wsml_fast.data.table.check_images`: existence and header of every listed image) gets through with 1 and
 more threads, on symlinks to small PNGs (what `wsml prepare` makes of a benchmark download). `--smoke`: 60 links.
 
 Warm: the files are in the page cache (a first pass reads them), as on a machine that has just read the data.
@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 from smoke import parse_args
 
-from wsml_fast.table import check_images
+from wsml_fast.data.table import check_images
 
 
 def make_links(folder: Path, n_images: int, n_distinct: int) -> list[str]:

@@ -19,10 +19,10 @@ import torch
 import torch.distributed as dist
 from smoke import TINY_BACKBONE, TINY_IMG_SIZE, parse_args
 
-from wsml_fast.callbacks import everyone_agrees
-from wsml_fast.distributed import all_gather
-from wsml_fast.model import build_model
+from wsml_fast.core.distributed import all_gather
+from wsml_fast.model.classifier import build_model
 from wsml_fast.schemes.large_loss.training import LargeLoss, select_over_processes
+from wsml_fast.training.callbacks import everyone_agrees
 
 
 def median_seconds(work, steps: int) -> float:

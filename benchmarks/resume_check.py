@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 from smoke import TINY_BACKBONE, TINY_IMG_SIZE, parse_args, tiny_demo
 
-from wsml_fast.runfolder import CORRECTIONS, METRICS, SCHEME_STATE, WEIGHTS, RunFolder
+from wsml_fast.training.runfolder import CORRECTIONS, METRICS, SCHEME_STATE, WEIGHTS, RunFolder
 
 
 def wsml(*args: str) -> list[str]:

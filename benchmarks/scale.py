@@ -48,8 +48,8 @@ import numpy as np
 from smoke import TINY_BACKBONE, TINY_IMG_SIZE, TINY_SPLITS, parse_args, scratch
 
 import wsml_fast
-from wsml_fast.labels import SPLITS, write_label_csv
-from wsml_fast.labelstore import LabelStore
+from wsml_fast.data.labels import SPLITS, write_label_csv
+from wsml_fast.data.labelstore import LabelStore
 
 SIZES = (100_000, 1_700_000)
 LOADS = ("read_label_csv", "load_table")
@@ -147,9 +147,9 @@ def _reset_peak() -> None:
 
 def _child(what: str, folder: Path) -> None:
     """Run one load and print its figures as JSON (this is the child process)."""
-    from wsml_fast.labels import read_label_csv
-    from wsml_fast.sources import from_folder
-    from wsml_fast.table import load_table
+    from wsml_fast.data.labels import read_label_csv
+    from wsml_fast.data.sources import from_folder
+    from wsml_fast.data.table import load_table
 
     _reset_peak()
     before = _status_mb("VmRSS")
@@ -171,7 +171,7 @@ def _first_batch_child(scheme: str, folder: Path, started: float, extra: list[st
     batch (this is the child process; `started` is the wall clock when the parent launched it)."""
     from fastai.callback.core import Callback
 
-    import wsml_fast.train as train_module
+    import wsml_fast.training.run as train_module
     from wsml_fast.cli import main
 
     imported = time.time() - started
@@ -266,10 +266,10 @@ def step_share(bs: int, classes: int, backbone: str, img_size: int, steps: int, 
 
     import torch
 
-    from wsml_fast.losses import AssumeNegativeLoss
-    from wsml_fast.model import build_model
+    from wsml_fast.model.classifier import build_model
     from wsml_fast.schemes.large_loss import DELTA_REL
     from wsml_fast.schemes.large_loss.training import LargeLoss, LargeLossCallback, LargeLossTrainingLoss
+    from wsml_fast.schemes.losses import AssumeNegativeLoss
 
     kinds = {"llr": LargeLoss.REJECTION, "llct": LargeLoss.TEMPORARY_CORRECTION, "llcp": LargeLoss.PERMANENT_CORRECTION}
     torch.manual_seed(0)
@@ -337,8 +337,8 @@ def _median_seconds(work, repeats: int) -> float:
 def demo_reads(repeats: int = 30, sizes: dict[str, int] | None = None) -> None:
     """Best-of-`repeats` time to read the demo dataset's label files (3,000 rows x 10 classes, wide form; or
     `sizes` rows a split)."""
-    from wsml_fast.demo import make_demo_dataset
-    from wsml_fast.labels import read_label_csv
+    from wsml_fast.data.demo import make_demo_dataset
+    from wsml_fast.data.labels import read_label_csv
 
     with tempfile.TemporaryDirectory() as folder:
         folder = make_demo_dataset(Path(folder) / "demo", sizes=sizes)

@@ -33,19 +33,19 @@ from fastai.callback.core import Callback
 from fastai.learner import Learner
 from smoke import TINY_BACKBONE, TINY_IMG_SIZE, parse_args, scratch, tiny_demo
 
-from wsml_fast.config import TrainConfig, resolve
-from wsml_fast.contract import WsmlCallback
-from wsml_fast.errors import WsmlError
-from wsml_fast.labels import write_label_csv
-from wsml_fast.learner import build_learner
-from wsml_fast.recipes import find_recipe
-from wsml_fast.run_setup import set_up
-from wsml_fast.runfolder import METRICS, RESULTS, RunFolder
+from wsml_fast.core.errors import WsmlError
+from wsml_fast.data.labels import write_label_csv
+from wsml_fast.data.sources import DatasetFiles, resolve_source
+from wsml_fast.data.table import load_table
+from wsml_fast.learning.contract import WsmlCallback
 from wsml_fast.schemes import SCHEMES
 from wsml_fast.schemes.large_loss.training import LargeLossCallback, LargeLossTrainingLoss
-from wsml_fast.sources import DatasetFiles, resolve_source
-from wsml_fast.table import load_table
-from wsml_fast.train import train
+from wsml_fast.training.config import TrainConfig, resolve
+from wsml_fast.training.learner import build_learner
+from wsml_fast.training.recipes import find_recipe
+from wsml_fast.training.run import train
+from wsml_fast.training.runfolder import METRICS, RESULTS, RunFolder
+from wsml_fast.training.setup import set_up
 
 DEFAULT_RUNS = [*SCHEMES, "llr+boost-lu=5"]
 SMOKE_RUNS = ["an", "llct", "llr+boost-lu=5", "iu"]  # iu is refused: the demo has no observed negatives

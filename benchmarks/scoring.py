@@ -15,7 +15,7 @@ import numpy as np
 from sklearn.metrics import average_precision_score
 from smoke import parse_args
 
-from wsml_fast.metrics import APAccumulator
+from wsml_fast.model.metrics import APAccumulator
 
 
 def batches(args: argparse.Namespace, rng: np.random.Generator):

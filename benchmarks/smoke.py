@@ -47,6 +47,6 @@ def scratch(prefix: str) -> Iterator[Path]:
 
 def tiny_demo(folder: Path) -> Path:
     """A demo dataset folder of a few dozen images (the demo's own code, fewer images)."""
-    from wsml_fast.demo import make_demo_dataset
+    from wsml_fast.data.demo import make_demo_dataset
 
     return make_demo_dataset(folder / "demo", seed=1, sizes=TINY_SPLITS)

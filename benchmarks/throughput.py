@@ -29,18 +29,18 @@ from fastai.learner import Learner
 from PIL import Image
 from smoke import TINY_BACKBONE, TINY_IMG_SIZE, parse_args, scratch, tiny_demo
 
-from wsml_fast.callbacks import DeviceMixedPrecision
-from wsml_fast.data import ImageLabelDataset, make_loader
-from wsml_fast.inference import AMP_DTYPES, autocast
-from wsml_fast.labelstore import LabelStore
-from wsml_fast.learner import OPTIMIZERS, wsml_learner
-from wsml_fast.losses import AssumeNegativeLoss
-from wsml_fast.model import build_model
-from wsml_fast.process import resolve_precision
+from wsml_fast.core.process import resolve_precision
+from wsml_fast.data.labelstore import LabelStore
+from wsml_fast.data.loaders import ImageLabelDataset, make_loader
+from wsml_fast.data.sources import DatasetFiles, data_home, from_folder, resolve_source
+from wsml_fast.data.table import load_table
+from wsml_fast.model.classifier import build_model
+from wsml_fast.model.scoring import AMP_DTYPES, autocast
 from wsml_fast.schemes.build import SchemeParts
 from wsml_fast.schemes.large_loss.training import LargeLoss, large_loss_losses
-from wsml_fast.sources import DatasetFiles, data_home, from_folder, resolve_source
-from wsml_fast.table import load_table
+from wsml_fast.schemes.losses import AssumeNegativeLoss
+from wsml_fast.training.callbacks import DeviceMixedPrecision
+from wsml_fast.training.learner import OPTIMIZERS, wsml_learner
 
 JPEG_SIZE = (500, 375)
 

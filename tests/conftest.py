@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from wsml_fast.demo import make_demo_dataset
+from wsml_fast.data.demo import make_demo_dataset
 
 SMALL = {"train": 48, "valid": 16, "test": 16}
 

@@ -19,11 +19,11 @@ from torch.utils.data import Dataset
 from typer.testing import CliRunner
 
 from wsml_fast.cli import app
-from wsml_fast.labelstore import LabelStore
-from wsml_fast.learner import wsml_learner
-from wsml_fast.losses import AssumeNegativeLoss
+from wsml_fast.data.labelstore import LabelStore
 from wsml_fast.schemes.build import SchemeParts
-from wsml_fast.stopping import StopRequest
+from wsml_fast.schemes.losses import AssumeNegativeLoss
+from wsml_fast.training.learner import wsml_learner
+from wsml_fast.training.stopping import StopRequest
 
 # Files and the command line
 

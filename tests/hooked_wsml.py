@@ -13,10 +13,10 @@ import sys
 import torch
 from fastai.callback.core import Callback
 
-import wsml_fast.train as train_module
+import wsml_fast.training.run as train_module
 from wsml_fast.cli import main
-from wsml_fast.contract import SchemeState, checkpointed_states
-from wsml_fast.distributed import rank
+from wsml_fast.core.distributed import rank
+from wsml_fast.learning.contract import SchemeState, checkpointed_states
 
 
 class KillAt(Callback):

@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from wsml_fast.data import ImageLabelDataset, make_loader
-from wsml_fast.labelstore import LabelStore
+from wsml_fast.data.labelstore import LabelStore
+from wsml_fast.data.loaders import ImageLabelDataset, make_loader
 
 
 @pytest.fixture(scope="module")

@@ -13,12 +13,12 @@ import torch
 from helpers import write
 from PIL import Image
 
-from wsml_fast.data import check_train_batches, load_rgb
-from wsml_fast.errors import WsmlError
-from wsml_fast.labels import read_label_csv
+from wsml_fast.core.errors import WsmlError
+from wsml_fast.data.labels import read_label_csv
+from wsml_fast.data.loaders import check_train_batches, load_rgb
+from wsml_fast.data.sources import from_csv, from_folder
+from wsml_fast.data.table import check_images, load_table
 from wsml_fast.prepare import prepare_dataset
-from wsml_fast.sources import from_csv, from_folder
-from wsml_fast.table import check_images, load_table
 
 U = -1.0
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from wsml_fast.errors import WsmlError
-from wsml_fast.model import Classifier, build_model
+from wsml_fast.core.errors import WsmlError
+from wsml_fast.model.classifier import Classifier, build_model
 
 # A 2-channel 2 x 2 feature map and a 2-class head: class 0 = channel 0 + 0.5, class 1 = -channel 1.
 FEATURE_MAP = [[[1.0, -2.0], [3.0, -1.0]], [[0.0, 1.0], [-2.0, 4.0]]]

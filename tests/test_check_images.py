@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from wsml_fast.errors import WsmlError
-from wsml_fast.table import CHECK_CHUNK, check_images
+from wsml_fast.core.errors import WsmlError
+from wsml_fast.data.table import CHECK_CHUNK, check_images
 
 
 @pytest.fixture

@@ -11,11 +11,11 @@ import yaml
 from fastai.callback.core import Callback
 from helpers import TINY, error_of, invoke, write
 
-import wsml_fast.train
-from wsml_fast.data import ImageLabelDataset
-from wsml_fast.labelstore import LabelStore
-from wsml_fast.predict import collect_images, predict_batches
-from wsml_fast.runfolder import RunFolder
+import wsml_fast.training.run
+from wsml_fast.data.labelstore import LabelStore
+from wsml_fast.data.loaders import ImageLabelDataset
+from wsml_fast.inference.predict import collect_images, predict_batches
+from wsml_fast.training.runfolder import RunFolder
 
 
 @pytest.fixture(scope="module")
@@ -188,12 +188,12 @@ class StageStart(Callback):
 def test_linear_init_runs_linear_epochs_on_features_then_starts_end_to_end_from_the_best(
     demo_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    spy, build = StageStart(), wsml_fast.train.build_learner
+    spy, build = StageStart(), wsml_fast.training.run.build_learner
 
     def build_with_spy(setup, stop, history, cbs=()):
         return build(setup, stop, history, [*cbs, spy])
 
-    monkeypatch.setattr(wsml_fast.train, "build_learner", build_with_spy)
+    monkeypatch.setattr(wsml_fast.training.run, "build_learner", build_with_spy)
     protocol = ["--mode", "linear-init", "--linear-epochs", "2", "--linear-lr", "0.05", "--linear-bs", "8"]
     paper_style = ["--opt", "adam", "--schedule", "constant", "--lr", "0.01", "--epochs", "1", "--scheme", "role"]
     result = invoke("train", "--data", demo_folder, *TINY, *protocol, *paper_style, "--out", tmp_path / "r")
@@ -214,7 +214,7 @@ def test_linear_epochs_leave_the_body_and_its_batchnorm_statistics_untouched(
 ) -> None:
     from fastai.torch_core import set_seed
 
-    from wsml_fast.model import build_model
+    from wsml_fast.model.classifier import build_model
 
     result = invoke("train", "--data", demo_folder, *TINY, "--mode", "linear", "--opt", opt, "--out", tmp_path / "r")
     assert result.exit_code == 0, result.output

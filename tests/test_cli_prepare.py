@@ -6,7 +6,7 @@ import pandas as pd
 import yaml
 from helpers import TINY, error_of, invoke
 
-from wsml_fast.labels import read_label_csv
+from wsml_fast.data.labels import read_label_csv
 
 
 def test_prepare_a_full_label_csv_then_train_on_it(demo_folder: Path, tmp_path: Path) -> None:

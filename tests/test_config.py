@@ -4,9 +4,9 @@ import pytest
 from helpers import write
 from typer.testing import CliRunner
 
-from wsml_fast.config import TrainConfig, resolve
-from wsml_fast.errors import WsmlError
-from wsml_fast.recipes import find_recipe, shipped_recipes
+from wsml_fast.core.errors import WsmlError
+from wsml_fast.training.config import TrainConfig, resolve
+from wsml_fast.training.recipes import find_recipe, shipped_recipes
 
 
 def test_layers_apply_in_order_and_remember_their_source() -> None:
@@ -44,11 +44,11 @@ def test_the_demo_recipe_ships_with_the_package() -> None:
 
 
 def test_check_images_option_reaches_the_config(demo_folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import wsml_fast.train
+    import wsml_fast.training.run
     from wsml_fast.cli import app
 
     seen = []
-    monkeypatch.setattr(wsml_fast.train, "train", lambda config, source, stop, **_: seen.append(config))
+    monkeypatch.setattr(wsml_fast.training.run, "train", lambda config, source, stop, **_: seen.append(config))
     for flag in ([], ["--no-check-images"], ["--check-images"]):
         assert CliRunner().invoke(app, ["train", "--data", str(demo_folder), *flag]).exit_code == 0
     assert [(c.check_images, c.sources["check_images"]) for c in seen] == [

@@ -5,11 +5,11 @@ import pytest
 import torch
 from helpers import write
 
-from wsml_fast.data import ImageLabelDataset, make_loader
-from wsml_fast.errors import WsmlError
-from wsml_fast.sources import from_csv, from_folder, resolve_source
-from wsml_fast.splits import split_train_valid
-from wsml_fast.table import check_images, load_table
+from wsml_fast.core.errors import WsmlError
+from wsml_fast.data.loaders import ImageLabelDataset, make_loader
+from wsml_fast.data.sources import from_csv, from_folder, resolve_source
+from wsml_fast.data.splits import split_train_valid
+from wsml_fast.data.table import check_images, load_table
 
 
 def test_dataset_yields_uint8_image_target_with_unobserved_and_index(demo_folder: Path) -> None:

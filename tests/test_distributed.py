@@ -15,7 +15,7 @@ import pytest
 import torch
 from helpers import HOOKED, hooked_env, invoke
 
-from wsml_fast.distributed import global_batch_order, shard
+from wsml_fast.core.distributed import global_batch_order, shard
 from wsml_fast.schemes.large_loss.training import LargeLoss, large_loss_k, select_large_losses
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]

@@ -17,13 +17,13 @@ import torch
 from helpers import TINY, StopAfter, error_of, invoke
 from PIL import Image
 
-from wsml_fast import atomic
-from wsml_fast.config import resolve
-from wsml_fast.errors import WsmlError
-from wsml_fast.runfolder import RunFolder
-from wsml_fast.sources import from_folder
-from wsml_fast.stopping import RunInterrupted
-from wsml_fast.train import train
+from wsml_fast.core import atomic
+from wsml_fast.core.errors import WsmlError
+from wsml_fast.data.sources import from_folder
+from wsml_fast.training.config import resolve
+from wsml_fast.training.run import train
+from wsml_fast.training.runfolder import RunFolder
+from wsml_fast.training.stopping import RunInterrupted
 
 
 class FailingHandle:
@@ -187,12 +187,12 @@ def test_damaged_weights_are_one_line_errors(interrupted_run: Path, tmp_path: Pa
 def test_predict_checks_its_output_before_scoring(
     interrupted_run: Path, demo_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import wsml_fast.predict
+    import wsml_fast.inference.predict
 
     def no_scoring(*args, **kwargs):
         raise AssertionError("scored before checking --out")
 
-    monkeypatch.setattr(wsml_fast.predict, "scored_batches", no_scoring)
+    monkeypatch.setattr(wsml_fast.inference.predict, "scored_batches", no_scoring)
     image = demo_folder / "images" / "test" / "00000.png"
     assert "is a file of the run folder" in error_of(
         "predict", interrupted_run, image, "--out", interrupted_run / "metrics.csv"

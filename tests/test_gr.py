@@ -124,8 +124,8 @@ def test_extreme_logits_stay_finite_and_exact() -> None:
 
 
 def test_a_linear_init_run_holds_the_schedules_through_its_linear_phase() -> None:
-    from wsml_fast.config import resolve
     from wsml_fast.schemes.gr.training import gr_config
+    from wsml_fast.training.config import resolve
 
     linear_init = resolve(None, None, {"scheme": "gr", "mode": "linear-init", "linear_epochs": 3, "epochs": 5})
     end_to_end = resolve(None, None, {"scheme": "gr", "mode": "end-to-end", "linear_epochs": 3, "epochs": 5})

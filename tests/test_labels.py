@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from helpers import write
 
-from wsml_fast.errors import WsmlError
-from wsml_fast.labels import align_truth, read_label_csv, write_label_csv
+from wsml_fast.core.errors import WsmlError
+from wsml_fast.data.labels import align_truth, read_label_csv, write_label_csv
 
 U = -1.0
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from wsml_fast.labelstore import LabelStore
+from wsml_fast.data.labelstore import LabelStore
 
 
 def random_matrix(seed: int, fill: int, shape: tuple[int, int] = (37, 11)) -> np.ndarray:

@@ -14,9 +14,9 @@ from fastai.callback.core import Callback, CancelFitException
 from fastai.callback.training import GradientAccumulation
 from helpers import BS, C, N, callback_of, observed_labels, tiny_learner, truth_labels
 
-from wsml_fast.atomic import write_text
-from wsml_fast.contract import WsmlCallback
-from wsml_fast.labelstore import LabelStore
+from wsml_fast.core.atomic import write_text
+from wsml_fast.data.labelstore import LabelStore
+from wsml_fast.learning.contract import WsmlCallback
 from wsml_fast.schemes.large_loss.training import (
     LargeLoss,
     LargeLossCallback,

@@ -6,9 +6,9 @@ from __future__ import annotations
 import torch
 from helpers import BS, N, observed_labels, tiny_learner
 
-from wsml_fast.contract import WsmlCallback
-from wsml_fast.losses import AssumeNegativeLoss
+from wsml_fast.learning.contract import WsmlCallback
 from wsml_fast.schemes.build import SchemeParts
+from wsml_fast.schemes.losses import AssumeNegativeLoss
 
 
 class Probe(WsmlCallback):

@@ -8,9 +8,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from wsml_fast.losses import KnownLabelLoss
 from wsml_fast.schemes import SCHEMES
 from wsml_fast.schemes.cole import training as cole
+from wsml_fast.schemes.losses import KnownLabelLoss
 
 COLE = [name for name, scheme in SCHEMES.items() if scheme.family == "cole"]
 

@@ -6,7 +6,7 @@ import torch
 from helpers import partial_labels, sklearn_map
 from sklearn.metrics import average_precision_score
 
-from wsml_fast.metrics import APAccumulator, MapMetric, _labelled, _labelled_tensors, mean_average_precision
+from wsml_fast.model.metrics import APAccumulator, MapMetric, _labelled, _labelled_tensors, mean_average_precision
 
 
 def test_map_leaves_out_unlabelled_entries_per_class() -> None:

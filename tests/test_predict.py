@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from wsml_fast.errors import WsmlError
-from wsml_fast.predict import PredictionRows, best_classes, write_predictions
+from wsml_fast.core.errors import WsmlError
+from wsml_fast.inference.predict import PredictionRows, best_classes, write_predictions
 
 CLASSES = ["cat", "dog", "owl"]
 PROBABILITIES = np.array([[0.1, 0.7, 0.2], [0.9, 0.05, 0.6], [0.3, 0.3, 0.4]], dtype=np.float32)

@@ -5,14 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from wsml_fast.errors import WsmlError
-from wsml_fast.labels import read_label_csv, write_label_csv
-from wsml_fast.labelstore import LabelStore
+from wsml_fast.core.errors import WsmlError
+from wsml_fast.data.labels import read_label_csv, write_label_csv
+from wsml_fast.data.labelstore import LabelStore
+from wsml_fast.data.splits import split_train_valid
 from wsml_fast.prepare import prepare_dataset
 from wsml_fast.prepare.images import missing_images
 from wsml_fast.prepare.observe import ObservedSpec, parse_observed, simulate_observed
 from wsml_fast.prepare.source import positives_per_row, stack_rows, take_rows
-from wsml_fast.splits import split_train_valid
 
 TRUTH = np.array(
     [

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from wsml_fast.errors import WsmlError
-from wsml_fast.labels import read_label_csv
+from wsml_fast.core.errors import WsmlError
+from wsml_fast.data.labels import read_label_csv
 from wsml_fast.prepare import prepare_dataset
 from wsml_fast.prepare.voc import CLASSES as VOC_CLASSES
 

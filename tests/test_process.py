@@ -11,13 +11,13 @@ import matplotlib
 import pytest
 import torch
 
-import wsml_fast.model as model_module
-from wsml_fast.config import resolve
-from wsml_fast.errors import WsmlError
-from wsml_fast.process import Process, launched, process_switches
-from wsml_fast.runfolder import RunFolder
-from wsml_fast.sources import from_folder
-from wsml_fast.train import train
+import wsml_fast.model.classifier as model_module
+from wsml_fast.core.errors import WsmlError
+from wsml_fast.core.process import Process, launched, process_switches
+from wsml_fast.data.sources import from_folder
+from wsml_fast.training.config import resolve
+from wsml_fast.training.run import train
+from wsml_fast.training.runfolder import RunFolder
 
 
 def test_a_launched_process_is_torchruns_and_only_process_0_writes(monkeypatch: pytest.MonkeyPatch) -> None:

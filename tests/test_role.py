@@ -9,7 +9,7 @@ import pytest
 import torch
 from helpers import C, callback_of, observed_labels, tiny_learner
 
-from wsml_fast.labelstore import LabelStore
+from wsml_fast.data.labelstore import LabelStore
 from wsml_fast.schemes.role.training import RoleCallback, initial_estimates, role_loss, role_parts
 
 LN3 = math.log(3)

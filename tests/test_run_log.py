@@ -7,8 +7,8 @@ from pathlib import Path
 import pandas as pd
 from helpers import observed_labels, tiny_learner
 
-from wsml_fast.callbacks import RunLogCallback
-from wsml_fast.runfolder import RunFolder
+from wsml_fast.training.callbacks import RunLogCallback
+from wsml_fast.training.runfolder import RunFolder
 
 
 def test_epochs_count_from_one_across_fits_in_the_csv_and_the_progress_table(tmp_path: Path) -> None:

@@ -14,16 +14,16 @@ import yaml
 from fastai.callback.core import Callback
 from helpers import TINY, callback_of, error_of, invoke, observed_labels, tiny_learner, write
 
-from wsml_fast.callbacks import EarlyStopCallback
-from wsml_fast.config import resolve
-from wsml_fast.errors import WsmlError
-from wsml_fast.labelstore import LabelStore
-from wsml_fast.recipes import find_recipe
+from wsml_fast.core.errors import WsmlError
+from wsml_fast.data.labelstore import LabelStore
 from wsml_fast.schemes import SCHEMES, get_scheme, markdown_table
 from wsml_fast.schemes.build import SchemeParts, check_dense_state
 from wsml_fast.schemes.em.training import apl_quota
 from wsml_fast.schemes.gr.training import GrConfig, GrLoss, GrScheduleCallback, gr_params
 from wsml_fast.schemes.role.training import RoleCallback, role_parts
+from wsml_fast.training.callbacks import EarlyStopCallback
+from wsml_fast.training.config import resolve
+from wsml_fast.training.recipes import find_recipe
 
 README = Path(__file__).parents[1] / "README.md"
 TRAINABLE = [name for name in SCHEMES if name != "iu"]  # the demo has no observed negatives for iu

@@ -5,9 +5,9 @@ import pytest
 import torch
 from helpers import partial_labels, sklearn_map
 
-from wsml_fast.features import FeatureDataset
-from wsml_fast.inference import score_split
-from wsml_fast.labelstore import LabelStore
+from wsml_fast.data.labelstore import LabelStore
+from wsml_fast.model.scoring import score_split
+from wsml_fast.training.features import FeatureDataset
 
 
 @pytest.fixture

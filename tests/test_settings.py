@@ -13,16 +13,16 @@ import pytest
 import typer.main
 from typer.testing import CliRunner
 
-import wsml_fast.train
+import wsml_fast.training.run
 from wsml_fast.cli import app
-from wsml_fast.config import TrainConfig, apply_layer, resolve
-from wsml_fast.errors import WsmlError
+from wsml_fast.core.errors import WsmlError
 from wsml_fast.schemes import SCHEMES, SETTINGS, get_scheme, option_help
 from wsml_fast.schemes.declaration import Pair, Range
 from wsml_fast.schemes.em import APL_WARMUP, EM_ALPHA, EM_BETA
 from wsml_fast.schemes.gr.training import GrConfig, gr_config
 from wsml_fast.schemes.large_loss import DELTA_REL
-from wsml_fast.tune import Tuner
+from wsml_fast.training.config import TrainConfig, apply_layer, resolve
+from wsml_fast.tuning.study import Tuner
 
 ROOT = Path(__file__).parents[1]
 
@@ -92,7 +92,7 @@ def test_the_train_options_are_the_declared_settings() -> None:
 
 def test_scheme_options_reach_the_config(demo_folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     seen = []
-    monkeypatch.setattr(wsml_fast.train, "train", lambda config, source, stop, process: seen.append(config))
+    monkeypatch.setattr(wsml_fast.training.run, "train", lambda config, source, stop, process: seen.append(config))
     result = invoke("train", "--data", demo_folder, "--scheme", "gr", "--gr-w", "0", "10", "--gr-b", "-2", "-8")
     assert result.exit_code == 0, result.output
     [config] = seen

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from helpers import write
 
-import wsml_fast.labels as labels
-from wsml_fast.errors import WsmlError
-from wsml_fast.labels import align_truth, read_label_csv, write_label_csv
-from wsml_fast.labelstore import LabelStore
+import wsml_fast.data.labels as labels
+from wsml_fast.core.errors import WsmlError
+from wsml_fast.data.labels import align_truth, read_label_csv, write_label_csv
+from wsml_fast.data.labelstore import LabelStore
 from wsml_fast.prepare import prepare_dataset
 
 U = -1.0

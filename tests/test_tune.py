@@ -15,11 +15,11 @@ import pytest
 import yaml
 from helpers import StopAfter, invoke, write
 
-from wsml_fast.config import resolve
+from wsml_fast.data.sources import from_folder
 from wsml_fast.schemes.declaration import Choice
-from wsml_fast.sources import from_folder
-from wsml_fast.stopping import RunInterrupted
-from wsml_fast.tune import JOURNAL, Tuner, open_study, run_study, study_bar, trial_rows
+from wsml_fast.training.config import resolve
+from wsml_fast.training.stopping import RunInterrupted
+from wsml_fast.tuning.study import JOURNAL, Tuner, open_study, run_study, study_bar, trial_rows
 
 TINY = ["--backbone", "test_efficientnet", "--no-pretrained", "--img-size", "32", "--epochs", "2"]
 

@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from wsml_fast.errors import WsmlError, one_line
+from wsml_fast.core.errors import WsmlError, one_line
 from wsml_fast.schemes import SCHEMES, SETTINGS, option_help, schemes_json
 from wsml_fast.schemes.declaration import option_name
 
 if TYPE_CHECKING:
-    from wsml_fast.process import Process
+    from wsml_fast.core.process import Process
 
 app = typer.Typer(
     add_completion=False,
@@ -47,7 +47,7 @@ def _this_process(autotune: bool = False) -> Iterator[Process]:
     """The command's one decision about this process (which of the job it is, whether it writes, its device and
     precision), under the command's process-wide switches (`process_switches`), put back when it ends. The heavy
     libraries are imported inside, so their deprecation notices are silenced too."""
-    from wsml_fast.process import launched, process_switches
+    from wsml_fast.core.process import launched, process_switches
 
     with process_switches(launched(), autotune) as process:
         yield process
@@ -168,14 +168,14 @@ def train(
                 "be changed (only a larger --epochs)"
             )
         with _this_process(autotune=True) as process:
-            from wsml_fast.train import resume as resume_training
+            from wsml_fast.training.run import resume as resume_training
 
             _with_signals(process, lambda stop: resume_training(resume, epochs, stop, process))
         return
     with _this_process(autotune=True) as process:
-        from wsml_fast.report import Reporter
-        from wsml_fast.sources import resolve_source
-        from wsml_fast.train import train as run_training
+        from wsml_fast.core.report import Reporter
+        from wsml_fast.data.sources import resolve_source
+        from wsml_fast.training.run import train as run_training
 
         config = _configure(options, options.pop("recipe"), scheme)
         source = resolve_source(config.dataset, config.data, config.csv, config.images, Reporter(speaks=process.writes))
@@ -188,8 +188,8 @@ DATA_KEYS = ("dataset", "data", "csv")
 def _configure(options: dict, recipe_file: str | None, scheme: str | None):
     """The command line's options over the recipe (`--recipe FILE`, else the one named like the dataset) over
     the defaults; the built-in demo when neither the options nor the recipe name any data."""
-    from wsml_fast.config import resolve
-    from wsml_fast.recipes import find_recipe
+    from wsml_fast.training.config import resolve
+    from wsml_fast.training.recipes import find_recipe
 
     options = {**options, **{k: _absolute(options.get(k)) for k in ("data", "csv", "images")}}
     named = any(options.get(k) for k in DATA_KEYS)
@@ -200,8 +200,8 @@ def _configure(options: dict, recipe_file: str | None, scheme: str | None):
 
 def _with_signals(process: Process, training) -> None:
     """Run `training(stop)` with Ctrl-C and SIGTERM asking for a clean stop; exit 130 / 143 after one."""
-    from wsml_fast.report import Reporter
-    from wsml_fast.stopping import RunInterrupted, StopRequest
+    from wsml_fast.core.report import Reporter
+    from wsml_fast.training.stopping import RunInterrupted, StopRequest
 
     try:
         with StopRequest(Reporter(speaks=process.writes)).installed() as stop:
@@ -211,7 +211,7 @@ def _with_signals(process: Process, training) -> None:
 
 
 def _source_for_eval(run, data: str | None, csv: str | None, images: str | None):
-    from wsml_fast.sources import resolve_source
+    from wsml_fast.data.sources import resolve_source
 
     if data or csv:
         return resolve_source(None, data, csv, images)
@@ -233,8 +233,8 @@ def evaluate(
     ] = None,
 ) -> None:
     """mAP and per-class AP of a run's best weights (on the run's own data unless told otherwise)."""
-    from wsml_fast.metrics import CONVENTIONS
-    from wsml_fast.runfolder import RunFolder
+    from wsml_fast.model.metrics import CONVENTIONS
+    from wsml_fast.training.runfolder import RunFolder
 
     run = RunFolder.open(run_dir)
     note = run.weights_note()
@@ -246,7 +246,7 @@ def evaluate(
     if split not in ("train", "valid", "test"):
         raise WsmlError(f"--split {split!r} is not one of: train, valid, test")
     with _this_process() as process:
-        from wsml_fast.evaluate import evaluate as run_eval
+        from wsml_fast.inference.evaluate import evaluate as run_eval
 
         result = run_eval(run, _source_for_eval(run, data, csv, images), split, convention, process)
     if as_json:
@@ -276,13 +276,19 @@ def predict(
 ) -> None:
     """Class probabilities for new images, written a batch at a time; prints the labels at or above the threshold
     (with --top-k: the K most probable)."""
-    from wsml_fast.runfolder import RunFolder
+    from wsml_fast.training.runfolder import RunFolder
 
     if not 0 <= threshold <= 1:
         raise WsmlError(f"--threshold must be between 0 and 1 (got {threshold})")
     run = RunFolder.open(run_dir)
     with _this_process() as process:
-        from wsml_fast.predict import PredictionRows, check_output, collect_images, predict_batches, write_predictions
+        from wsml_fast.inference.predict import (
+            PredictionRows,
+            check_output,
+            collect_images,
+            predict_batches,
+            write_predictions,
+        )
 
         check_output(out, run)
         info = run.model_info()
@@ -313,8 +319,8 @@ def prepare(
     copy_images: Annotated[bool, typer.Option(help="Copy images instead of linking to them.")] = False,
 ) -> None:
     """Turn a benchmark download or a fully labelled CSV into a partial-label dataset folder."""
+    from wsml_fast.data.sources import data_home
     from wsml_fast.prepare import prepare_dataset
-    from wsml_fast.sources import data_home
 
     target = out or data_home() / name
     prepare_dataset(
@@ -368,10 +374,10 @@ def tune(
     with _this_process(autotune=True) as process:
         import optuna
 
-        from wsml_fast.report import Reporter
+        from wsml_fast.core.report import Reporter
+        from wsml_fast.data.sources import resolve_source
         from wsml_fast.schemes import get_scheme
-        from wsml_fast.sources import resolve_source
-        from wsml_fast.tune import Tuner, open_study, parse_duration, read_space, run_study
+        from wsml_fast.tuning.study import Tuner, open_study, parse_duration, read_space, run_study
 
         names = [name.strip() for name in schemes.split(",") if name.strip()]
         if not names:
@@ -427,7 +433,7 @@ def schemes(
 @app.command()
 def recipes() -> None:
     """List the recipes that ship with wsml."""
-    from wsml_fast.recipes import load_recipe, shipped_recipes
+    from wsml_fast.training.recipes import load_recipe, shipped_recipes
 
     def listed(settings: dict) -> str:
         return ", ".join(f"{k}={v}" for k, v in settings.items())

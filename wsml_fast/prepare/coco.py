@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from wsml_fast.errors import WsmlError
+from wsml_fast.core.errors import WsmlError
 from wsml_fast.prepare.source import Part, RawDataset
 from wsml_fast.prepare.textfiles import need
 

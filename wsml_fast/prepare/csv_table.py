@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from wsml_fast.errors import WsmlError
-from wsml_fast.labels import SPLITS, outside_root_note, read_label_csv
+from wsml_fast.core.errors import WsmlError
+from wsml_fast.data.labels import SPLITS, outside_root_note, read_label_csv
 from wsml_fast.prepare.source import Part, RawDataset
 
 

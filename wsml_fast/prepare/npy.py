@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from wsml_fast.errors import WsmlError
-from wsml_fast.labels import UNOBSERVED, read_classes_file
+from wsml_fast.core.errors import WsmlError
+from wsml_fast.data.labels import UNOBSERVED, read_classes_file
 from wsml_fast.prepare.source import Part, RawDataset
 
 LAYOUT = "ROOT/formatted_{train,val}_{images,labels}.npy (optional formatted_{train,val}_labels_obs.npy)"

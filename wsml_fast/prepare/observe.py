@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from wsml_fast.errors import WsmlError
-from wsml_fast.labels import UNOBSERVED
+from wsml_fast.core.errors import WsmlError
+from wsml_fast.data.labels import UNOBSERVED
 
 PROTOCOLS = ("wsml", "reference")
 FORMS = "single-positive, pos:K,neg:M (e.g. pos:1,neg:2) or fraction:P (0 < P <= 1)"

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from wsml_fast.errors import WsmlError
-from wsml_fast.labelstore import UNOBSERVED, LabelStore
+from wsml_fast.core.errors import WsmlError
+from wsml_fast.data.labelstore import UNOBSERVED, LabelStore
 from wsml_fast.prepare.source import Part, RawDataset
 
 SPLITS = {"train": "train", "validation": "valid", "test": "test"}

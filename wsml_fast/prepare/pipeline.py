@@ -12,14 +12,14 @@ from pathlib import Path
 
 import numpy as np
 
-from wsml_fast.errors import WsmlError
-from wsml_fast.labels import SPLITS, outside_root, write_label_csv
-from wsml_fast.labelstore import LabelStore
+from wsml_fast.core.errors import WsmlError
+from wsml_fast.data.labels import SPLITS, outside_root, write_label_csv
+from wsml_fast.data.labelstore import LabelStore
+from wsml_fast.data.splits import split_train_valid
 from wsml_fast.prepare.images import expose_images, missing_images
 from wsml_fast.prepare.observe import ObservedSpec, check_protocol, parse_observed, simulate_observed
 from wsml_fast.prepare.registry import get_reader
 from wsml_fast.prepare.source import Labels, Part, RawDataset, positives_per_row, stack_rows, take_rows
-from wsml_fast.splits import split_train_valid
 
 SHOW_MISSING = 3
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from wsml_fast.errors import WsmlError
+from wsml_fast.core.errors import WsmlError
 from wsml_fast.prepare import coco, csv_table, cub, npy, nuswide, openimages, voc
 from wsml_fast.prepare.source import RawDataset
 

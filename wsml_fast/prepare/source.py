@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from wsml_fast.labelstore import LabelStore
+from wsml_fast.data.labelstore import LabelStore
 
 Labels = np.ndarray | LabelStore
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from wsml_fast.errors import WsmlError
+from wsml_fast.core.errors import WsmlError
 
 MAX_FIELDS = 8  # whitespace tables wider than this are not annotation files we know
 

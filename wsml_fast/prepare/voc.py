@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from wsml_fast.errors import WsmlError
+from wsml_fast.core.errors import WsmlError
 from wsml_fast.prepare.source import Part, RawDataset
 from wsml_fast.prepare.textfiles import find_base, first_duplicate, need, read_fields
 

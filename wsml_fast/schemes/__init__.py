@@ -16,12 +16,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from wsml_fast.errors import WsmlError
+from wsml_fast.core.errors import WsmlError
 from wsml_fast.schemes import cole, em, gr, large_loss, role
 from wsml_fast.schemes.declaration import Family, Scheme, Setting
 
 if TYPE_CHECKING:  # for annotations only
-    from wsml_fast.config import TrainConfig
+    from wsml_fast.training.config import TrainConfig
 
 _PACKAGES = (cole, role, large_loss, em, gr)
 FAMILIES: dict[str, Family] = {package.FAMILY.name: package.FAMILY for package in _PACKAGES}

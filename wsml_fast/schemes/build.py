@@ -11,19 +11,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from wsml_fast.errors import WsmlError
+from wsml_fast.core.errors import WsmlError
 from wsml_fast.schemes import DENSE_STATE_BUDGET, FAMILIES, SCHEMES, Scheme, get_scheme
 
 if TYPE_CHECKING:  # the heavy types, for annotations only
     import torch
     from fastai.callback.core import Callback
 
-    from wsml_fast.config import TrainConfig
-    from wsml_fast.labelstore import LabelStore
-    from wsml_fast.losses import PartialLabelLoss
-    from wsml_fast.report import Reporter
-    from wsml_fast.runfolder import RunFolder
-    from wsml_fast.table import PartialLabelTable
+    from wsml_fast.core.report import Reporter
+    from wsml_fast.data.labelstore import LabelStore
+    from wsml_fast.data.table import PartialLabelTable
+    from wsml_fast.schemes.losses import PartialLabelLoss
+    from wsml_fast.training.config import TrainConfig
+    from wsml_fast.training.runfolder import RunFolder
 
 
 @dataclass
@@ -58,7 +58,7 @@ class SchemeParts:
 def training_labels(scheme: Scheme, table: PartialLabelTable) -> LabelStore:
     """The targets `scheme` trains on (1 / 0 / -1 per train row and class), refused, naming the scheme, where the
     data lacks what it needs: observed negatives for `iu`, a truth.csv for the full-label schemes."""
-    from wsml_fast.labelstore import LabelStore
+    from wsml_fast.data.labelstore import LabelStore
 
     observed = table.observed_of("train")
     if scheme.needs_observed_negatives and not observed.count(0, axis=0).any():

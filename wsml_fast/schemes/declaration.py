@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from wsml_fast.errors import WsmlError
+from wsml_fast.core.errors import WsmlError
 
 Pair = tuple[float, float]  # the type of a setting of two numbers (GR's schedules: a start and an end)
 

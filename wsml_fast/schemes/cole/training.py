@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from wsml_fast.losses import LABEL_SMOOTHING, AssumeNegativeLoss, ExpectedPositiveLoss, KnownLabelLoss
 from wsml_fast.schemes.build import SchemeContext, SchemeParts
+from wsml_fast.schemes.losses import LABEL_SMOOTHING, AssumeNegativeLoss, ExpectedPositiveLoss, KnownLabelLoss
 
 
 def assume_negative(context: SchemeContext) -> SchemeParts:

@@ -28,11 +28,11 @@ from functools import partial
 
 import torch
 
-from wsml_fast.contract import SchemeState, TargetsCallback, WsmlCallback
-from wsml_fast.labelstore import LabelStore
-from wsml_fast.losses import PartialLabelLoss, negative_term, positive_term, soft_bce
+from wsml_fast.data.labelstore import LabelStore
+from wsml_fast.learning.contract import SchemeState, TargetsCallback, WsmlCallback
 from wsml_fast.schemes.build import SchemeContext, SchemeParts
 from wsml_fast.schemes.em import PSEUDO_LABELS
+from wsml_fast.schemes.losses import PartialLabelLoss, negative_term, positive_term, soft_bce
 
 APL_PROPORTION = 0.9  # the reference's `neg_proportion` (main.py:327,334,341,348); per-dataset settings: recipes
 

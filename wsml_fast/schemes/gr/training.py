@@ -24,13 +24,13 @@ from typing import TYPE_CHECKING, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from wsml_fast.contract import WsmlCallback
-from wsml_fast.losses import PartialLabelLoss, negative_term, positive_term
+from wsml_fast.learning.contract import WsmlCallback
 from wsml_fast.schemes.build import SchemeContext, SchemeParts
 from wsml_fast.schemes.gr import GR_B, GR_MU, GR_Q, GR_SIGMA, GR_W
+from wsml_fast.schemes.losses import PartialLabelLoss, negative_term, positive_term
 
 if TYPE_CHECKING:
-    from wsml_fast.config import TrainConfig
+    from wsml_fast.training.config import TrainConfig
 
 
 @dataclass(frozen=True)

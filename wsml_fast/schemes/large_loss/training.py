@@ -21,12 +21,12 @@ from functools import partial
 
 import torch
 
-from wsml_fast.contract import SchemeState, TargetsCallback, WsmlCallback
-from wsml_fast.distributed import all_gather, rank
-from wsml_fast.labelstore import DeviceLabels, LabelStore, row_entries
-from wsml_fast.losses import AssumeNegativeLoss, PartialLabelLoss, positive_term
+from wsml_fast.core.distributed import all_gather, rank
+from wsml_fast.data.labelstore import DeviceLabels, LabelStore, row_entries
+from wsml_fast.learning.contract import SchemeState, TargetsCallback, WsmlCallback
 from wsml_fast.schemes.build import SchemeContext, SchemeParts
 from wsml_fast.schemes.large_loss import CORRECTIONS
+from wsml_fast.schemes.losses import AssumeNegativeLoss, PartialLabelLoss, positive_term
 
 _ASSUME_NEGATIVE = AssumeNegativeLoss()
 

@@ -20,11 +20,11 @@ import math
 import torch
 from torch import nn
 
-from wsml_fast.contract import SchemeState, TargetsCallback, WsmlCallback, optimizer_state
-from wsml_fast.distributed import all_gather, in_group, world_size
-from wsml_fast.labelstore import LabelStore
-from wsml_fast.losses import AssumeNegativeLoss, ExpectedPositiveLoss, soft_bce
+from wsml_fast.core.distributed import all_gather, in_group, world_size
+from wsml_fast.data.labelstore import LabelStore
+from wsml_fast.learning.contract import SchemeState, TargetsCallback, WsmlCallback, optimizer_state
 from wsml_fast.schemes.build import SchemeContext, SchemeParts
+from wsml_fast.schemes.losses import AssumeNegativeLoss, ExpectedPositiveLoss, soft_bce
 
 START_POSITIVE, START_NEGATIVE = 0.995, 0.005  # the reference's start values for observed labels
 START_UNOBSERVED = (0.4, 0.6)  # unobserved entries start uniformly in this probability range

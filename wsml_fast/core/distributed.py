@@ -1,0 +1,190 @@
+"""Data-parallel training on PyTorch's distributed engine, launched by `torchrun` (or `accelerate launch`).
+
+fastai's `DistributedTrainer` (through accelerate) wraps the model in DistributedDataParallel; wsml adds what
+its schemes need on top:
+
+- The training loader cuts the same shuffled order into global batches of `bs` x N images and gives each
+  process its slice of every one, so N processes train on exactly the global batches of one process with a
+  batch of `bs` x N (fastai's own DistributedDL cuts the order into N contiguous parts instead).
+- Evaluation loaders split their images between the processes without padding (fastai's repeat images to
+  even out the parts): every image is scored exactly once, and the scores are gathered.
+- A few collectives for the schemes (all-gathers of a batch's losses, item indices or label rows), on the
+  CPU with gloo or on the GPU with NCCL, whichever backend the process group has.
+
+With one process (no `torchrun`), every function here is the identity and no process group is touched. Which
+process this is, and whether it writes, is decided once at the command line (`wsml_fast.core.process.Process`); the
+collectives here only ask the process group they work in.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from fastai.callback.core import Callback
+from fastai.data.load import DataLoader
+from fastai.distributed import DistributedTrainer
+from fastai.torch_core import to_detach
+
+from wsml_fast.core.process import Process
+
+
+def in_group() -> bool:
+    """Whether this process is in a process group of several (made when a data-parallel fit starts)."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    """This process's place in its process group (0 outside one): for the collectives' bookkeeping, such as
+    finding its own rows among gathered ones."""
+    return dist.get_rank() if in_group() else 0
+
+
+def world_size() -> int:
+    """Processes in this process's group (1 outside one): for the collectives' bookkeeping."""
+    return dist.get_world_size() if in_group() else 1
+
+
+def _collective_device(tensor: torch.Tensor) -> torch.device:
+    """NCCL moves CUDA tensors only; gloo any."""
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else tensor.device
+
+
+def wait_for_main() -> None:
+    """Every process waits here until all arrive: files process 0 alone writes (best weights, scheme state)
+    are complete before the others read them. Nothing to wait for with one process."""
+    if in_group():
+        dist.barrier()
+
+
+def all_gather(tensor: torch.Tensor) -> torch.Tensor:
+    """The tensors of every process (same shape on each), concatenated along dim 0 in rank order."""
+    if not in_group():
+        return tensor
+    moved = tensor.to(_collective_device(tensor)).contiguous()
+    parts = [torch.empty_like(moved) for _ in range(world_size())]
+    dist.all_gather(parts, moved)
+    return torch.cat(parts).to(tensor.device)
+
+
+def all_gather_varying(tensor: torch.Tensor) -> torch.Tensor:
+    """Like `all_gather` for tensors whose first dimension differs between processes (padded, then cut)."""
+    if not in_group():
+        return tensor
+    sizes = all_gather(torch.tensor([len(tensor)], device=tensor.device)).tolist()
+    padded = torch.zeros((max(sizes), *tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device)
+    padded[: len(tensor)] = tensor
+    parts = all_gather(padded).split(max(sizes))
+    return torch.cat([part[:size] for part, size in zip(parts, sizes, strict=True)])
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    if not in_group():
+        return tensor
+    moved = tensor.to(_collective_device(tensor)).clone()
+    dist.all_reduce(moved)
+    return moved.to(tensor.device)
+
+
+def broadcast_from_main(tensor: torch.Tensor) -> torch.Tensor:
+    if not in_group():
+        return tensor
+    moved = tensor.to(_collective_device(tensor)).clone()
+    dist.broadcast(moved, src=0)
+    return moved.to(tensor.device)
+
+
+def global_batch_order(order: np.ndarray, bs: int, processes: int, process: int) -> np.ndarray:
+    """This process's items of a shuffled `order`: its slice of `bs` items in each full global batch of
+    `bs` x `processes` items (the incomplete last global batch is dropped, as one process drops its last)."""
+    global_bs = bs * processes
+    full = len(order) // global_bs * global_bs
+    batches = np.asarray(order[:full]).reshape(-1, processes, bs)
+    return batches[:, process].reshape(-1)
+
+
+def shard(n: int, processes: int, process: int) -> np.ndarray:
+    """This process's part of n evaluation items: contiguous, no padding, sizes differing by at most one."""
+    bounds = np.linspace(0, n, processes + 1).round().astype(int)
+    return np.arange(bounds[process], bounds[process + 1])
+
+
+class ProcessLoader(DataLoader):
+    """A fastai DataLoader over this process's items: for training, its slice of every global batch of the
+    order process 0 drew (broadcast to all); for evaluation, its contiguous share, unpadded. Batches keep the
+    dataset's own item indices, so scores and labels are found by index, whichever process made them."""
+
+    def __init__(self, loader: DataLoader, processes: int, process: int) -> None:
+        self.source, self.processes, self.process = loader, processes, process
+        super().__init__(
+            loader.dataset,
+            bs=loader.bs,
+            shuffle=loader.shuffle,
+            drop_last=loader.drop_last,
+            num_workers=loader.num_workers,
+            pin_memory=loader.pin_memory,
+            device=loader.device,
+            wif=loader.wif,
+        )
+        self.n_inp, self.rng = loader.n_inp, loader.rng
+
+    def get_idxs(self) -> list[int]:
+        if not self.shuffle:
+            return shard(self.n, self.processes, self.process).tolist()
+        order = torch.as_tensor(super().get_idxs(), dtype=torch.int64)  # fastai's shuffle, as one process draws it
+        order = broadcast_from_main(order).numpy()
+        return global_batch_order(order, self.bs, self.processes, self.process).tolist()
+
+    def __len__(self) -> int:
+        if self.shuffle:
+            return self.n // (self.bs * self.processes)
+        return math.ceil(len(shard(self.n, self.processes, self.process)) / self.bs)
+
+    def to_detach(self, b, cpu: bool = True, gather: bool = True):
+        """Detach without gathering: processes may run different numbers of evaluation batches, so a gather per
+        batch would wait forever; metrics and the loss are shared once, at the end of the epoch."""
+        return to_detach(b, cpu, gather=False)
+
+
+class ShareValidLoss(Callback):
+    """Make the validation loss the mean over every process's images (each averaged only its own share)."""
+
+    order = 49  # before the Recorder (50) reads the loss after validating
+
+    def after_validate(self) -> None:
+        loss = self.learn.recorder.loss
+        total = torch.as_tensor(loss.total, dtype=torch.float64).cpu().reshape(1)
+        both = all_reduce_sum(torch.cat([total, torch.tensor([float(loss.count)], dtype=torch.float64)]))
+        loss.total, loss.count = both[0], int(both[1])
+
+
+class DataParallel(DistributedTrainer):
+    """fastai's DistributedTrainer (DistributedDataParallel through accelerate, SyncBatchNorm when asked) with
+    wsml's loaders for `process`: global batches for training, unpadded shares for evaluation."""
+
+    def __init__(self, process: Process, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.process = process
+
+    def _wrap_dl(self, dl):  # fastai's (private) hook for its loaders: DistributedTrainer offers no public one
+        if isinstance(dl, ProcessLoader):
+            return dl
+        return ProcessLoader(dl, self.process.world_size, self.process.rank)
+
+
+def lost_a_process(exc: BaseException) -> bool:
+    """Whether `exc` (or what it was raised from) is a collective that failed because another process of the run
+    is gone: gloo and NCCL report it as RuntimeErrors naming themselves."""
+    while exc is not None:
+        if isinstance(exc, dist.DistError) or any(word in str(exc) for word in ("gloo", "NCCL", "Connection reset")):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def bare(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside a DistributedDataParallel wrapper (scoring on one process must not use the wrapper, whose
+    forward may synchronise buffers with the others)."""
+    return getattr(model, "module", model)

@@ -1,0 +1,145 @@
+"""`wsml predict`: class probabilities for images or folders of images, from a run folder alone.
+
+Images are scored and written a batch at a time, so a million images never make an images x classes frame."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import pandas as pd
+
+from wsml_fast.core.atomic import atomic_write
+from wsml_fast.core.errors import WsmlError
+from wsml_fast.core.process import Process, launched
+from wsml_fast.data.labelstore import LabelStore
+from wsml_fast.data.loaders import ImageLabelDataset, make_loader
+from wsml_fast.model.scoring import scored_batches
+from wsml_fast.training.runfolder import CONFIG, RUN_FILES, ModelInfo, RunFolder
+
+SEPARATOR = "|"  # between the labels, and between the scores, of --top-k
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
+
+def collect_images(paths: list[Path]) -> list[Path]:
+    """Image files named directly, plus every image under named folders (sorted, recursive)."""
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            inside = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            if not inside:
+                raise WsmlError(f"{path}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in this folder")
+            found += inside
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise WsmlError(f"{path}: no such file or folder")
+    return found
+
+
+def predict_batches(
+    run: RunFolder,
+    images: list[Path],
+    batch_size: int = 64,
+    process: Process | None = None,
+    info: ModelInfo | None = None,
+) -> Iterator[tuple[list[str], np.ndarray]]:
+    """(image names, probabilities B x C) a batch at a time, in the order of `images`: never all at once. The
+    model (`info`: the run's `model_info()`, read if not given) is loaded here on `process`'s device (by default:
+    this process as launched, automatic precision), before any output is opened; the images are read as the
+    batches are asked for."""
+    info = info or run.model_info()
+    process = process or launched()
+    model = run.load_model(info, process.device)
+    no_labels = LabelStore.empty(len(images), 0)  # label rows without columns: nothing N x C
+    dataset = ImageLabelDataset(Path("."), [str(p) for p in images], no_labels, info.img_size)
+    loader = make_loader(dataset, batch_size, False, 0, process.device)
+    batches = scored_batches(model, loader, process.precision, process.device)
+    return (([dataset.images[i] for i in rest[-1].tolist()], scores.cpu().numpy()) for scores, rest in batches)
+
+
+def best_classes(probabilities: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the columns of the `k` highest probabilities and those probabilities, highest first."""
+    top = np.argpartition(-probabilities, k - 1, axis=1)[:, :k]
+    order = np.argsort(-np.take_along_axis(probabilities, top, axis=1), axis=1, kind="stable")
+    top = np.take_along_axis(top, order, axis=1)
+    return top, np.take_along_axis(probabilities, top, axis=1)
+
+
+@dataclass
+class PredictionRows:
+    """How a batch of probabilities becomes CSV rows and terminal lines: every class's probability (the
+    default) or the `top_k` best classes, `|`-separated."""
+
+    classes: list[str]
+    threshold: float = 0.5
+    top_k: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.top_k is None:
+            return
+        if not 1 <= self.top_k <= len(self.classes):
+            raise WsmlError(f"--top-k {self.top_k}: give a number from 1 to {len(self.classes)} (the run's classes)")
+        if clash := next((c for c in self.classes if SEPARATOR in c), None):
+            raise WsmlError(
+                f"--top-k: class {clash!r} holds {SEPARATOR!r}, the separator of the labels column; leave out "
+                "--top-k to get one column per class"
+            )
+
+    def frame(self, names: list[str], probabilities: np.ndarray) -> pd.DataFrame:
+        if self.top_k is None:
+            frame = pd.DataFrame(probabilities, columns=self.classes)
+            frame.insert(0, "image", names)
+            return frame
+        top, scores = best_classes(probabilities, self.top_k)
+        classes = np.array(self.classes, dtype=object)
+        return pd.DataFrame(
+            {
+                "image": names,
+                "labels": [SEPARATOR.join(row) for row in classes[top]],
+                "scores": [SEPARATOR.join(f"{p:.6f}" for p in row) for row in scores],
+            }
+        )
+
+    def lines(self, names: list[str], probabilities: np.ndarray) -> Iterator[str]:
+        """`image: label (p), ...`: the labels at or above the threshold, or the top k."""
+        if self.top_k is None:
+            chosen = [np.flatnonzero(row >= self.threshold) for row in probabilities]
+        else:
+            chosen = best_classes(probabilities, self.top_k)[0]
+        for name, row, columns in zip(names, probabilities, chosen, strict=True):
+            labels = [f"{self.classes[c]} ({row[c]:.2f})" for c in columns]
+            yield f"{name}: {', '.join(labels) if labels else '(none)'}"
+
+
+def write_predictions(
+    out: Path, batches: Iterable[tuple[list[str], np.ndarray]], rows: PredictionRows, show: Callable[[str], None]
+) -> int:
+    """Write the CSV a batch at a time, showing each image's line as its batch is done; return the row count.
+    The file appears under `out` only when complete (an atomic write); an interrupted predict leaves none."""
+    written = 0
+
+    def write(handle: BinaryIO) -> None:
+        nonlocal written
+        for names, probabilities in batches:
+            text = rows.frame(names, probabilities).to_csv(index=False, header=not written, float_format="%.6f")
+            handle.write(text.encode())
+            written += len(names)
+            for line in rows.lines(names, probabilities):
+                show(line)
+
+    atomic_write(out, write)
+    return written
+
+
+def check_output(out: Path, run: RunFolder) -> None:
+    """Before any scoring: `--out` must be a file in an existing folder, and never one of a run's own files."""
+    if out.is_dir():
+        raise WsmlError(f"--out {out}: is a folder; name a CSV file (for example {out / 'preds.csv'})")
+    if not out.parent.is_dir():
+        raise WsmlError(f"--out {out}: folder {out.parent} does not exist; create it or choose another path")
+    if out.name in RUN_FILES and (out.parent / CONFIG).is_file():
+        raise WsmlError(f"--out {out}: is a file of the run folder {out.parent}; write predictions elsewhere")

@@ -1,0 +1,178 @@
+"""`wsml train`: CSV -> dataset -> DataLoaders -> Learner(+callbacks) -> run folder.
+
+A run goes through four steps: `set_up` (data, model, run folder: run_setup.py), `build_learner` (every stage's
+data, the callbacks and the Learner: learner.py), `fit` (the stages, from the run's first incomplete epoch) and
+`score` (the test split, with the best weights). `train` starts a run and `resume` continues one; both record
+in the run folder how the run ended.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from wsml_fast.core.distributed import lost_a_process, wait_for_main
+from wsml_fast.core.errors import WsmlError, one_line
+from wsml_fast.core.process import Process, launched
+from wsml_fast.core.report import Reporter
+from wsml_fast.data.sources import DatasetFiles, resolve_source
+from wsml_fast.learning.contract import RunState
+from wsml_fast.model.scoring import evaluation_bs, score_split
+from wsml_fast.training.callbacks import NonFiniteLoss
+from wsml_fast.training.config import TrainConfig, apply_layer
+from wsml_fast.training.learner import build_learner, fit
+from wsml_fast.training.runfolder import CHECKPOINT, RESULTS, RunFolder, default_run_dir
+from wsml_fast.training.setup import Setup, set_up
+from wsml_fast.training.stages import image_dataset
+from wsml_fast.training.stopping import RunInterrupted, StopRequest
+
+
+def score(setup: Setup, history: list[dict], started: float, test: bool = True) -> dict:
+    """results.json of a run: its best epoch, and the test split scored with that epoch's weights."""
+    config, table = setup.config, setup.table
+    wait_for_main()  # process 0 wrote the best weights
+    setup.model.load_state_dict(setup.run.load_weights())
+    best = RunState(history).best()
+    results = {
+        "best_epoch": best["epoch"],
+        "valid_map": best.get("valid_map"),
+        "test_map": None,
+        "map_convention": config.map_convention,
+        "classes": table.classes,
+        "img_size": config.img_size,
+        "weights_origin": setup.origin,
+        "device": setup.device.type,
+        "precision": setup.precision,
+        "train_seconds": round(time.perf_counter() - started, 1),
+    }
+    if test and len(table.rows("test")):
+        test_ds = image_dataset(setup, "test", table.eval_labels("test"), False)
+        args = (config.map_convention, setup.precision, setup.device, evaluation_bs(config.bs), config.workers)
+        test = score_split(setup.model, test_ds, table.classes, *args)
+        results.update(test_map=test.map, test_per_class=test.per_class, test_skipped=test.skipped)
+    elif test:
+        setup.say("note: no test rows: test mAP not computed")
+    return results
+
+
+def _run(
+    setup: Setup,
+    stop: StopRequest | None,
+    checkpoint: dict | None,
+    callbacks: list | None = None,
+    test: bool = True,
+) -> RunFolder:
+    """Build, fit and score, recording in the run folder how the run ended: finished, interrupted or failed.
+    `callbacks` join the Learner's (wsml tune reports to its trial); `test=False` leaves the test split alone."""
+    run, say, started = setup.run, setup.say, time.perf_counter()
+    completed = checkpoint["meta"]["epoch"] if checkpoint else 0
+    run.write_status("running", epoch=completed)
+    try:
+        learn, data = build_learner(setup, stop, checkpoint["meta"]["history"] if checkpoint else None, callbacks or [])
+        ended = fit(learn, data, setup, stop, checkpoint)
+        history = learn.run_state.history
+        if ended == "interrupted":
+            message = (
+                f"{stop.name}: stopped in epoch {len(history) + 1}; the checkpoint of epoch {len(history)} is kept; "
+                f"continue with: {resume_command(run, setup.process)}"
+            )
+            say(message)
+            run.write_status("interrupted", reason=stop.name, epoch=len(history))
+            raise RunInterrupted(message, stop.exit_code)
+        results = score(setup, history, started, test and setup.process.writes)  # (the others write nothing)
+        results["status"] = "finished" if ended is None else f"finished: {ended}"
+        run.write_results(results)
+    except RunInterrupted:
+        raise
+    except BaseException as exc:
+        if setup.process.parallel and lost_a_process(exc):  # a collective failed: another process is gone
+            exc = WsmlError(
+                f"process {setup.process.rank}: another process of this data-parallel run stopped (see its error)"
+            )
+        line = _record_failure(run, exc, setup.process)
+        if isinstance(exc, WsmlError):
+            raise type(exc)(line) from None  # its own kind (a tuner tells a trial's failure by it), one line
+        raise
+    run.write_status("finished", epoch=len(history))
+    test_text = f"{results['test_map']:.2f}" if results["test_map"] is not None else "n/a"
+    say(
+        f"done in {results['train_seconds']:.0f}s | best epoch {results['best_epoch']} | "
+        f"valid mAP {results['valid_map']:.2f} | test mAP {test_text} | run folder {run.path}"
+    )
+    return run
+
+
+def _completed_epochs(run: RunFolder) -> int:
+    return run.load_checkpoint(mmap=True)["meta"]["epoch"] if run.file(CHECKPOINT).is_file() else 0
+
+
+def _record_failure(run: RunFolder, exc: BaseException, process: Process) -> str:
+    """Status and log of a run that ended on an error (or a second Ctrl-C, which stops at once); returns the
+    line for the user: what happened and what the run folder now allows."""
+    if isinstance(exc, KeyboardInterrupt):
+        state, reason = "interrupted", "stopped at once (a second Ctrl-C)"
+    else:
+        state, reason = "failed", one_line(exc)
+    # a non-finite loss would come back on resuming (training is deterministic): its message says what to do
+    line = reason if isinstance(exc, NonFiniteLoss) else f"{reason}; {_what_now(run, process)}"
+    run.reporter()(f"{state}: {line}", console=False)
+    run.write_status(state, reason=reason, epoch=_completed_epochs(run))
+    return line
+
+
+def resume_command(run: RunFolder, process: Process) -> str:
+    """The command that continues `run`: under the same kind of launch when it is data-parallel."""
+    if process.parallel:
+        return f"torchrun [the same launch options] -m wsml_fast train --resume {run.path}"
+    return f"wsml train --resume {run.path}"
+
+
+def _what_now(run: RunFolder, process: Process) -> str:
+    """What the run folder allows after a failure: resuming from its last complete epoch, or starting anew."""
+    completed = _completed_epochs(run)
+    if completed:
+        return f"the run keeps epoch {completed}: remove the cause, then `{resume_command(run, process)}`"
+    return f"no epoch completed: remove {run.path} and start again"
+
+
+def train(
+    config: TrainConfig,
+    source: DatasetFiles,
+    stop: StopRequest | None = None,
+    callbacks: list | None = None,
+    test: bool = True,
+    process: Process | None = None,
+) -> RunFolder:
+    """Train a new run: keep the best epoch's weights, evaluate the test split (unless `test` is False), and
+    write the run folder. `process` is the command's (by default: this process as launched)."""
+    process = process or launched()
+    path = Path(config.out) if config.out else default_run_dir(source.name, config.scheme)
+    run = RunFolder.check_new(path, process.writes)
+    return _run(set_up(config, source, run, process), stop, None, callbacks, test)
+
+
+def resume(
+    run_dir: Path, epochs: int | None = None, stop: StopRequest | None = None, process: Process | None = None
+) -> RunFolder | None:
+    """Continue an interrupted run from its last complete epoch, with its saved configuration (and optionally
+    more epochs). Returns None, after saying so, when the run is already finished. `process` is the command's
+    (by default: this process as launched)."""
+    process = process or launched()
+    run = RunFolder.for_resume(run_dir, process.writes)
+    config = run.config()
+    extended = epochs is not None and epochs > config.epochs
+    if epochs is not None and epochs < config.epochs:
+        raise WsmlError(f"--epochs {epochs}: the run has {config.epochs}; resuming can only add epochs")
+    if extended:
+        config = apply_layer(config, {"epochs": epochs}, "cli (--resume)").validate()
+    checkpoint = run.load_checkpoint()
+    completed = checkpoint["meta"]["epoch"]
+    say = Reporter(speaks=process.writes)  # the console; the run's log once it is set up
+    if run.file(RESULTS).is_file() and not extended:
+        status = run.results().get("status", "finished")
+        say(f"{run.path} is {status} after {completed} epochs; nothing to resume (a larger --epochs trains on)")
+        return None
+    source = resolve_source(config.dataset, config.data, config.csv, config.images, say)
+    setup = set_up(config, source, run, process, resumed=checkpoint["meta"])
+    setup.say(f"resuming {run.path} after epoch {completed} of {config.total_epochs}")
+    return _run(setup, stop, checkpoint)

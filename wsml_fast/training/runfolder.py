@@ -1,0 +1,272 @@
+"""The run folder: everything a run produced, and all that `wsml eval`, `wsml predict` and `--resume` need.
+
+It is the one place that knows the folder's file names, and every file in it is written atomically (a kill at
+any instant leaves the previous good version, never a truncated one).
+
+config.yaml            resolved configuration and where each value came from (enough to rerun)
+status.json            how the run stands: running, finished, interrupted or failed (with the reason)
+metrics.csv            one row per completed epoch
+checkpoint.pth         the last completed epoch's whole state: what `wsml train --resume` continues from
+model.pth              the best epoch's weights (state dict of the whole classifier)
+scheme_state.pt        the schemes' stored labels / label estimates at the best epoch
+corrected_labels.csv   llcp: every entry stored as positive, with its epoch
+pseudo_labels.csv      em-apl: every entry given a soft negative pseudo-label, with its value and epoch
+memorization.csv/.png  --track-memorization: losses of sampled unobserved entries
+results.json           best epoch, valid and test mAP, classes, input size (written when the run finishes)
+train.log              everything the run printed
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from wsml_fast.core.atomic import atomic_write, save_torch, write_text
+from wsml_fast.core.errors import WsmlError
+from wsml_fast.core.process import process_alive
+from wsml_fast.core.report import Reporter
+from wsml_fast.schemes.em import PSEUDO_LABELS
+from wsml_fast.schemes.large_loss import CORRECTIONS
+from wsml_fast.training.config import TrainConfig
+
+CONFIG, STATUS, METRICS, RESULTS, LOG = "config.yaml", "status.json", "metrics.csv", "results.json", "train.log"
+WEIGHTS, CHECKPOINT, SCHEME_STATE = "model.pth", "checkpoint.pth", "scheme_state.pt"
+MEMORIZATION_CSV, MEMORIZATION_PNG = "memorization.csv", "memorization.png"
+RUN_FILES = (CONFIG, STATUS, METRICS, RESULTS, LOG, WEIGHTS, CHECKPOINT, SCHEME_STATE, CORRECTIONS, PSEUDO_LABELS)
+RUN_FILES += (MEMORIZATION_CSV, MEMORIZATION_PNG)
+
+
+def default_run_dir(dataset: str, scheme: str) -> Path:
+    return Path("runs") / f"{dataset}-{scheme}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What it takes to rebuild a run's classifier and name its outputs."""
+
+    backbone: str
+    classes: list[str]
+    img_size: int
+    boost_lu: float | None  # BoostLU's alpha, when the run trained that head
+
+
+def _probe_writable(folder: Path) -> None:
+    """Write and remove a small file, so an unwritable place or a full disk is found before any training."""
+    probe = folder / f".write-check-{os.getpid()}"
+    write_text(probe, "ok")
+    probe.unlink()
+
+
+class RunFolder:
+    """A training run on disk: finished, running, interrupted or failed. In a data-parallel run every process
+    reads it and only process 0 writes: the others are given a folder whose `writes` is False, and their writes
+    do nothing."""
+
+    def __init__(self, path: Path, writes: bool = True) -> None:
+        self.path, self.writes = Path(path), writes
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    # --- making and finding run folders ---
+
+    @classmethod
+    def check_new(cls, path: Path, writes: bool = True) -> RunFolder:
+        """A place a new run can go, checked before any work (nothing is created yet)."""
+        path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise WsmlError(f"--out {path}: is a file, not a folder; choose a folder for the run")
+        for parent in path.parents:
+            if parent.exists():
+                if not parent.is_dir():
+                    raise WsmlError(f"--out {path}: {parent} is a file, so no folder can be made under it")
+                break
+        run = cls(path, writes)
+        if run.writes and (run.file(CONFIG).exists() or run.file(WEIGHTS).exists()):  # the main process checks
+            raise WsmlError(
+                f"--out {path}: already holds a run; choose another folder, or `wsml train --resume {path}`"
+            )
+        return run
+
+    def reporter(self) -> Reporter:
+        """What the run says goes to the console and its log (from the process that writes)."""
+        return Reporter(self.file(LOG), self.writes)
+
+    def create(self) -> Reporter:
+        """Make the folder (a fresh log) and prove it writable; returns the run's reporter."""
+        if not self.writes:
+            return self.reporter()
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise WsmlError(f"--out {self.path}: cannot be created ({exc.strerror})") from None
+        _probe_writable(self.path)
+        self.file(LOG).unlink(missing_ok=True)
+        return self.reporter()
+
+    def _require_folder(self) -> None:
+        if not self.path.is_dir():
+            raise WsmlError(f"{self.path}: run folder not found")
+        if not self.file(CONFIG).is_file():
+            raise WsmlError(f"{self.path}: not a wsml run folder (no {CONFIG}); pass the --out of `wsml train`")
+
+    @classmethod
+    def open(cls, path: Path) -> RunFolder:
+        """A run with trained weights (finished or interrupted), for `eval` and `predict`."""
+        run = cls(path)
+        run._require_folder()
+        if not run.file(WEIGHTS).is_file():
+            raise WsmlError(f"{path}: no trained weights yet (the run is in, or stopped in, its first epoch)")
+        return run
+
+    @classmethod
+    def for_resume(cls, path: Path, writes: bool = True) -> RunFolder:
+        """A run that `wsml train --resume` can continue: it has a checkpoint and no live process."""
+        run = cls(path, writes)
+        run._require_folder()
+        status = run.status()
+        if status.get("state") == "running" and run.writes:  # (the others start after the main one said so)
+            raise WsmlError(f"--resume {path}: the run is still running (process {status.get('pid')}); stop it first")
+        if not run.file(CHECKPOINT).is_file():
+            raise WsmlError(
+                f"--resume {path}: no {CHECKPOINT}: the run stopped before its first epoch completed; "
+                "nothing to continue (start it again in a new folder)"
+            )
+        return run
+
+    # --- status ---
+
+    def write_status(self, state: str, reason: str | None = None, epoch: int | None = None) -> None:
+        status = {"state": state, "epoch": epoch, "reason": reason, "pid": os.getpid(), "host": socket.gethostname()}
+        status["time"] = time.strftime("%Y-%m-%d %H:%M:%S")
+        self.write_text(STATUS, json.dumps(status, indent=2) + "\n")
+
+    def status(self) -> dict[str, Any]:
+        """How the run stands. A run marked running whose process is gone on this host was killed."""
+        status = self._read_json(STATUS) if self.file(STATUS).is_file() else {"state": "unknown"}
+        if status.get("state") == "running" and status.get("host") == socket.gethostname():
+            if not process_alive(int(status.get("pid", -1))):
+                status.update(state="interrupted", reason="the process was killed")
+        return status
+
+    # --- files of the run ---
+
+    def write_text(self, name: str, text: str) -> None:
+        """Write a file of the run atomically (the main process only)."""
+        self.write_bytes(name, text.encode())
+
+    def write_bytes(self, name: str, data: bytes) -> None:
+        if self.writes:
+            atomic_write(self.file(name), lambda handle: handle.write(data))
+
+    def _save(self, name: str, obj: object) -> None:
+        if self.writes:
+            save_torch(self.file(name), obj)
+
+    def write_config(self, config: TrainConfig) -> None:
+        self.write_text(CONFIG, config.to_yaml())
+
+    def config(self) -> TrainConfig:
+        return TrainConfig.from_yaml(self.file(CONFIG))
+
+    def write_metrics(self, rows: list[dict]) -> None:
+        self.write_text(METRICS, csv_text(rows))
+
+    def write_results(self, results: dict) -> None:
+        self.write_text(RESULTS, json.dumps(results, indent=2) + "\n")
+
+    def results(self) -> dict:
+        return self._read_json(RESULTS)
+
+    def _read_json(self, name: str) -> dict:
+        try:
+            return json.loads(self.file(name).read_text())
+        except (OSError, json.JSONDecodeError):
+            raise WsmlError(f"{self.file(name)}: not readable JSON; the run folder is damaged") from None
+
+    def save_weights(self, state_dict: dict) -> None:
+        self._save(WEIGHTS, state_dict)
+
+    def save_scheme_state(self, states: dict) -> None:
+        self._save(SCHEME_STATE, states)
+
+    def save_checkpoint(self, checkpoint: dict) -> None:
+        self._save(CHECKPOINT, checkpoint)
+
+    def load_weights(self) -> dict:
+        return self._load(WEIGHTS)
+
+    def load_scheme_state(self) -> dict:
+        return self._load(SCHEME_STATE)
+
+    def load_checkpoint(self, mmap: bool = False) -> dict:
+        """The last completed epoch's state (memory-mapped: only what is read is loaded)."""
+        return self._load(CHECKPOINT, mmap)
+
+    def _load(self, name: str, mmap: bool = False) -> dict:
+        import torch
+
+        path = self.file(name)
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        except FileNotFoundError:
+            raise WsmlError(f"{path}: file not found; the run folder is incomplete") from None
+        except Exception as exc:  # noqa: BLE001 - truncated, text, or another format: all mean a damaged file
+            raise WsmlError(f"{path}: not a readable wsml file ({exc.__class__.__name__}); it is damaged") from None
+
+    # --- the trained model ---
+
+    def model_info(self) -> ModelInfo:
+        """From results.json when the run finished, else from the checkpoint of an interrupted run."""
+        config = self.config()
+        if self.file(RESULTS).is_file():
+            results = self.results()
+            return ModelInfo(config.backbone, results["classes"], results["img_size"], config.boost_lu)
+        if not self.file(CHECKPOINT).is_file():
+            raise WsmlError(f"{self.path}: neither {RESULTS} nor {CHECKPOINT}; the run folder is incomplete")
+        meta = self.load_checkpoint(mmap=True)["meta"]
+        return ModelInfo(config.backbone, meta["classes"], meta["img_size"], config.boost_lu)
+
+    def weights_note(self) -> str | None:
+        """For a run that did not finish: which epoch's weights `model.pth` holds, in one line."""
+        if self.file(RESULTS).is_file() or not self.file(CHECKPOINT).is_file():
+            return None
+        meta = self.load_checkpoint(mmap=True)["meta"]
+        history = meta["history"]
+        best = meta["best_epoch"]
+        return (
+            f"note: {self.path} did not finish ({self.status().get('state')}); using the weights of epoch {best}, "
+            f"the best of {len(history)} completed epochs (`wsml train --resume {self.path}` continues it)"
+        )
+
+    def load_model(self, info: ModelInfo, device):
+        """The trained classifier described by `info` (this run's `model_info()`), loaded with the best weights."""
+        from wsml_fast.model.classifier import build_model
+
+        model, _, _ = build_model(
+            info.backbone, len(info.classes), False, img_size=info.img_size, boost_lu=info.boost_lu
+        )
+        state = self.load_weights()
+        try:
+            model.load_state_dict(state)
+        except (RuntimeError, TypeError, AttributeError) as exc:
+            first = str(exc).splitlines()[0][:160]
+            raise WsmlError(f"{self.file(WEIGHTS)}: does not fit the run's model ({first})") from None
+        return model.to(device).eval()
+
+
+def csv_text(rows: list[dict]) -> str:
+    """CSV of dict rows, the columns in order of first appearance (a row may lack some: left empty)."""
+    import csv
+    import io
+
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(dict.fromkeys(k for row in rows for k in row)), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return text.getvalue()
