@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import wsml_fast.model.classifier as model_module
+from wsml_fast.cli import friendly
 from wsml_fast.core.errors import WsmlError
 from wsml_fast.core.process import Process, launched, process_switches
 from wsml_fast.data.sources import from_folder
@@ -49,11 +50,20 @@ def test_a_process_that_does_not_write_neither_writes_nor_speaks(tmp_path: Path,
 
 
 def test_the_commands_switches_are_put_back() -> None:
-    filters, benchmark = list(warnings.filters), torch.backends.cudnn.benchmark
-    with process_switches(Process(), autotune=True):
-        action, _, category, module, _ = warnings.filters[0]
-        assert action == "ignore" and category is FutureWarning and module.match("timm.models")
-    assert warnings.filters == filters and torch.backends.cudnn.benchmark == benchmark
+    benchmark = torch.backends.cudnn.benchmark
+    with process_switches(Process(), autotune=True) as process:
+        assert process == Process()
+    assert torch.backends.cudnn.benchmark == benchmark
+    filters, seen = list(warnings.filters), []
+
+    @friendly
+    def command() -> None:
+        seen.append(warnings.filters[0])
+
+    command()
+    action, _, category, module, _ = seen[0]
+    assert action == "ignore" and category is FutureWarning and module.match("timm.models")  # for the whole command
+    assert warnings.filters == filters
 
 
 def test_importing_the_command_line_sets_no_warning_filter() -> None:

@@ -26,6 +26,8 @@ from wsml_fast.training.config import resolve
 from wsml_fast.training.recipes import find_recipe
 
 README = Path(__file__).parents[1] / "README.md"
+
+
 def test_the_readme_table_is_the_registry() -> None:
     assert markdown_table() in "\n".join(line.strip() for line in README.read_text().splitlines())
 

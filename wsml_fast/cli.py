@@ -7,6 +7,7 @@ import functools
 import inspect
 import json
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -28,13 +29,21 @@ app = typer.Typer(
 )
 
 
+QUIETED_LIBRARIES = r"(torch|fastai|timm|albumentations)\."  # whose deprecation notices a command silences
+
+
 def friendly(command):
-    """Turn a WsmlError into one line on stderr and exit code 2."""
+    """Run a command with the libraries' deprecation notices silenced (they say nothing a user can act on; the
+    filter is put back when the command ends), and turn a WsmlError into one line on stderr and exit code 2."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
-            return command(*args, **kwargs)
+            with warnings.catch_warnings():
+                warnings.filterwarnings(
+                    "ignore", category=FutureWarning, module=r"(torch|fastai|timm|albumentations)\."
+                )
+                return command(*args, **kwargs)
         except WsmlError as exc:
             typer.echo(f"error: {one_line(exc)}", err=True)
             raise typer.Exit(2) from None
@@ -45,8 +54,7 @@ def friendly(command):
 @contextlib.contextmanager
 def _this_process(autotune: bool = False) -> Iterator[Process]:
     """The command's one decision about this process (which of the job it is, whether it writes, its device and
-    precision), under the command's process-wide switches (`process_switches`), put back when it ends. The heavy
-    libraries are imported inside, so their deprecation notices are silenced too."""
+    precision), under the command's process-wide switches (`process_switches`), put back when it ends."""
     from wsml_fast.core.process import launched, process_switches
 
     with process_switches(launched(), autotune) as process:

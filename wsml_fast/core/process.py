@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -65,23 +64,21 @@ def launched(precision: str = "auto") -> Process:
 @contextlib.contextmanager
 def process_switches(process: Process, autotune: bool = False) -> Iterator[Process]:
     """The process-wide switches a command runs under, each put back as it was on leaving: the process's GPU as
-    the current CUDA device (collectives and allocations use it), with `autotune` cuDNN's autotuned convolutions
-    (for training, whose inputs keep one shape all run), and the libraries' deprecation notices silenced (they
-    say nothing a user can act on)."""
+    the current CUDA device (collectives and allocations use it), and with `autotune` cuDNN's autotuned
+    convolutions (for training, whose inputs keep one shape all run). (The command line's `friendly` wrapper
+    silences the libraries' deprecation notices for the whole command, imports included.)"""
     cuda = process.device.type == "cuda"
     previous_device = torch.cuda.current_device() if cuda else None
     previous_benchmark = torch.backends.cudnn.benchmark
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=FutureWarning, module=r"(torch|fastai|timm|albumentations)\.")
-        try:
-            if cuda:
-                torch.cuda.set_device(process.device)
-                torch.backends.cudnn.benchmark = autotune or previous_benchmark
-            yield process
-        finally:
-            torch.backends.cudnn.benchmark = previous_benchmark
-            if cuda:
-                torch.cuda.set_device(previous_device)
+    try:
+        if cuda:
+            torch.cuda.set_device(process.device)
+            torch.backends.cudnn.benchmark = autotune or previous_benchmark
+        yield process
+    finally:
+        torch.backends.cudnn.benchmark = previous_benchmark
+        if cuda:
+            torch.cuda.set_device(previous_device)
 
 
 def process_alive(pid: int) -> bool:
