@@ -80,3 +80,12 @@ def test_no_two_modules_import_each_other_in_a_circle() -> None:
     for module in sorted(graph):
         visit(module, [])
     assert not circles, "\n".join(sorted(set(circles)))
+
+
+def test_every_sub_package_is_installed() -> None:
+    """pyproject.toml lists the packages a wheel holds: a sub-package missing there would be missing for users."""
+    import tomllib
+
+    listed = set(tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(PACKAGE.parent).parts) for p in PACKAGE.rglob("__init__.py")}
+    assert found <= listed, f"not in pyproject.toml's packages: {sorted(found - listed)}"
