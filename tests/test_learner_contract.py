@@ -60,3 +60,23 @@ def test_predictions_after_training_use_the_evaluation_loss() -> None:
     probs, _ = learn.get_preds()
     logits = torch.logit(probs.double()).float()
     torch.testing.assert_close(losses, evaluation.entry_losses(logits, targets).mean(dim=1), rtol=1e-4, atol=1e-5)
+
+
+class Fails(WsmlCallback):
+    """Raises in the first training batch's loss, as a non-finite loss or an out-of-memory error would."""
+
+    def after_loss(self) -> None:
+        if self.training:
+            raise RuntimeError("out of memory")
+
+
+def test_a_fit_that_fails_leaves_the_evaluation_loss_in_place() -> None:
+    training, evaluation = AssumeNegativeLoss(smoothing=0.1), AssumeNegativeLoss()
+    learn = tiny_learner([Fails()], observed_labels(), parts=SchemeParts(training, evaluation_loss=evaluation))
+    try:
+        learn.fit(1, 0.1)
+    except RuntimeError as exc:
+        assert "out of memory" in str(exc)
+    else:
+        raise AssertionError("the fit did not fail")
+    assert learn.loss_func is evaluation

@@ -44,10 +44,6 @@ def _declared_settings() -> dict[str, Setting]:
 SETTINGS = _declared_settings()
 
 
-def scheme_names() -> tuple[str, ...]:
-    return tuple(SCHEMES)
-
-
 def get_scheme(name: str) -> Scheme:
     if name not in SCHEMES:
         raise WsmlError(f"--scheme {name!r} is not one of: {', '.join(SCHEMES)}")

@@ -32,7 +32,8 @@ from wsml_fast.learning.contract import (
 class TrainingLossCallback(WsmlCallback):
     """Give the Learner a scheme's training loss while it trains and its evaluation loss otherwise (validation,
     `get_preds`), the way fastai's MixUp swaps `loss_func`; the Learner is built with the evaluation loss.
-    `lr_find`'s fits train on the evaluation loss: the scheme's own training belongs to the run."""
+    `lr_find`'s fits train on the evaluation loss: the scheme's own training belongs to the run. A fit that ends
+    on an error raises no `after_fit`: `ResumableLearner.fit` puts the evaluation loss back then (`restore`)."""
 
     def __init__(self, training: torch.nn.Module, evaluation: torch.nn.Module) -> None:
         self.training_loss, self.evaluation_loss = training, evaluation
@@ -41,9 +42,12 @@ class TrainingLossCallback(WsmlCallback):
         self.learn.loss_func = self.training_loss
 
     def before_validate(self) -> None:
-        self.learn.loss_func = self.evaluation_loss
+        self.restore()
 
     def after_fit(self) -> None:
+        self.restore()
+
+    def restore(self) -> None:
         self.learn.loss_func = self.evaluation_loss
 
 

@@ -25,8 +25,6 @@ from fastai.optimizer import OptimWrapper
 from fastai.torch_core import params
 
 from wsml_fast.core.distributed import (
-    DataParallel,
-    ShareValidLoss,
     all_gather_varying,
     bare,
     shard,
@@ -51,6 +49,7 @@ from wsml_fast.training.callbacks import (
 )
 from wsml_fast.training.checkpoint import CheckpointCallback, restore
 from wsml_fast.training.memorization import MemorizationCallback, sample_entries
+from wsml_fast.training.parallel import DataParallel, ShareValidLoss
 from wsml_fast.training.runfolder import SCHEME_STATE
 from wsml_fast.training.setup import Setup
 from wsml_fast.training.stages import IMAGES, StageData, stage_data, stages
@@ -76,6 +75,15 @@ class ResumableLearner(Learner):
     schedulers see the same epoch / n_epoch, hence bit for bit the same learning rates, as an uninterrupted fit."""
 
     first_epoch = 0
+
+    def fit(self, *args, **kwargs) -> None:
+        """fastai's fit; whatever ends it, an error too, the Learner holds its evaluation loss again after it."""
+        try:
+            super().fit(*args, **kwargs)
+        finally:
+            for callback in self.cbs:
+                if isinstance(callback, TrainingLossCallback):
+                    callback.restore()
 
     def _do_fit(self) -> None:
         for epoch in range(self.first_epoch, self.n_epoch):
