@@ -34,6 +34,7 @@ from fastai.learner import Learner
 from smoke import TINY_BACKBONE, TINY_IMG_SIZE, parse_args, scratch, tiny_demo
 
 from wsml_fast.core.errors import WsmlError
+from wsml_fast.core.process import launched, process_switches
 from wsml_fast.data.labels import write_label_csv
 from wsml_fast.data.sources import DatasetFiles, resolve_source
 from wsml_fast.data.table import load_table
@@ -256,4 +257,5 @@ def write_into_readme(name: str, text: str) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with process_switches(launched(), autotune=True):  # as `wsml train` runs: cuDNN autotuned on a GPU
+        main()

@@ -29,7 +29,7 @@ from fastai.learner import Learner
 from PIL import Image
 from smoke import TINY_BACKBONE, TINY_IMG_SIZE, parse_args, scratch, tiny_demo
 
-from wsml_fast.core.process import resolve_precision
+from wsml_fast.core.process import launched, process_switches, resolve_precision
 from wsml_fast.data.labelstore import LabelStore
 from wsml_fast.data.loaders import ImageLabelDataset, make_loader
 from wsml_fast.data.sources import DatasetFiles, data_home, from_folder, resolve_source
@@ -268,4 +268,5 @@ def run(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with process_switches(launched(), autotune=True):  # as `wsml train` runs: cuDNN autotuned on a GPU
+        main()

@@ -117,6 +117,10 @@ def test_scheme_options_reach_the_config(demo_folder: Path, monkeypatch: pytest.
             {"scheme": "gr", "gr_w": [0.0, 1.0, 2.0]},
             "--gr-w takes two numbers, a start and an end (got [0.0",
         ),
+        ({"scheme": "gr", "gr_w": 2}, "--gr-w takes two numbers, a start and an end (got 2)"),  # a recipe's YAML
+        ({"scheme": "llr", "delta_rel": "abc"}, "--delta-rel must be a number (got 'abc')"),
+        ({"scheme": "em-apl", "apl_warmup": 2.5}, "--apl-warmup must be a whole number (got 2.5)"),
+        ({"scheme": "gr", "gr_mu": ["a", 1]}, "--gr-mu must be a number (got ['a', 1])"),
     ],
 )
 def test_validation_checks_the_chosen_schemes_declared_constraints(values: dict, error: str) -> None:

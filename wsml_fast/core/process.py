@@ -77,8 +77,8 @@ def process_switches(process: Process, autotune: bool = False) -> Iterator[Proce
         yield process
     finally:
         torch.backends.cudnn.benchmark = previous_benchmark
-        if cuda:
-            torch.cuda.set_device(previous_device)
+        if cuda and not process.parallel:  # a data-parallel process ends on its own GPU: going back to another
+            torch.cuda.set_device(previous_device)  # would make a CUDA context there, on another process's GPU
 
 
 def process_alive(pid: int) -> bool:

@@ -112,8 +112,12 @@ class Setting:
         """Raise WsmlError, naming the option, where `value` (None: not set) is not one this setting allows."""
         if value is None:
             return
-        if self.type == Pair and len(value) != 2:
+        if self.type == Pair and (not isinstance(value, list | tuple) or len(value) != 2):
             raise WsmlError(f"{self.option} takes two numbers, a start and an end (got {value})")
+        whole = self.type is int
+        for number in value if self.type == Pair else [value]:  # a recipe's YAML may hold anything
+            if isinstance(number, bool) or not isinstance(number, int if whole else int | float):
+                raise WsmlError(f"{self.option} must be {'a whole number' if whole else 'a number'} (got {value!r})")
         if self.constraint is not None:
             self.constraint.check(self.option, value, run)
 

@@ -1,6 +1,6 @@
 """`wsml train`: CSV -> dataset -> DataLoaders -> Learner(+callbacks) -> run folder.
 
-A run goes through four steps: `set_up` (data, model, run folder: run_setup.py), `build_learner` (every stage's
+A run goes through four steps: `set_up` (data, model, run folder: setup.py), `build_learner` (every stage's
 data, the callbacks and the Learner: learner.py), `fit` (the stages, from the run's first incomplete epoch) and
 `score` (the test split, with the best weights). `train` starts a run and `resume` continues one; both record
 in the run folder how the run ended.

@@ -87,7 +87,7 @@ class RunFolder:
                     raise WsmlError(f"--out {path}: {parent} is a file, so no folder can be made under it")
                 break
         run = cls(path, writes)
-        if run.writes and (run.file(CONFIG).exists() or run.file(WEIGHTS).exists()):  # the main process checks
+        if run.writes and (run.file(CONFIG).exists() or run.file(WEIGHTS).exists()):  # the process that writes checks
             raise WsmlError(
                 f"--out {path}: already holds a run; choose another folder, or `wsml train --resume {path}`"
             )
@@ -157,7 +157,7 @@ class RunFolder:
     # --- files of the run ---
 
     def write_text(self, name: str, text: str) -> None:
-        """Write a file of the run atomically (the main process only)."""
+        """Write a file of the run atomically (by the process that writes alone)."""
         self.write_bytes(name, text.encode())
 
     def write_bytes(self, name: str, data: bytes) -> None:

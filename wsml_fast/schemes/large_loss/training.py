@@ -177,7 +177,7 @@ class LargeLossTrainingLoss(PartialLabelLoss):
 class LargeLossCallback(WsmlCallback, SchemeState):
     """The large-loss state: tells the training loss the run's epoch and, for LL-Cp, keeps the stored positives
     and lays them over every training batch's targets (they live here, in the main process: DataLoader workers
-    hold stale copies of a Dataset). `lr_find` trains on AN and selects nothing."""
+    hold stale copies of a Dataset). `lr_find` trains on AN, selects nothing and sees no stored positive."""
 
     order = TargetsCallback.order + 1  # lays the stored positives over the targets TargetsCallback made
 
