@@ -300,7 +300,7 @@ def step_share(bs: int, classes: int, backbone: str, img_size: int, steps: int, 
         loss = LargeLossTrainingLoss(kind, delta_rel)
         loss.epoch = 3
         callback = LargeLossCallback(loss, classes) if kind.stores else None  # LL-Cp's stored corrections
-        learn = SimpleNamespace(training=True, targets=SimpleNamespace(item_index=item_index), model=model)
+        learn = SimpleNamespace(training=True, batch_targets=SimpleNamespace(item_index=item_index), model=model)
         if callback is not None:
             callback.learn = learn
             callback.before_fit()

@@ -71,7 +71,7 @@ class WsmlCallback(Callback):
     @property
     def item_index(self) -> torch.Tensor:
         """The item index (row of its dataset) of each input of the batch in progress."""
-        return self.learn.targets.item_index
+        return self.learn.batch_targets.item_index
 
     @property
     def stage(self) -> StageData:
@@ -138,6 +138,11 @@ class TargetsCallback(Callback):
     """
 
     order = -20
+
+    @property
+    def name(self) -> str:
+        """The Learner's attribute for it (fastai's default, `targets`, clashes with get_preds' own `targets`)."""
+        return "batch_targets"
 
     def __init__(self) -> None:
         self.on_device: dict[int, DeviceLabels] = {}  # a dataset's labels, moved to the device once
