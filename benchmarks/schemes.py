@@ -164,7 +164,7 @@ def timing_learner(args: argparse.Namespace, folder: Path) -> tuple[Learner, flo
     write_label_csv(csv, [table.images[i] for i in rows], table.splits[rows], table.classes, table.observed.take(rows))
     data = {"csv": str(csv), "images": str(source.images_root)}
     config = demo_config(args, "llct", data, mode="end-to-end", precision="fp32", workers=0, out=str(folder / "run"))
-    learn, _ = build_learner(set_up(config, source_of(config), RunFolder.check_new(Path(config.out))))
+    learn, _ = build_learner(set_up(config, source_of(config), RunFolder.check_new(Path(config.out), writes=True)))
     return learn, config.lr
 
 

@@ -76,8 +76,9 @@ class RunFolder:
     # --- making and finding run folders ---
 
     @classmethod
-    def check_new(cls, path: Path, writes: bool = True) -> RunFolder:
-        """A place a new run can go, checked before any work (nothing is created yet)."""
+    def check_new(cls, path: Path, writes: bool) -> RunFolder:
+        """A place a new run can go, checked before any work (nothing is created yet); `writes`: whether this
+        process writes the run (process 0 of a data-parallel run alone), given by the caller, never assumed."""
         path = Path(path)
         if path.exists() and not path.is_dir():
             raise WsmlError(f"--out {path}: is a file, not a folder; choose a folder for the run")
@@ -125,7 +126,7 @@ class RunFolder:
         return run
 
     @classmethod
-    def for_resume(cls, path: Path, writes: bool = True) -> RunFolder:
+    def for_resume(cls, path: Path, writes: bool) -> RunFolder:
         """A run that `wsml train --resume` can continue: it has a checkpoint and no live process."""
         run = cls(path, writes)
         run._require_folder()
