@@ -23,7 +23,6 @@ if TYPE_CHECKING:  # the heavy types, for annotations only
     from wsml_fast.data.table import PartialLabelTable
     from wsml_fast.schemes.losses import PartialLabelLoss
     from wsml_fast.training.config import TrainConfig
-    from wsml_fast.training.runfolder import RunFolder
 
 
 @dataclass
@@ -34,7 +33,7 @@ class SchemeContext:
     config: TrainConfig
     table: PartialLabelTable
     train_labels: LabelStore
-    run: RunFolder
+    write_run_file: Callable[[str, str], None] | None  # (file name, text) into the run folder; None: not here
     say: Reporter
     expected_positives: float | None
     score_train: Callable[[torch.nn.Module], torch.Tensor]  # probabilities on every training input, unaugmented
@@ -110,14 +109,15 @@ def scheme_parts(
     config: TrainConfig,
     table: PartialLabelTable,
     train_labels: LabelStore,
-    run: RunFolder,
+    write_run_file: Callable[[str, str], None] | None,
     say: Reporter,
     score_train: Callable[[torch.nn.Module], torch.Tensor],
 ) -> SchemeParts:
-    """The parts of `config.scheme`, from the function its entry names in its family's `training` module."""
+    """The parts of `config.scheme`, from the function its entry names in its family's `training` module.
+    `write_run_file` writes a file into the run folder (None in a process that does not write it)."""
     scheme = get_scheme(config.scheme)
     check_dense_state(scheme, train_labels.n_rows, train_labels.n_classes)
     expected = expected_positives(scheme, config, table, say)
-    context = SchemeContext(scheme, config, table, train_labels, run, say, expected, score_train)
+    context = SchemeContext(scheme, config, table, train_labels, write_run_file, say, expected, score_train)
     module = importlib.import_module(f"wsml_fast.schemes.{FAMILIES[scheme.family].module}.training")
     return getattr(module, scheme.build)(context)

@@ -191,7 +191,8 @@ def build_learner(
         everyone[all_gather_varying(torch.as_tensor(rows))] = all_gather_varying(probs)
         return everyone
 
-    parts = scheme_parts(config, setup.table, setup.train_labels, run, setup.say, score_train)
+    write = run.write_text if run.writes else None
+    parts = scheme_parts(config, setup.table, setup.train_labels, write, setup.say, score_train)
     first = data[stages(config)[0].inputs]
     learn = wsml_learner(
         first.loaders,

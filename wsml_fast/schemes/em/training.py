@@ -242,6 +242,6 @@ def entropy_maximization_apl(context: SchemeContext) -> SchemeParts:
     loss = EntropyMaximizationAplLoss(config.em_alpha, config.em_beta)
     apl = AplCallback(loss, context.train_labels, config.apl_warmup, context.total_epochs, context.score_train)
     names = ([table.images[i] for i in table.rows("train")], table.classes)
-    write = partial(context.run.write_text, PSEUDO_LABELS) if context.run.writes else None  # process 0 alone
+    write = partial(context.write_run_file, PSEUDO_LABELS) if context.write_run_file else None  # process 0 alone
     record = AplRecordCallback(apl, table.train_truth(), write, names)
     return SchemeParts(loss, [apl, record], evaluation_loss=EntropyMaximizationLoss(config.em_alpha))

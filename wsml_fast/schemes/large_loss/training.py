@@ -323,6 +323,6 @@ def permanent_correction(context: SchemeContext) -> SchemeParts:
 
 def _large_loss(context: SchemeContext, kind: LargeLoss) -> SchemeParts:
     table = context.table
-    write = partial(context.run.write_text, CORRECTIONS) if kind.stores and context.run.writes else None
+    write = partial(context.write_run_file, CORRECTIONS) if kind.stores and context.write_run_file else None
     names = ([table.images[i] for i in table.rows("train")], table.classes)
     return large_loss_parts(kind, context.config.delta_rel, table.train_truth(), names, write)
