@@ -96,7 +96,8 @@ def check_dense_state(scheme: Scheme, n_rows: int, n_classes: int) -> None:
 
 def expected_positives(scheme: Scheme, config: TrainConfig, table: PartialLabelTable, say: Reporter) -> float | None:
     """The run's expected positives per image where the scheme needs them: given, or estimated from truth.csv."""
-    if not scheme.needs_expected_positives or config.expected_positives is not None:
+    reads_them = any(setting.name == "expected_positives" for setting in scheme.settings)
+    if not reads_them or config.expected_positives is not None:
         return config.expected_positives
     estimate = table.expected_positives()
     if estimate is None:

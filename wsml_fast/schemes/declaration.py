@@ -168,7 +168,6 @@ class Scheme:
     build: str
     targets: str = "observed"
     needs_observed_negatives: bool = False
-    needs_expected_positives: bool = False
     settings: tuple[Setting, ...] = ()
     dense_state: DenseState | None = None
 

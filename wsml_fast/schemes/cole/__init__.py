@@ -33,7 +33,6 @@ ENTRIES = (
         "observed positives only, plus (batch mean of the expected count - k)^2 / C^2; k from "
         "`--expected-positives` (estimated from `truth.csv` when absent, and said so)",
         build="expected_positive",
-        needs_expected_positives=True,
         settings=(EXPECTED_POSITIVES,),
     ),
     Scheme(

@@ -12,7 +12,6 @@ ENTRIES = (
         "jointly learns a label-estimate matrix (its own lr: 10 x `--lr`) with the classifier; its estimates "
         "are saved with the weights",
         build="role",
-        needs_expected_positives=True,
         settings=(EXPECTED_POSITIVES,),
         # estimate logits, their gradient and Adam's two moments: 4 float32 an entry
         dense_state=DenseState("a label estimate per training entry, with its gradient and Adam moments", 16),
