@@ -45,6 +45,7 @@ class Classifier(nn.Module):
         self.head = nn.Linear(body.num_features, num_classes)
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1) * 255.0, persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1) * 255.0, persistent=False)
+        self.normalization = tuple(mean), tuple(std)  # on 0-1 pixel values, as the model file keeps them
         self.channels_last = False
         self.boost_lu = boost_lu
 
@@ -229,23 +230,21 @@ def packaged_state_dict(name: str) -> dict[str, torch.Tensor] | None:
 
 
 def _timm_body(name: str, pretrained: bool, img_size: int | None) -> nn.Module:
-    """timm's model without classifier; models with a fixed input size (ViTs) are built for `img_size`."""
+    """timm's model without classifier; a model with a fixed input size (ViTs) is built for `img_size`, which
+    its pretrained config (read without building the model) says."""
     import timm
 
-    body = timm.create_model(name, pretrained=pretrained, num_classes=0)
-    fixed = body.pretrained_cfg.get("fixed_input_size", False)
-    if fixed and img_size and img_size != body.pretrained_cfg["input_size"][-1]:
-        body = timm.create_model(name, pretrained=pretrained, num_classes=0, img_size=img_size)
-    return body
+    config = timm.get_pretrained_cfg(name)
+    fixed = bool(config and config.fixed_input_size)
+    size = {"img_size": img_size} if fixed and img_size and img_size != config.input_size[-1] else {}
+    return timm.create_model(name, pretrained=pretrained, num_classes=0, **size)
 
 
 def create_body(name: str, pretrained: bool, weights: str | None, img_size: int | None = None) -> tuple[nn.Module, str]:
-    """The backbone without classifier, and a line saying where its weights came from.
-
-    Where weights come from the hub (and for a fixed-size model at another size, in `_timm_body`), the body is
-    built more than once; each build draws from the seeded random stream before the head is initialized, so
-    building once would change every such seeded run's head: kept as it is."""
+    """The backbone without classifier, and a line saying where its weights came from (built once)."""
     _check_name(name)
+    if pretrained and not weights and name.split(".")[0] not in PACKAGED_WEIGHTS:
+        return _hub_body(name, img_size), "pretrained weights from timm"
     body = _timm_body(name, False, img_size)
     if weights:
         load_into_body(body, read_state_dict(Path(weights)), f"--weights {weights}")
@@ -254,18 +253,22 @@ def create_body(name: str, pretrained: bool, weights: str | None, img_size: int 
         return body, "random initialization (--no-pretrained)"
     architecture = name.split(".")[0]
     packaged = packaged_state_dict(architecture)
-    if packaged is not None:
-        load_into_body(body, packaged, f"packaged weights for {architecture}")
-        return body, f"ImageNet weights from the {PACKAGED_WEIGHTS[architecture][0]} package"
+    if packaged is None:  # the package is not installed
+        return _hub_body(name, img_size), "pretrained weights from timm"
+    load_into_body(body, packaged, f"packaged weights for {architecture}")
+    return body, f"ImageNet weights from the {PACKAGED_WEIGHTS[architecture][0]} package"
+
+
+def _hub_body(name: str, img_size: int | None) -> nn.Module:
+    """The body with timm's pretrained weights, from the hub or its local cache."""
     try:
         with _hub_offline(not _hub_reachable()):
-            body = _timm_body(name, True, img_size)
+            return _timm_body(name, True, img_size)
     except Exception as exc:  # noqa: BLE001 - hub, cache and URL failures all leave us without weights
         raise WsmlError(
             f"--backbone {name}: pretrained weights could not be fetched or found in the cache "
             f"({exc.__class__.__name__}); pass --weights PATH (a local .pth/.safetensors) or --no-pretrained"
         ) from None
-    return body, "pretrained weights from timm"
 
 
 def data_config(body: nn.Module) -> dict:
