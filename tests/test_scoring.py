@@ -27,7 +27,7 @@ def expected(model: torch.nn.Module, features: torch.Tensor, labels: np.ndarray,
 def test_score_split_streams_the_batch_labels(head_and_features: tuple, convention: str) -> None:
     model, features, labels = head_and_features
     dataset = FeatureDataset(features, LabelStore.from_dense(labels))
-    result = score_split(model, dataset, None, convention, "fp32", torch.device("cpu"), 8, 0)
+    result = score_split(model, dataset, "fp32", torch.device("cpu"), 8, 0).result(None, convention)
     per_class, skipped, mean = expected(model, features, labels, convention)
     assert result.per_class == pytest.approx(per_class, rel=1e-6)
     assert result.skipped == skipped and result.map == pytest.approx(mean, rel=1e-6)
@@ -44,7 +44,7 @@ def test_score_split_takes_labels_from_targets_when_given(head_and_features: tup
         asked.append(index.clone())
         return store[index]
 
-    result = score_split(model, dataset, None, "skip", "fp32", torch.device("cpu"), 8, 0, targets)
+    result = score_split(model, dataset, "fp32", torch.device("cpu"), 8, 0, targets).result()
     per_class, skipped, mean = expected(model, features, labels, "skip")
     assert result.per_class == pytest.approx(per_class, rel=1e-6) and result.skipped == skipped
     assert sorted(torch.cat(asked).tolist()) == list(range(53)) and max(len(i) for i in asked) == 8

@@ -30,14 +30,34 @@ class MapResult:
         return {"map": self.map, "per_class": self.per_class, "skipped": self.skipped}
 
 
-class APAccumulator:
-    """Per-class AP from batches of scores and labels (1, 0, -1 unlabelled), keeping the labelled entries only."""
+@dataclass
+class LabelledEntries:
+    """The labelled entries of a scored split, flat: each one's class, score and label, and (where asked for)
+    whether the score is among its image's `top_k` highest. What mAP, thresholds and the F1 family are
+    computed from: nothing images x classes."""
 
-    def __init__(self) -> None:
+    n_classes: int
+    classes: np.ndarray  # (E,) class index
+    scores: np.ndarray  # (E,) probability
+    positive: np.ndarray  # (E,) bool
+    top: np.ndarray | None = None  # (E,) bool: among the image's top_k scores
+
+    def positives(self) -> np.ndarray:
+        """Labelled positives per class."""
+        return np.bincount(self.classes[self.positive], minlength=self.n_classes)
+
+
+class APAccumulator:
+    """Per-class AP from batches of scores and labels (1, 0, -1 unlabelled), keeping the labelled entries only;
+    with `top_k`, each kept entry also notes whether it is among its image's `top_k` highest scores."""
+
+    def __init__(self, top_k: int = 0) -> None:
         self.n_classes: int | None = None
+        self.top_k = top_k
         self._classes: list[np.ndarray] = []
         self._scores: list[np.ndarray] = []
         self._positive: list[np.ndarray] = []
+        self._top: list[np.ndarray] = []
 
     def add(self, scores: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray) -> None:
         """Keep the labelled entries of a batch: scores and labels (B, C)."""
@@ -52,11 +72,19 @@ class APAccumulator:
         self._classes.append((flat % self.n_classes).astype(np.uint16 if self.n_classes <= 2**16 else np.int32))
         self._scores.append(kept)
         self._positive.append(values > 0.5)
+        if self.top_k:
+            self._top.append(_in_top(scores, self.top_k).reshape(-1)[flat])
 
     @property
     def n_entries(self) -> int:
         """Labelled entries kept so far."""
         return sum(len(part) for part in self._classes)
+
+    def entries(self) -> LabelledEntries:
+        """Everything added, as one set of flat entries."""
+        classes, scores, positive = self._joined()
+        top = np.concatenate(self._top) if self._top else (np.zeros(0, bool) if self.top_k else None)
+        return LabelledEntries(self.n_classes or 0, classes, scores, positive, top)
 
     def result(self, classes: list[str] | None = None, convention: str = "skip") -> MapResult:
         """mAP and per-class AP of everything added, classes named `classes` (default: their numbers)."""
@@ -86,18 +114,28 @@ class APAccumulator:
 
         if not in_group():
             return self
-        everyone = APAccumulator()
+        everyone = APAccumulator(self.top_k)
         everyone.n_classes = self.n_classes
         classes, scores, positive = (torch.from_numpy(part) for part in self._joined())
         everyone._classes = [all_gather_varying(classes.to(torch.int32)).numpy().astype(classes.numpy().dtype)]
         everyone._scores = [all_gather_varying(scores).numpy()]
         everyone._positive = [all_gather_varying(positive).numpy()]
+        if self.top_k:
+            everyone._top = [all_gather_varying(torch.from_numpy(self.entries().top)).numpy()]
         return everyone
 
     def _joined(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if not self._classes:
             return np.zeros(0, np.uint16), np.zeros(0, np.float32), np.zeros(0, bool)  # as batches give
         return np.concatenate(self._classes), np.concatenate(self._scores), np.concatenate(self._positive)
+
+
+def _in_top(scores: torch.Tensor | np.ndarray, k: int) -> np.ndarray:
+    """(B, C) bool on the host: whether each score is among its row's k highest (ties broken by position)."""
+    scores = torch.as_tensor(scores)
+    top = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
+    top.scatter_(1, scores.topk(min(k, scores.shape[1]), dim=1).indices, True)
+    return top.cpu().numpy()
 
 
 def _labelled(

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import torch
 
-from wsml_fast.model.metrics import APAccumulator, MapResult
+from wsml_fast.model.metrics import APAccumulator
 
 AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -53,23 +53,23 @@ def predict_scores(model: torch.nn.Module, loader, precision: str, device: torch
 def score_split(
     model: torch.nn.Module,
     dataset,
-    classes: list[str] | None,
-    convention: str,
     precision: str,
     device: torch.device,
     bs: int,
     workers: int,
     targets: Callable[[torch.Tensor], torch.Tensor] | None = None,
-) -> MapResult:
-    """mAP and per-class AP of `model` on a dataset of (input, index) items: training's test pass and recovery
-    diagnostic, and `wsml eval`, all score this one way. Batch by batch, keeping only the labelled entries;
-    each batch's labels are made dense on the device from the dataset's store (or by `targets`: item indices
-    to dense label rows, -1 unlabelled)."""
+    top_k: int = 0,
+) -> APAccumulator:
+    """The labelled entries of `model`'s scores on a dataset of (input, index) items, for mAP (`.result`), and
+    thresholds and the F1 family (`.entries()`, with top-k flags when `top_k`): training's test pass and
+    recovery diagnostic, threshold fitting, and `wsml eval` all score this one way. Batch by batch, keeping
+    only the labelled entries; each batch's labels are made dense on the device from the dataset's store (or by
+    `targets`: item indices to dense label rows, -1 unlabelled)."""
     from wsml_fast.data.loaders import make_loader
 
     loader = make_loader(dataset, bs, False, workers, device)
     targets = targets or dataset.labels.to(device).dense
-    accumulator = APAccumulator()
+    accumulator = APAccumulator(top_k)
     for scores, rest in scored_batches(model, loader, precision, device):
         accumulator.add(scores, targets(rest[-1]))
-    return accumulator.result(classes, convention)
+    return accumulator
