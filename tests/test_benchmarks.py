@@ -22,6 +22,12 @@ FIGURES = {  # script: patterns its smoke's output must match (one line of figur
         r"adding the batches: \d+\.\d\d s; .*\(mAP \d+\.\d\d, 50 classes scored",
         r"sklearn class by class: \d+\.\d\d ms a class",
     ],
+    "decisions.py": [
+        r"\| thresholds \| OF1 \| CF1 \| OP \| CP \|",
+        r"\| 0.5 for every class \| \d+\.\d\d \| \d+\.\d\d \|",
+        r"\| f1 \| \d+\.\d\d \|",
+        r"\| precision:0.9 \| \d+\.\d\d \|",
+    ],
     "distributed.py": [r"2 processes \(gloo, CPU\)", r"\n +10 +\d+\.\d +\d+\.\d\d +\d+\.\d\d% +212\n +40 "],
     "resume_check.py": [
         r"killed with SIGKILL during epoch 3 \(\d epochs in metrics.csv; status: interrupted",

@@ -14,16 +14,9 @@ from helpers import TINY, error_of, invoke, write
 import wsml_fast.training.run
 from wsml_fast.data.labelstore import LabelStore
 from wsml_fast.data.loaders import ImageLabelDataset
-from wsml_fast.inference.predict import collect_images, predict_batches
-from wsml_fast.training.runfolder import RunFolder
-
-
-@pytest.fixture(scope="module")
-def trained_run(demo_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("runs") / "an"
-    result = invoke("train", "--data", demo_folder, *TINY, "--out", out)
-    assert result.exit_code == 0, result.output
-    return out
+from wsml_fast.inference.predict import collect_images
+from wsml_fast.inference.trained import load_model
+from wsml_fast.model.modelfile import ModelFile
 
 
 def test_train_writes_a_complete_run_folder(trained_run: Path, demo_folder: Path) -> None:
@@ -72,15 +65,14 @@ def test_predict_writes_probabilities_for_files_and_folders(
 
 
 def test_predict_scores_a_batch_at_a_time(trained_run: Path, demo_folder: Path) -> None:
-    run = RunFolder.open(trained_run)
+    trained = load_model(trained_run)
     images = collect_images([demo_folder / "images" / "valid"])
-    batches = list(predict_batches(run, images, batch_size=5))
+    batches = list(trained.batches(images, batch_size=5))
     assert [len(names) for names, _ in batches] == [5, 5, 5, 1]
     assert [name for names, _ in batches for name in names] == [str(p) for p in images]
-    info = run.model_info()
-    model = run.load_model(info, torch.device("cpu")).eval()
+    model = trained.classifier()
     no_labels = LabelStore.empty(16, 0)
-    dataset = ImageLabelDataset(Path("."), [str(p) for p in images], no_labels, info.img_size)
+    dataset = ImageLabelDataset(Path("."), [str(p) for p in images], no_labels, trained.img_size)
     with torch.no_grad():
         expected = torch.sigmoid(model(torch.stack([dataset[i][0] for i in range(16)]))).numpy()
     np.testing.assert_allclose(np.concatenate([p for _, p in batches]), expected, atol=1e-5)
@@ -120,12 +112,12 @@ def test_bad_input_gets_one_line_errors(
     assert "not a timm model; did you mean" in error_of("train", "--data", demo_folder, "--backbone", "resnet5")
     assert "--scheme 'nope' is not one of" in error_of("train", "--scheme", "nope")
     assert "not a wsml run folder" in error_of("eval", tmp_path)
-    assert "run folder not found" in error_of("predict", tmp_path / "none", one_file(demo_folder))
+    assert "no such run folder or model file" in error_of("predict", tmp_path / "none", one_file(demo_folder))
     assert "no such file or folder" in error_of("predict", trained_run, tmp_path / "ghost.png")
     truth_dir = tmp_path / "other"
     (truth_dir / "images").mkdir(parents=True)
     write(truth_dir / "observed.csv", "image,split,cat\nx.png,test,1\n")
-    assert "class columns differ from the run's" in error_of("eval", trained_run, "--data", truth_dir)
+    assert "class columns differ from the model's" in error_of("eval", trained_run, "--data", truth_dir)
     assert "already holds a run" in error_of("train", "--data", demo_folder, *TINY, "--out", trained_run)
     bad_weights = write(tmp_path / "w.pth", "garbage")
     assert "not a readable state dict" in error_of("train", "--data", demo_folder, *TINY, "--weights", bad_weights)
@@ -180,7 +172,7 @@ class StageStart(Callback):
             self.seen = {
                 "weights": {k: v.clone() for k, v in self.learn.model.state_dict().items()},
                 "estimates": self.learn.role.estimate_logits.detach().clone(),
-                "best weights": torch.load(run / "model.pth", weights_only=True),
+                "best weights": ModelFile.load(run / "model.pth").weights,
                 "best estimates": torch.load(run / "scheme_state.pt", weights_only=True)["RoleCallback"],
             }
 
@@ -220,7 +212,7 @@ def test_linear_epochs_leave_the_body_and_its_batchnorm_statistics_untouched(
     assert result.exit_code == 0, result.output
     set_seed(0, reproducible=True)  # what `wsml train --seed 0` does before building the model
     initial, _, _ = build_model("test_efficientnet", 10, pretrained=False, img_size=32)
-    trained = torch.load(tmp_path / "r" / "model.pth", weights_only=True)
+    trained = ModelFile.load(tmp_path / "r" / "model.pth").weights
     for key, value in initial.state_dict().items():
         if key.startswith("body."):
             assert torch.equal(trained[key], value), key

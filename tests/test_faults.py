@@ -178,21 +178,22 @@ def test_damaged_weights_are_one_line_errors(interrupted_run: Path, tmp_path: Pa
     run = tmp_path / "run"
     shutil.copytree(interrupted_run, run)
     (run / "model.pth").write_text("these are not weights")
-    assert "model.pth: not a readable wsml file" in error_of("eval", run)
+    line = error_of("eval", run)
+    assert "model.pth: not a readable model file (IndexError); pass the model.pth of a wsml run" in line
     good = (interrupted_run / "model.pth").read_bytes()
     (run / "model.pth").write_bytes(good[: len(good) // 2])
-    assert "model.pth: not a readable wsml file" in error_of("predict", run, run / "model.pth")
+    assert "model.pth: not a readable model file" in error_of("predict", run, run / "model.pth")
 
 
 def test_predict_checks_its_output_before_scoring(
     interrupted_run: Path, demo_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import wsml_fast.inference.predict
+    import wsml_fast.inference.trained
 
     def no_scoring(*args, **kwargs):
         raise AssertionError("scored before checking --out")
 
-    monkeypatch.setattr(wsml_fast.inference.predict, "scored_batches", no_scoring)
+    monkeypatch.setattr(wsml_fast.inference.trained, "scored_batches", no_scoring)
     image = demo_folder / "images" / "test" / "00000.png"
     assert "is a file of the run folder" in error_of(
         "predict", interrupted_run, image, "--out", interrupted_run / "metrics.csv"

@@ -13,6 +13,22 @@ The sub-packages follow the road of the data, each importing only from those abo
 - `tuning`: `wsml tune`, studies of training runs
 - `prepare`: benchmark downloads and labelled CSVs turned into dataset folders
 - `cli.py`: the `wsml` command line, where the process's decisions are made
+
+`wsml_fast.load_model(path)` opens a trained model (a run folder or its model.pth) for use from Python.
 """
 
-__version__ = "0.1.0"
+from __future__ import annotations
+
+from wsml_fast.core.version import WSML_VERSION
+
+__version__ = WSML_VERSION
+__all__ = ["__version__", "load_model"]
+
+
+def __getattr__(name: str):
+    """`load_model` is imported when first used, so that `import wsml_fast` (and `wsml --help`) stays light."""
+    if name == "load_model":
+        from wsml_fast.inference.trained import load_model
+
+        return load_model
+    raise AttributeError(f"module 'wsml_fast' has no attribute {name!r}")

@@ -74,6 +74,13 @@ RecipeOpt = Annotated[
 DataOpt = Annotated[str | None, typer.Option("--data", help="Dataset folder: images/, observed.csv[, truth.csv].")]
 CsvOpt = Annotated[str | None, typer.Option("--csv", help="A label CSV (with --images).")]
 ImagesOpt = Annotated[str | None, typer.Option("--images", help="Folder the CSV's image paths are relative to.")]
+ThresholdsOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Per-class thresholds fitted on valid: f1 (each class's best F1), precision:P (the lowest reaching "
+        "precision P) or fixed:T."
+    ),
+]
 
 
 def with_scheme_options(after: str) -> Callable[[Callable], Callable]:
@@ -149,6 +156,7 @@ def train(
         bool | None, typer.Option("--sync-bn/--no-sync-bn", help="torchrun: batch norm over the global batch.")
     ] = None,
     map_convention: Annotated[str | None, typer.Option(help="skip or paper (classes without positives).")] = None,
+    thresholds: ThresholdsOpt = None,
     check_images: Annotated[
         bool | None,
         typer.Option(
@@ -218,93 +226,124 @@ def _with_signals(process: Process, training) -> None:
         raise typer.Exit(exc.exit_code) from None
 
 
-def _source_for_eval(run, data: str | None, csv: str | None, images: str | None):
+ModelArg = Annotated[Path, typer.Argument(help="A run folder written by `wsml train`, or its model.pth.")]
+
+
+def _open_model(path: Path, quiet: bool = False):
+    """The trained model at `path`, saying first (on stderr when `quiet`) when its run did not finish."""
+    from wsml_fast.inference.trained import load_model
+
+    model = load_model(path)
+    note = model.note()
+    if note:
+        typer.echo(note, err=quiet)
+    return model
+
+
+def _model_source(model, data: str | None, csv: str | None, images: str | None):
+    """The data named by the options, else the data the model was trained on."""
     from wsml_fast.data.sources import resolve_source
 
     if data or csv:
         return resolve_source(None, data, csv, images)
-    config = run.config()
+    config = model.config()
     return resolve_source(config.dataset, config.data, config.csv, config.images)
 
 
 @app.command("eval")
 @friendly
 def evaluate(
-    run_dir: Annotated[Path, typer.Argument(help="A run folder written by `wsml train`.")],
+    model_path: ModelArg,
     data: DataOpt = None,
     csv: CsvOpt = None,
     images: ImagesOpt = None,
     split: Annotated[str, typer.Option(help="train, valid or test.")] = "test",
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON: map, per_class, skipped.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON: mAP, the F1 family, per-class figures.")] = False,
     map_convention: Annotated[
         str | None, typer.Option(help="skip (default) or paper: classes without positives count as AP 0.")
     ] = None,
 ) -> None:
-    """mAP and per-class AP of a run's best weights (on the run's own data unless told otherwise)."""
+    """mAP, the F1 family (at the model's thresholds, at 0.5, top-3) and per-class figures of a trained model
+    (on its own data unless told otherwise)."""
     from wsml_fast.model.metrics import CONVENTIONS
-    from wsml_fast.training.runfolder import RunFolder
 
-    run = RunFolder.open(run_dir)
-    note = run.weights_note()
-    if note:
-        typer.echo(note, err=as_json)
-    convention = map_convention or run.config().map_convention
-    if convention not in CONVENTIONS:
-        raise WsmlError(f"--map-convention {convention!r} is not one of: {', '.join(CONVENTIONS)}")
     if split not in ("train", "valid", "test"):
         raise WsmlError(f"--split {split!r} is not one of: train, valid, test")
+    model = _open_model(model_path, quiet=as_json)
+    convention = map_convention or model.config().map_convention
+    if convention not in CONVENTIONS:
+        raise WsmlError(f"--map-convention {convention!r} is not one of: {', '.join(CONVENTIONS)}")
     with _this_process() as process:
         from wsml_fast.inference.evaluate import evaluate as run_eval
 
-        result = run_eval(run, _source_for_eval(run, data, csv, images), split, convention, process)
+        result = run_eval(model, _model_source(model, data, csv, images), split, convention, process)
     if as_json:
         typer.echo(json.dumps(result.to_dict()))
         return
-    width = max(len(c) for c in [*result.per_class, *result.skipped, "class"])
-    for name, ap in result.per_class.items():
-        typer.echo(f"{name:<{width}}  AP {ap:6.2f}")
-    if result.skipped:
-        typer.echo(f"skipped (no positive or no negative labelled): {', '.join(result.skipped)}")
-    typer.echo(f"{split} mAP {result.map:.2f} over {len(result.per_class)} classes ({convention} convention)")
+    width = max(len(c) for c in [*result.per_class, "class"])
+    typer.echo(f"{'class':<{width}}  {'AP':>6}  {'thresh':>6}  {'P':>6}  {'R':>6}  {'F1':>6}  positives")
+    for name, row in result.per_class.items():
+        ap = f"{row['ap']:6.2f}" if row["ap"] is not None else f"{'-':>6}"
+        figures = "  ".join(f"{row[k]:6.2f}" for k in ("precision", "recall", "f1"))
+        typer.echo(f"{name:<{width}}  {ap}  {row['threshold']:6.3f}  {figures}  {row['positives']}")
+    if result.map.skipped:
+        typer.echo(f"AP skipped (no positive or no negative labelled): {', '.join(result.map.skipped)}")
+    typer.echo(f"{split} mAP {result.map.map:.2f} over {len(result.map.per_class)} classes ({convention} convention)")
+    for line in result.summary():
+        typer.echo(f"{split} {line}")
+
+
+@app.command()
+@friendly
+def calibrate(
+    model_path: ModelArg,
+    thresholds: ThresholdsOpt = None,
+    data: DataOpt = None,
+    csv: CsvOpt = None,
+    images: ImagesOpt = None,
+) -> None:
+    """Fit a trained model's per-class thresholds again on a valid split, without training: model.pth and
+    thresholds.csv are rewritten."""
+    from wsml_fast.model.decisions import ThresholdRule
+
+    model = _open_model(model_path)
+    rule = ThresholdRule.parse(thresholds or model.config().thresholds)
+    with _this_process() as process:
+        from wsml_fast.inference.calibrate import calibrate as run_calibrate
+
+        fitted = run_calibrate(model, _model_source(model, data, csv, images), rule, process)
+    for note in fitted.notes(model.classes):
+        typer.echo(note)
+    typer.echo(f"thresholds ({rule}) written to {model.path} and {model.path.parent / 'thresholds.csv'}")
 
 
 @app.command()
 @friendly
 def predict(
-    run_dir: Annotated[Path, typer.Argument(help="A run folder written by `wsml train`.")],
+    model_path: ModelArg,
     paths: Annotated[list[Path], typer.Argument(help="Images, or folders of images.")],
     out: Annotated[
         Path, typer.Option(help="CSV: image + one probability column per class (with --top-k: labels, scores).")
     ] = Path("preds.csv"),
-    threshold: Annotated[float, typer.Option(help="Probability at which a label is predicted.")] = 0.5,
+    threshold: Annotated[
+        float | None, typer.Option(help="One probability for every class (default: the model's per-class thresholds).")
+    ] = None,
     top_k: Annotated[
         int | None,
         typer.Option(help="Write and print the K most probable classes of each image (|-separated), not all."),
     ] = None,
 ) -> None:
-    """Class probabilities for new images, written a batch at a time; prints the labels at or above the threshold
-    (with --top-k: the K most probable)."""
-    from wsml_fast.training.runfolder import RunFolder
-
-    if not 0 <= threshold <= 1:
+    """Class probabilities for new images, written a batch at a time; prints the labels decided at the model's
+    per-class thresholds (with --threshold: at that one value; with --top-k: the K most probable)."""
+    if threshold is not None and not 0 <= threshold <= 1:
         raise WsmlError(f"--threshold must be between 0 and 1 (got {threshold})")
-    run = RunFolder.open(run_dir)
-    with _this_process() as process:
-        from wsml_fast.inference.predict import (
-            PredictionRows,
-            check_output,
-            collect_images,
-            predict_batches,
-            write_predictions,
-        )
+    from wsml_fast.inference.predict import PredictionRows, check_output, collect_images, write_predictions
 
-        check_output(out, run)
-        info = run.model_info()
-        rows = PredictionRows(info.classes, threshold, top_k)
-        note = run.weights_note()
-        if note:
-            typer.echo(note)
-        batches = predict_batches(run, collect_images(paths), process=process, info=info)
+    check_output(out)
+    model = _open_model(model_path)
+    rows = PredictionRows(model.classes, model.thresholds if threshold is None else threshold, top_k)
+    with _this_process() as process:
+        batches = model.batches(collect_images(paths), process=process)
         written = write_predictions(out, batches, rows, typer.echo)
     typer.echo(f"wrote {written} rows to {out}")
 

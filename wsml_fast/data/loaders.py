@@ -19,6 +19,7 @@ from torch.utils.data import Dataset, get_worker_info
 
 from wsml_fast.core.errors import WsmlError
 from wsml_fast.data.labelstore import LabelStore
+from wsml_fast.data.table import PartialLabelTable
 
 
 def make_transform(size: int, train: bool, hflip: bool, seed: int = 0) -> albumentations.Compose:
@@ -192,3 +193,9 @@ def make_loader(dataset: ImageLabelDataset, bs: int, train: bool, workers: int, 
     )
     loader.n_inp = 1
     return loader
+
+
+def split_dataset(table: PartialLabelTable, split: str, size: int) -> ImageLabelDataset:
+    """The images of `split` with the labels it is scored against (the truth where known), unaugmented."""
+    images = [table.images[i] for i in table.rows(split)]
+    return ImageLabelDataset(table.source.images_root, images, table.eval_labels(split), size)

@@ -1,4 +1,4 @@
-"""`wsml predict`: class probabilities for images or folders of images, from a run folder alone.
+"""`wsml predict`: class probabilities for images or folders of images, from a trained model alone.
 
 Images are scored and written a batch at a time, so a million images never make an images x classes frame."""
 
@@ -14,11 +14,7 @@ import pandas as pd
 
 from wsml_fast.core.atomic import atomic_write
 from wsml_fast.core.errors import WsmlError
-from wsml_fast.core.process import Process, launched
-from wsml_fast.data.labelstore import LabelStore
-from wsml_fast.data.loaders import ImageLabelDataset, make_loader
-from wsml_fast.model.scoring import scored_batches
-from wsml_fast.training.runfolder import CONFIG, RUN_FILES, ModelInfo, RunFolder
+from wsml_fast.training.runfolder import CONFIG, RUN_FILES
 
 SEPARATOR = "|"  # between the labels, and between the scores, of --top-k
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -40,27 +36,6 @@ def collect_images(paths: list[Path]) -> list[Path]:
     return found
 
 
-def predict_batches(
-    run: RunFolder,
-    images: list[Path],
-    batch_size: int = 64,
-    process: Process | None = None,
-    info: ModelInfo | None = None,
-) -> Iterator[tuple[list[str], np.ndarray]]:
-    """(image names, probabilities B x C) a batch at a time, in the order of `images`: never all at once. The
-    model (`info`: the run's `model_info()`, read if not given) is loaded here on `process`'s device (by default:
-    this process as launched, automatic precision), before any output is opened; the images are read as the
-    batches are asked for."""
-    info = info or run.model_info()
-    process = process or launched()
-    model = run.load_model(info, process.device)
-    no_labels = LabelStore.empty(len(images), 0)  # label rows without columns: nothing N x C
-    dataset = ImageLabelDataset(Path("."), [str(p) for p in images], no_labels, info.img_size)
-    loader = make_loader(dataset, batch_size, False, 0, process.device)
-    batches = scored_batches(model, loader, process.precision, process.device)
-    return (([dataset.images[i] for i in rest[-1].tolist()], scores.cpu().numpy()) for scores, rest in batches)
-
-
 def best_classes(probabilities: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Per row, the columns of the `k` highest probabilities and those probabilities, highest first."""
     top = np.argpartition(-probabilities, k - 1, axis=1)[:, :k]
@@ -72,10 +47,11 @@ def best_classes(probabilities: np.ndarray, k: int) -> tuple[np.ndarray, np.ndar
 @dataclass
 class PredictionRows:
     """How a batch of probabilities becomes CSV rows and terminal lines: every class's probability (the
-    default) or the `top_k` best classes, `|`-separated."""
+    default) or the `top_k` best classes, `|`-separated. The terminal shows the labels decided at each class's
+    threshold (`thresholds`: one per class, the model's, or one value for all)."""
 
     classes: list[str]
-    threshold: float = 0.5
+    thresholds: np.ndarray | float = 0.5
     top_k: int | None = None
 
     def __post_init__(self) -> None:
@@ -105,9 +81,9 @@ class PredictionRows:
         )
 
     def lines(self, names: list[str], probabilities: np.ndarray) -> Iterator[str]:
-        """`image: label (p), ...`: the labels at or above the threshold, or the top k."""
+        """`image: label (p), ...`: the labels at or above their thresholds, or the top k."""
         if self.top_k is None:
-            chosen = [np.flatnonzero(row >= self.threshold) for row in probabilities]
+            chosen = [np.flatnonzero(row >= self.thresholds) for row in probabilities]
         else:
             chosen = best_classes(probabilities, self.top_k)[0]
         for name, row, columns in zip(names, probabilities, chosen, strict=True):
@@ -135,7 +111,7 @@ def write_predictions(
     return written
 
 
-def check_output(out: Path, run: RunFolder) -> None:
+def check_output(out: Path) -> None:
     """Before any scoring: `--out` must be a file in an existing folder, and never one of a run's own files."""
     if out.is_dir():
         raise WsmlError(f"--out {out}: is a folder; name a CSV file (for example {out / 'preds.csv'})")

@@ -11,7 +11,6 @@ It is a `torch.save` of plain containers (no pickled classes), read with `weight
 
 from __future__ import annotations
 
-import importlib.metadata
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -20,18 +19,12 @@ import torch
 
 from wsml_fast.core.atomic import save_torch
 from wsml_fast.core.errors import WsmlError
+from wsml_fast.core.version import WSML_VERSION
 from wsml_fast.model.classifier import Classifier, create_body
 
 FORMAT = "wsml-model"
 LAYOUT = 1  # the version of this file's layout: raised when a reader of the old one could not read the new
 UNFITTED = "unfitted"  # the threshold rule of a model whose thresholds were never fitted (0.5 each)
-
-
-def wsml_version() -> str:
-    try:
-        return importlib.metadata.version("wsml-fast")
-    except importlib.metadata.PackageNotFoundError:  # a source tree on PYTHONPATH, not installed
-        return "unknown"
 
 
 @dataclass(frozen=True)
@@ -64,7 +57,7 @@ class ModelFile:
     thresholds: list[float]
     threshold_rule: str = UNFITTED
     training: dict[str, Any] = field(default_factory=dict)  # scheme, dataset, best epoch, valid mAP, ...
-    version: str = field(default_factory=wsml_version)
+    version: str = WSML_VERSION
 
     def __post_init__(self) -> None:
         if len(self.thresholds) != len(self.spec.classes):
@@ -76,7 +69,7 @@ class ModelFile:
         return cls(spec, weights, [0.5] * len(spec.classes), UNFITTED, training)
 
     def with_thresholds(self, thresholds: list[float], rule: str) -> ModelFile:
-        return replace(self, thresholds=[float(t) for t in thresholds], threshold_rule=rule, version=wsml_version())
+        return replace(self, thresholds=[float(t) for t in thresholds], threshold_rule=rule, version=WSML_VERSION)
 
     def classifier(self, device: torch.device | str = "cpu") -> Classifier:
         """The trained classifier on `device`, in eval mode."""

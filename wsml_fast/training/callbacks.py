@@ -100,8 +100,9 @@ class RunLogCallback(WsmlCallback):
 
 
 class SaveBestCallback(WsmlCallback):
-    """Save the weights of the best epoch so far (by valid mAP), and the schemes' state beside them. The best
-    is read from the run's history, so a resumed run continues the same comparison."""
+    """Save the weights of the best epoch so far (by valid mAP; `save_weights(state_dict, its metrics row)`),
+    and the schemes' state beside them. The best is read from the run's history, so a resumed run continues the
+    same comparison."""
 
     order = 71
 
@@ -111,7 +112,7 @@ class SaveBestCallback(WsmlCallback):
     def after_epoch(self) -> None:
         if self.run_state.best() is not self.run_state.history[-1]:
             return
-        self.save_weights(self.model.state_dict())
+        self.save_weights(self.model.state_dict(), self.run_state.history[-1])
         states = checkpointed_states(self.learn, SchemeState)
         if states:
             self.save_states(states)

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from wsml_fast.core.errors import WsmlError
+from wsml_fast.model.decisions import ThresholdRule
 from wsml_fast.schemes import SETTINGS, get_scheme
 from wsml_fast.schemes.declaration import Interval, Pair, Setting, option_name
 
@@ -89,6 +90,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model (falls back, with a message, where it fails)
     sync_bn: bool = False  # data-parallel runs: batch-norm statistics over the global batch (SyncBatchNorm)
     map_convention: str = "skip"  # classes without positives: left out ("skip") or AP 0 ("paper")
+    thresholds: str = "f1"  # how the per-class decision thresholds are fitted on valid: f1, precision:P, fixed:T
     check_images: bool = True  # check every image before training (False: a bad one stops the run at its batch)
     out: str | None = None
     sources: dict[str, str] = field(default_factory=dict, compare=False)
@@ -122,6 +124,7 @@ class TrainConfig:
         for setting in SETTINGS.values():  # any given value must be one its setting allows, read or not ...
             own = setting in scheme.settings  # ... and bounds that depend on the run only bind the scheme's own
             setting.check(getattr(self, setting.name), self if own else None)
+        ThresholdRule.parse(self.thresholds)
         if self.boost_lu is not None and self.mode != "end-to-end":
             raise WsmlError(
                 f"--boost-lu needs --mode end-to-end: the {self.mode} mode trains on cached pooled features, and "

@@ -113,8 +113,12 @@ def _diagnostics(setup: Setup, truth_known: bool) -> list:
         return []
     if not setup.process.writes:  # diagnostics go to the run folder, which process 0 alone writes
         return []
-    scoring = (config.map_convention, setup.precision, setup.device, evaluation_bs(config.bs), config.workers)
-    callbacks = [TrainRecoveryCallback(lambda model, dataset: score_split(model, dataset, None, *scoring).map)]
+    scoring = (setup.precision, setup.device, evaluation_bs(config.bs), config.workers)
+
+    def recovery_map(model: torch.nn.Module, dataset) -> float:
+        return score_split(model, dataset, *scoring).result(None, config.map_convention).map
+
+    callbacks = [TrainRecoveryCallback(recovery_map)]
     if config.track_memorization:
         entries = sample_entries(setup.train_labels, setup.table.train_truth(), seed=config.seed)
         every = max(1, setup.train_labels.n_rows // config.bs // 20)  # about 20 points per epoch
@@ -162,7 +166,9 @@ def build_learner(
     on_terminal = sys.stdout.isatty()
     callbacks = [
         RunLogCallback(run.write_metrics, setup.say, print_lines=not on_terminal),
-        SaveBestCallback(model, run.save_weights, run.save_scheme_state),
+        SaveBestCallback(
+            model, lambda state, epoch: run.save_model(setup.model_file(state, epoch)), run.save_scheme_state
+        ),
         CheckpointCallback(run.save_checkpoint, model, setup.meta()),
         LossGuardCallback(config.lr, setup.say),
         *_diagnostics(setup, setup.table.truth is not None),
@@ -222,7 +228,7 @@ def _use_stage(learn: Learner, data: StageData) -> None:
 def _load_best(learn: Learner, setup: Setup) -> None:
     """The best epoch so far: its weights, and its schemes' state (stored labels, label estimates)."""
     wait_for_main()  # process 0 wrote them
-    setup.model.load_state_dict(setup.run.load_weights())
+    setup.model.load_state_dict(setup.run.model_file().weights)
     if setup.run.file(SCHEME_STATE).is_file():
         saved = setup.run.load_scheme_state()
         for callback in learn.cbs:

@@ -15,29 +15,48 @@ from wsml_fast.core.distributed import lost_a_process, wait_for_main
 from wsml_fast.core.errors import WsmlError, one_line
 from wsml_fast.core.process import Process, launched
 from wsml_fast.core.report import Reporter
+from wsml_fast.data.loaders import split_dataset
 from wsml_fast.data.sources import DatasetFiles, resolve_source
 from wsml_fast.learning.contract import RunState
-from wsml_fast.model.scoring import evaluation_bs, score_split
+from wsml_fast.model.decisions import ThresholdRule
+from wsml_fast.model.evaluation import Scoring, evaluate_split, fit_split_thresholds
+from wsml_fast.model.modelfile import ModelFile
+from wsml_fast.model.scoring import evaluation_bs
 from wsml_fast.training.callbacks import NonFiniteLoss
 from wsml_fast.training.config import TrainConfig, apply_layer
 from wsml_fast.training.learner import build_learner, fit
-from wsml_fast.training.runfolder import CHECKPOINT, RESULTS, RunFolder, default_run_dir
+from wsml_fast.training.runfolder import CHECKPOINT, RESULTS, THRESHOLDS, RunFolder, default_run_dir
 from wsml_fast.training.setup import Setup, set_up
-from wsml_fast.training.stages import image_dataset
 from wsml_fast.training.stopping import RunInterrupted, StopRequest
 
 
+def fit_thresholds_at_end(setup: Setup, scoring: Scoring) -> ModelFile:
+    """Fit the per-class thresholds on the valid split with the best weights (already in `setup.model`), by the
+    run's rule; write them into model.pth and thresholds.csv and say which classes could not be fitted."""
+    table = setup.table
+    valid = split_dataset(table, "valid", setup.config.img_size)
+    fitted = fit_split_thresholds(setup.model, valid, ThresholdRule.parse(setup.config.thresholds), scoring)
+    for note in fitted.notes(table.classes):
+        setup.say(note)
+    model = setup.run.model_file().with_thresholds(fitted.values, str(fitted.rule))
+    setup.run.save_model(model)
+    setup.run.write_text(THRESHOLDS, fitted.csv_text(table.classes))
+    return model
+
+
 def score(setup: Setup, history: list[dict], started: float, test: bool = True) -> dict:
-    """results.json of a run: its best epoch, and the test split scored with that epoch's weights."""
+    """results.json of a run: its best epoch and, by the process that writes, the thresholds fitted with that
+    epoch's weights and the test split scored with them."""
     config, table = setup.config, setup.table
     wait_for_main()  # process 0 wrote the best weights
-    setup.model.load_state_dict(setup.run.load_weights())
+    setup.model.load_state_dict(setup.run.model_file().weights)
     best = RunState(history).best()
     results = {
         "best_epoch": best["epoch"],
         "valid_map": best.get("valid_map"),
         "test_map": None,
         "map_convention": config.map_convention,
+        "thresholds": config.thresholds,
         "classes": table.classes,
         "img_size": config.img_size,
         "weights_origin": setup.origin,
@@ -45,11 +64,19 @@ def score(setup: Setup, history: list[dict], started: float, test: bool = True) 
         "precision": setup.precision,
         "train_seconds": round(time.perf_counter() - started, 1),
     }
+    if not setup.process.writes:
+        return results
+    scoring = Scoring(setup.precision, setup.device, evaluation_bs(config.bs), config.workers)
+    model = fit_thresholds_at_end(setup, scoring)
     if test and len(table.rows("test")):
-        test_ds = image_dataset(setup, "test", table.eval_labels("test"), False)
-        args = (config.map_convention, setup.precision, setup.device, evaluation_bs(config.bs), config.workers)
-        test = score_split(setup.model, test_ds, table.classes, *args)
-        results.update(test_map=test.map, test_per_class=test.per_class, test_skipped=test.skipped)
+        test_ds = split_dataset(table, "test", config.img_size)
+        evaluation = evaluate_split(
+            setup.model, test_ds, table.classes, model.thresholds, model.threshold_rule, config.map_convention, scoring
+        )
+        results.update(test_map=evaluation.map.map, test_per_class=evaluation.map.per_class)
+        results.update(test_skipped=evaluation.map.skipped, test_f1=evaluation.f1_family())
+        for line in evaluation.summary():
+            setup.say(f"test {line}")
     elif test:
         setup.say("note: no test rows: test mAP not computed")
     return results
@@ -79,7 +106,7 @@ def _run(
             say(message)
             run.write_status("interrupted", reason=stop.name, epoch=len(history))
             raise RunInterrupted(message, stop.exit_code)
-        results = score(setup, history, started, test and setup.process.writes)  # (the others write nothing)
+        results = score(setup, history, started, test)
         results["status"] = "finished" if ended is None else f"finished: {ended}"
         run.write_results(results)
     except RunInterrupted:

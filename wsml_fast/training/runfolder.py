@@ -7,12 +7,13 @@ config.yaml            resolved configuration and where each value came from (en
 status.json            how the run stands: running, finished, interrupted or failed (with the reason)
 metrics.csv            one row per completed epoch
 checkpoint.pth         the last completed epoch's whole state: what `wsml train --resume` continues from
-model.pth              the best epoch's weights (state dict of the whole classifier)
+model.pth              the model file: the best epoch's weights, what rebuilds them, the fitted thresholds
+thresholds.csv         the per-class thresholds with their valid precision, recall and F1
 scheme_state.pt        the schemes' stored labels / label estimates at the best epoch
 corrected_labels.csv   llcp: every entry stored as positive, with its epoch
 pseudo_labels.csv      em-apl: every entry given a soft negative pseudo-label, with its value and epoch
 memorization.csv/.png  --track-memorization: losses of sampled unobserved entries
-results.json           best epoch, valid and test mAP, classes, input size (written when the run finishes)
+results.json           best epoch, valid and test mAP, the F1 family, classes (written when the run finishes)
 train.log              everything the run printed
 """
 
@@ -22,7 +23,6 @@ import json
 import os
 import socket
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,29 +30,20 @@ from wsml_fast.core.atomic import atomic_write, save_torch, write_text
 from wsml_fast.core.errors import WsmlError
 from wsml_fast.core.process import process_alive
 from wsml_fast.core.report import Reporter
+from wsml_fast.model.modelfile import ModelFile
 from wsml_fast.schemes.em import PSEUDO_LABELS
 from wsml_fast.schemes.large_loss import CORRECTIONS
 from wsml_fast.training.config import TrainConfig
 
 CONFIG, STATUS, METRICS, RESULTS, LOG = "config.yaml", "status.json", "metrics.csv", "results.json", "train.log"
-WEIGHTS, CHECKPOINT, SCHEME_STATE = "model.pth", "checkpoint.pth", "scheme_state.pt"
+WEIGHTS, CHECKPOINT, SCHEME_STATE, THRESHOLDS = "model.pth", "checkpoint.pth", "scheme_state.pt", "thresholds.csv"
 MEMORIZATION_CSV, MEMORIZATION_PNG = "memorization.csv", "memorization.png"
-RUN_FILES = (CONFIG, STATUS, METRICS, RESULTS, LOG, WEIGHTS, CHECKPOINT, SCHEME_STATE, CORRECTIONS, PSEUDO_LABELS)
-RUN_FILES += (MEMORIZATION_CSV, MEMORIZATION_PNG)
+RUN_FILES = (CONFIG, STATUS, METRICS, RESULTS, LOG, WEIGHTS, CHECKPOINT, SCHEME_STATE, THRESHOLDS, CORRECTIONS)
+RUN_FILES += (PSEUDO_LABELS, MEMORIZATION_CSV, MEMORIZATION_PNG)
 
 
 def default_run_dir(dataset: str, scheme: str) -> Path:
     return Path("runs") / f"{dataset}-{scheme}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What it takes to rebuild a run's classifier and name its outputs."""
-
-    backbone: str
-    classes: list[str]
-    img_size: int
-    boost_lu: float | None  # BoostLU's alpha, when the run trained that head
 
 
 def _probe_writable(folder: Path) -> None:
@@ -190,17 +181,18 @@ class RunFolder:
         except (OSError, json.JSONDecodeError):
             raise WsmlError(f"{self.file(name)}: not readable JSON; the run folder is damaged") from None
 
-    def save_weights(self, state_dict: dict) -> None:
-        self._save(WEIGHTS, state_dict)
+    def save_model(self, model: ModelFile) -> None:
+        if self.writes:
+            model.save(self.file(WEIGHTS))
+
+    def model_file(self) -> ModelFile:
+        return ModelFile.load(self.file(WEIGHTS))
 
     def save_scheme_state(self, states: dict) -> None:
         self._save(SCHEME_STATE, states)
 
     def save_checkpoint(self, checkpoint: dict) -> None:
         self._save(CHECKPOINT, checkpoint)
-
-    def load_weights(self) -> dict:
-        return self._load(WEIGHTS)
 
     def load_scheme_state(self) -> dict:
         return self._load(SCHEME_STATE)
@@ -222,17 +214,6 @@ class RunFolder:
 
     # --- the trained model ---
 
-    def model_info(self) -> ModelInfo:
-        """From results.json when the run finished, else from the checkpoint of an interrupted run."""
-        config = self.config()
-        if self.file(RESULTS).is_file():
-            results = self.results()
-            return ModelInfo(config.backbone, results["classes"], results["img_size"], config.boost_lu)
-        if not self.file(CHECKPOINT).is_file():
-            raise WsmlError(f"{self.path}: neither {RESULTS} nor {CHECKPOINT}; the run folder is incomplete")
-        meta = self.load_checkpoint(mmap=True)["meta"]
-        return ModelInfo(config.backbone, meta["classes"], meta["img_size"], config.boost_lu)
-
     def weights_note(self) -> str | None:
         """For a run that did not finish: which epoch's weights `model.pth` holds, in one line."""
         if self.file(RESULTS).is_file() or not self.file(CHECKPOINT).is_file():
@@ -244,21 +225,6 @@ class RunFolder:
             f"note: {self.path} did not finish ({self.status().get('state')}); using the weights of epoch {best}, "
             f"the best of {len(history)} completed epochs (`wsml train --resume {self.path}` continues it)"
         )
-
-    def load_model(self, info: ModelInfo, device):
-        """The trained classifier described by `info` (this run's `model_info()`), loaded with the best weights."""
-        from wsml_fast.model.classifier import build_model
-
-        model, _, _ = build_model(
-            info.backbone, len(info.classes), False, img_size=info.img_size, boost_lu=info.boost_lu
-        )
-        state = self.load_weights()
-        try:
-            model.load_state_dict(state)
-        except (RuntimeError, TypeError, AttributeError) as exc:
-            first = str(exc).splitlines()[0][:160]
-            raise WsmlError(f"{self.file(WEIGHTS)}: does not fit the run's model ({first})") from None
-        return model.to(device).eval()
 
 
 def csv_text(rows: list[dict]) -> str:

@@ -17,6 +17,7 @@ from wsml_fast.data.loaders import default_workers
 from wsml_fast.data.sources import DatasetFiles
 from wsml_fast.data.table import PartialLabelTable, check_images, load_table
 from wsml_fast.model.classifier import Classifier, build_model
+from wsml_fast.model.modelfile import ModelFile, ModelSpec
 from wsml_fast.schemes import get_scheme, settings_of
 from wsml_fast.schemes.build import training_labels
 from wsml_fast.training.config import TrainConfig
@@ -51,6 +52,24 @@ class Setup:
             digest.update("\n".join(map(str, part)).encode())
         digest.update(self.train_labels.digest().encode())
         return digest.hexdigest()[:16]
+
+    def model_spec(self) -> ModelSpec:
+        mean, std = self.model.normalization
+        classes = tuple(self.table.classes)
+        return ModelSpec(self.config.backbone, classes, self.config.img_size, mean, std, self.config.boost_lu)
+
+    def model_file(self, weights: dict[str, torch.Tensor], epoch: dict) -> ModelFile:
+        """The model file of `weights`, the weights of the epoch whose metrics row is `epoch` (thresholds are
+        fitted when the run ends)."""
+        training = {
+            "scheme": self.config.scheme,
+            "dataset": self.table.source.name,
+            "epoch": epoch["epoch"],
+            "valid_map": epoch.get("valid_map"),
+            "weights_origin": self.origin,
+            "config": {k: v for k, v in self.config.values().items() if k != "out"},  # the model may move
+        }
+        return ModelFile.unfitted(self.model_spec(), weights, training)
 
     def meta(self) -> dict:
         """What the checkpoint says about the run besides its state."""

@@ -31,6 +31,7 @@ from wsml_fast.core.process import Process, process_alive
 from wsml_fast.core.report import Reporter
 from wsml_fast.data.sources import DatasetFiles
 from wsml_fast.inference.evaluate import evaluate
+from wsml_fast.inference.trained import load_model
 from wsml_fast.learning.contract import WsmlCallback
 from wsml_fast.schemes import get_scheme
 from wsml_fast.schemes.declaration import Choice, Range
@@ -285,9 +286,11 @@ def write_best(tuner: Tuner) -> dict[str, Any] | None:
     header = f"# wsml tune: trial {best.number} of study '{study.study_name}', valid mAP {best.value:.2f}\n"
     write_text(tuner.folder / BEST, header + yaml.safe_dump(recipe, sort_keys=False))
     scored = len(_test_rows(tuner))
-    test = evaluate(run, tuner.source, "test", config.map_convention, tuner.process) if scored else None
+    model = load_model(run.path)
+    test = evaluate(model, tuner.source, "test", config.map_convention, tuner.process) if scored else None
     result = {"trial": best.number, "run": str(run.path), "valid_map": best.value, "settings": trial_settings(best)}
-    result["test_map"] = None if test is None else test.map
+    result["test_map"] = None if test is None else test.map.map
+    result["test_f1"] = None if test is None else test.f1_family()
     write_text(tuner.folder / BEST_RESULT, json.dumps(result, indent=2) + "\n")
     return result
 
