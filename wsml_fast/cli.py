@@ -309,6 +309,34 @@ def predict(
     typer.echo(f"wrote {written} rows to {out}")
 
 
+def _model_file(path: Path):
+    """The model file MODEL names: a model.pth, or the model.pth of a run folder."""
+    from wsml_fast.model.modelfile import ModelFile
+    from wsml_fast.training.runfolder import WEIGHTS
+
+    if path.is_dir():
+        if not (path / WEIGHTS).is_file():
+            raise WsmlError(f"{path}: no {WEIGHTS} (the run has not completed an epoch)")
+        path = path / WEIGHTS
+    return ModelFile.load(path)
+
+
+@app.command()
+@friendly
+def export(
+    model: Annotated[Path, typer.Argument(help="A run folder, or a model file (its model.pth).")],
+    out: Annotated[Path, typer.Option(help="The file to write (model.onnx, model.pt).")],
+    fmt: Annotated[str, typer.Option("--format", help="onnx or torchscript.")] = "onnx",
+) -> None:
+    """Write the model as one ONNX or TorchScript file: uint8 RGB images in, probabilities out, with the classes,
+    thresholds and input size inside; checked against PyTorch before it is put in place."""
+    from wsml_fast.inference.export import check_format, check_target, export_model
+
+    check_format(fmt)
+    check_target(out, model)
+    export_model(_model_file(model), fmt, out, typer.echo)
+
+
 @app.command()
 @friendly
 def prepare(
