@@ -60,14 +60,15 @@ class Probabilities(nn.Module):
 @dataclass(frozen=True)
 class Exported:
     path: Path
+    fmt: str
     size: int  # bytes
     difference: float  # the largest absolute difference from PyTorch's probabilities on the check's images
 
-    def line(self, fmt: str) -> str:
+    def line(self) -> str:
         batches = " and ".join(str(b) for b in CHECK_BATCHES)
         return (
-            f"wrote {self.path} ({fmt}, {self.size / 2**20:.2f} MiB): probabilities within {self.difference:.1e} of "
-            f"PyTorch's on random images in batches of {batches}"
+            f"wrote {self.path} ({self.fmt}, {self.size / 2**20:.2f} MiB): probabilities within "
+            f"{self.difference:.1e} of PyTorch's on random images in batches of {batches}"
         )
 
 
@@ -231,7 +232,7 @@ def export_model(model_file: ModelFile, fmt: str, out: Path, say: Callable[[str]
         try:
             with _quiet_exporter(), torch.no_grad():
                 exporter.write(model, batches[0], handle, description(model_file))
-        except OSError:
+        except OSError:  # the file could not be written: atomic_write says why
             raise
         except Exception as exc:  # noqa: BLE001 - any exporter failure is the backbone's, said in one line
             raise _export_failure(exc, fmt, spec.backbone) from None
@@ -253,6 +254,6 @@ def export_model(model_file: ModelFile, fmt: str, out: Path, say: Callable[[str]
             )
 
     atomic_write(out, write, check)
-    exported = Exported(out, out.stat().st_size, difference)
-    say(exported.line(fmt))
+    exported = Exported(out, fmt, out.stat().st_size, difference)
+    say(exported.line())
     return exported
