@@ -17,6 +17,11 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--np
 
 FIGURES = {  # script: patterns its smoke's output must match (one line of figures each)
     "check_images.py": [r"threads  seconds  images/s\n +1 +\d+\.\d\d +[\d,]+\n +2 +\d+\.\d\d +[\d,]+"],
+    "export.py": [
+        r"wrote .*model.onnx \(onnx, \d+\.\d\d MiB\): probabilities within \d\.\de-\d\d of PyTorch's",
+        r"\| PyTorch eager \| \d+\.\d \| \d+\.\d \|\n\| onnxruntime \(CPU\) \| \d+\.\d \| \d+\.\d \|",
+        r"onnxruntime / PyTorch: \d+\.\d\dx; largest absolute difference of the probabilities on the batch: \d\.\de-",
+    ],
     "scoring.py": [
         r"labelled entries kept: [\d,]+ ",
         r"adding the batches: \d+\.\d\d s; .*\(mAP \d+\.\d\d, 50 classes scored",

@@ -350,6 +350,22 @@ def predict(
 
 @app.command()
 @friendly
+def export(
+    model: ModelArg,
+    out: Annotated[Path, typer.Option(help="The file to write (model.onnx, model.pt).")],
+    fmt: Annotated[str, typer.Option("--format", help="onnx or torchscript.")] = "onnx",
+) -> None:
+    """Write the model as one ONNX or TorchScript file: uint8 RGB images in, probabilities out, with the classes,
+    thresholds and input size inside; checked against PyTorch before it is put in place."""
+    from wsml_fast.inference.export import check_format, check_target, export_model
+
+    check_format(fmt)
+    check_target(out, model)
+    export_model(_open_model(model).file, fmt, out, typer.echo)
+
+
+@app.command()
+@friendly
 def prepare(
     name: Annotated[str, typer.Argument(help="Format: voc, coco, nuswide, cub, openimages, npy or csv.")],
     root: Annotated[Path, typer.Option(help="The raw download (or the folder/file of the npy/csv formats).")],

@@ -36,8 +36,11 @@ def _os_error(exc: BaseException) -> OSError | None:
     return exc
 
 
-def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Call `write(handle)` on a temporary file, then atomically put it in place of `path`."""
+def atomic_write(path: Path, write: Callable[[BinaryIO], None], check: Callable[[Path], None] | None = None) -> None:
+    """Call `write(handle)` on a temporary file, then atomically put it in place of `path`.
+
+    `check(temporary)` reads the written file before it replaces `path`; an error it raises leaves `path` as it was.
+    """
     path = Path(path)
     try:
         descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -48,6 +51,8 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
+        if check is not None:
+            check(Path(temporary))
         os.replace(temporary, path)
     except BaseException as exc:
         with contextlib.suppress(OSError):
