@@ -199,6 +199,7 @@ def test_label_studio_tasks_and_their_answers_merged_back(
         (["--budget", "5", "--strategy", "loud"], "--strategy 'loud' is not one of"),
         (["--budget", "5", "--per-class-cap", "0"], "--per-class-cap must be at least 1"),
         (["--budget", "5", "--format", "xml"], "--format 'xml' is not one of"),
+        (["--budget", "5", "--split", "all"], "--split 'all' is not one of"),
     ],
 )
 def test_bad_options_are_one_line(trained_run: Path, tmp_path: Path, options: list[str], said: str) -> None:

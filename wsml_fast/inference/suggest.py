@@ -59,7 +59,7 @@ def strategy_keys(strategy: str, thresholds: np.ndarray, seed: int) -> Keys:
     if strategy == "random":
         generator = np.random.default_rng(seed)
         return lambda probabilities: generator.random(probabilities.shape)
-    raise WsmlError(f"--strategy {strategy!r} is not one of: {', '.join(STRATEGIES)}")
+    raise ValueError(f"unknown strategy {strategy!r} (one of {STRATEGIES})")
 
 
 @dataclass
