@@ -250,6 +250,11 @@ def _model_source(model, data: str | None, csv: str | None, images: str | None):
     return resolve_source(config.dataset, config.data, config.csv, config.images)
 
 
+def _check_split(split: str) -> None:
+    if split not in ("train", "valid", "test"):
+        raise WsmlError(f"--split {split!r} is not one of: train, valid, test")
+
+
 @app.command("eval")
 @friendly
 def evaluate(
@@ -267,8 +272,7 @@ def evaluate(
     (on its own data unless told otherwise)."""
     from wsml_fast.model.metrics import CONVENTIONS
 
-    if split not in ("train", "valid", "test"):
-        raise WsmlError(f"--split {split!r} is not one of: train, valid, test")
+    _check_split(split)
     model = _open_model(model_path, quiet=as_json)
     convention = map_convention or model.config().map_convention
     if convention not in CONVENTIONS:
@@ -362,6 +366,61 @@ def export(
     check_format(fmt)
     check_target(out, model)
     export_model(_open_model(model).file, fmt, out, typer.echo)
+
+
+@app.command()
+@friendly
+def suggest(
+    model_path: ModelArg,
+    budget: Annotated[int, typer.Option(help="How many unobserved (image, class) entries to ask about.")],
+    out: Annotated[Path, typer.Option(help="The CSV; with --format label-studio the tasks JSON (config: .xml).")],
+    strategy: Annotated[str, typer.Option(help="uncertain, likely-positive or random.")] = "uncertain",
+    per_class_cap: Annotated[
+        int | None, typer.Option(help="At most K a class (default: an equal share, unused shares passed on).")
+    ] = None,
+    split: Annotated[str, typer.Option(help="train, valid or test.")] = "train",
+    seed: Annotated[int, typer.Option(help="Seed of --strategy random.")] = 0,
+    fmt: Annotated[str, typer.Option("--format", help="csv or label-studio (task import JSON).")] = "csv",
+    image_url: Annotated[
+        str | None, typer.Option(help="label-studio: URL prefix of the images (default /data/local-files/?d=).")
+    ] = None,
+    data: DataOpt = None,
+    csv: CsvOpt = None,
+    images: ImagesOpt = None,
+) -> None:
+    """The unobserved entries whose answers are worth most (nearest their class's threshold by default), as a CSV
+    or as Label Studio tasks; answer them, then `wsml merge` the answers into the labels."""
+    from wsml_fast.inference.predict import check_output
+    from wsml_fast.inference.suggest import check_options, summary, write_suggestions
+    from wsml_fast.inference.suggest import suggest as run_suggest
+
+    _check_split(split)
+    check_options(strategy, budget, per_class_cap, fmt, out)
+    check_output(out)
+    model = _open_model(model_path)
+    with _this_process() as process:
+        source = _model_source(model, data, csv, images)
+        found = run_suggest(model, source, split, strategy, budget, per_class_cap, seed, process)
+    version = f"wsml {model.path.parent.name}/{model.path.name}"
+    written = write_suggestions(found, out, fmt, version, image_url)
+    typer.echo(summary(found, split, strategy, written))
+
+
+@app.command()
+@friendly
+def merge(
+    observed_csv: Annotated[Path, typer.Argument(help="The label CSV to add the answers to (observed.csv).")],
+    answers: Annotated[Path, typer.Argument(help="A CSV image,class,answer (1 or 0), or Label Studio's JSON export.")],
+    out: Annotated[Path, typer.Option(help="The merged CSV, in the same form (compact: classes.txt beside it).")],
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace --out if it exists (even OBSERVED_CSV).")
+    ] = False,
+) -> None:
+    """Answers become observed entries: every answer is checked first, and a problem names its row and writes
+    nothing."""
+    from wsml_fast.data.merge import merge_answers
+
+    typer.echo(merge_answers(observed_csv, answers, out, overwrite).line(out))
 
 
 @app.command()

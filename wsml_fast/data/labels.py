@@ -480,18 +480,18 @@ def _compact_columns(path: Path, classes: Sequence[str], store: LabelStore) -> d
 def write_label_csv(
     path: Path,
     images: Sequence[str],
-    splits: Sequence[str],
+    splits: Sequence[str] | None,
     classes: Sequence[str],
     labels: np.ndarray | LabelStore,
     compact: bool = False,
 ) -> None:
     """Write a label table; unobserved entries become empty cells (wide) or are left out of both lists
     (compact). `labels` is a dense matrix or a store: the compact form is written from a store's entries
-    without a dense matrix, and also writes `classes.txt` next to the CSV.
+    without a dense matrix, and also writes `classes.txt` next to the CSV. `splits` None: no split column.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    frame = pd.DataFrame({"image": list(images), "split": list(splits)})
+    frame = pd.DataFrame({"image": list(images)} | ({} if splits is None else {"split": list(splits)}))
     if compact:
         store = labels if isinstance(labels, LabelStore) else LabelStore.from_dense(labels)
         frame = frame.assign(**_compact_columns(path, classes, store))

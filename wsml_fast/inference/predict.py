@@ -118,4 +118,4 @@ def check_output(out: Path) -> None:
     if not out.parent.is_dir():
         raise WsmlError(f"--out {out}: folder {out.parent} does not exist; create it or choose another path")
     if out.name in RUN_FILES and (out.parent / CONFIG).is_file():
-        raise WsmlError(f"--out {out}: is a file of the run folder {out.parent}; write predictions elsewhere")
+        raise WsmlError(f"--out {out}: is a file of the run folder {out.parent}; write the output elsewhere")
