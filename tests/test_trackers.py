@@ -9,6 +9,7 @@ import errno
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import optuna
@@ -21,12 +22,14 @@ from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 from torch.utils.tensorboard import SummaryWriter
 
 from wsml_fast.core.errors import WsmlError
+from wsml_fast.core.process import Process
 from wsml_fast.data.sources import from_folder
 from wsml_fast.training.config import resolve
 from wsml_fast.training.run import resume, train
 from wsml_fast.training.runfolder import RunFolder
 from wsml_fast.training.stopping import RunInterrupted
 from wsml_fast.training.trackers import TensorBoardTracker
+from wsml_fast.training.tracking import RunTracking
 from wsml_fast.tuning.study import JOURNAL
 
 
@@ -197,6 +200,19 @@ def _journal(folder: Path):
     return JournalStorage(JournalFileBackend(str(folder / JOURNAL)))
 
 
+def test_under_torchrun_process_0_alone_logs(tmp_path: Path) -> None:
+    config = resolve(None, None, {"log": ["tensorboard"]})
+    for rank in (1, 0):
+        run = RunFolder(tmp_path / f"rank{rank}", writes=rank == 0)
+        setup = SimpleNamespace(config=config, process=Process(rank, 2), run=run, say=print)
+        tracking = RunTracking.open(setup, [])
+        assert list(tracking.trackers) == ([] if rank else ["tensorboard"])
+        tracking.close("finished")
+    assert not (tmp_path / "rank1").exists()
+    assert tracked(tmp_path / "rank0") == {"tensorboard": {"epoch": 0}}
+    assert any((tmp_path / "rank0" / "tensorboard").iterdir())
+
+
 def test_log_options_a_recipe_and_the_missing_library(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert error_of("train", "--log", "wandb") == "error: --log 'wandb' is not one of: tensorboard, mlflow"
     assert "--log cannot be changed" in error_of("train", "--resume", tmp_path, "--log", "mlflow")
@@ -207,6 +223,6 @@ def test_log_options_a_recipe_and_the_missing_library(tmp_path: Path, monkeypatc
         resolve({"log": "tensorboard"}, "mine", {})
     monkeypatch.setitem(sys.modules, "mlflow", None)  # as if the extra were not installed
     assert error_of("train", "--log", "mlflow") == (
-        "error: --log mlflow needs the mlflow-skinny package: pip install 'wsml-fast[track]' (or pip install "
-        "mlflow-skinny)"
+        "error: --log mlflow needs the mlflow-skinny package, in wsml's `track` extra: pip install -e '.[track]' "
+        "in wsml's checkout, or pip install mlflow-skinny"
     )

@@ -85,8 +85,9 @@ ThresholdsOpt = Annotated[
 LogOpt = Annotated[
     list[str] | None,
     typer.Option(
+        metavar="NAME",
         help="Also log to a tracker (repeatable): tensorboard (RUN_DIR/tensorboard) or mlflow (at "
-        "MLFLOW_TRACKING_URI); needs pip install 'wsml-fast[track]'."
+        "MLFLOW_TRACKING_URI); the `track` extra installs them."
     ),
 ]
 

@@ -71,8 +71,8 @@ def tracker_class(name: str) -> type[Tracker]:
     cls = TRACKERS[name]
     if importlib.util.find_spec(cls.package) is None:
         raise WsmlError(
-            f"--log {name} needs the {cls.pip_name} package: pip install 'wsml-fast[{EXTRA}]' (or pip install "
-            f"{cls.pip_name})"
+            f"--log {name} needs the {cls.pip_name} package, in wsml's `{EXTRA}` extra: pip install -e '.[{EXTRA}]' "
+            f"in wsml's checkout, or pip install {cls.pip_name}"
         )
     return cls
 
