@@ -87,7 +87,7 @@ LogOpt = Annotated[
     typer.Option(
         metavar="NAME",
         help="Also log to a tracker (repeatable): tensorboard (RUN_DIR/tensorboard) or mlflow (at "
-        "MLFLOW_TRACKING_URI); the `track` extra installs them."
+        "MLFLOW_TRACKING_URI); the `track` extra installs them.",
     ),
 ]
 
