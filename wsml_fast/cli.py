@@ -82,6 +82,15 @@ ThresholdsOpt = Annotated[
     ),
 ]
 
+LogOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        metavar="NAME",
+        help="Also log to a tracker (repeatable): tensorboard (RUN_DIR/tensorboard) or mlflow (at "
+        "MLFLOW_TRACKING_URI); the `track` extra installs them.",
+    ),
+]
+
 
 def with_scheme_options(after: str) -> Callable[[Callable], Callable]:
     """Show typer, in the command's signature after the parameter `after`, an option for every declared scheme
@@ -166,6 +175,7 @@ def train(
             "image right under the same name, then `wsml train --resume` continues from the last complete epoch.",
         ),
     ] = None,
+    log: LogOpt = None,
     out: Annotated[str | None, typer.Option(help="Run folder (default runs/<dataset>-<scheme>-<time>).")] = None,
     resume: Annotated[
         Path | None, typer.Option(help="Continue this run from its last complete epoch (only --epochs may be given).")
@@ -490,6 +500,7 @@ def tune(
     workers: Annotated[int | None, typer.Option(help="DataLoader workers.")] = None,
     precision: Annotated[str | None, typer.Option(help="auto, fp32, fp16 or bf16.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of every trial's run and of the sampler.")] = None,
+    log: LogOpt = None,
 ) -> None:
     """Search scheme, learning rate, batch size and the schemes' own settings by valid mAP (Optuna); every trial
     is a run folder in OUT, and the best becomes OUT/best.yaml, scored once on the test split."""
@@ -514,7 +525,7 @@ def tune(
             raise WsmlError(f"--pruner {pruner!r} is not one of: median, halving")
         fixed = {"dataset": dataset, "data": data, "csv": csv, "images": images, "epochs": epochs, "backbone": backbone}
         fixed |= {"img_size": img_size, "mode": mode, "workers": workers, "precision": precision, "seed": seed}
-        fixed |= {"pretrained": pretrained}
+        fixed |= {"pretrained": pretrained, "log": log}
         configs = {name: _configure({**fixed, "scheme": name}, recipe, name) for name in names}
         first = configs[names[0]]
         source = resolve_source(first.dataset, first.data, first.csv, first.images, Reporter(speaks=process.writes))

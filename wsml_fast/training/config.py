@@ -92,6 +92,7 @@ class TrainConfig:
     map_convention: str = "skip"  # classes without positives: left out ("skip") or AP 0 ("paper")
     thresholds: str = "f1"  # how the per-class decision thresholds are fitted on valid: f1, precision:P, fixed:T
     check_images: bool = True  # check every image before training (False: a bad one stops the run at its batch)
+    log: list[str] = field(default_factory=list)  # trackers logged to besides the run folder: tensorboard, mlflow
     out: str | None = None
     sources: dict[str, str] = field(default_factory=dict, compare=False)
 
@@ -125,6 +126,7 @@ class TrainConfig:
             own = setting in scheme.settings  # ... and bounds that depend on the run only bind the scheme's own
             setting.check(getattr(self, setting.name), self if own else None)
         ThresholdRule.parse(self.thresholds)
+        self._check_trackers()
         if self.boost_lu is not None and self.mode != "end-to-end":
             raise WsmlError(
                 f"--boost-lu needs --mode end-to-end: the {self.mode} mode trains on cached pooled features, and "
@@ -133,6 +135,16 @@ class TrainConfig:
         if self.valid_fraction is not None and not 0 < self.valid_fraction < 1:
             raise WsmlError(f"valid_fraction must be between 0 and 1 (got {self.valid_fraction})")
         return self
+
+    def _check_trackers(self) -> None:
+        """Known trackers whose libraries are installed. (Imported here: the trackers import the run folder, which
+        imports this module.)"""
+        from wsml_fast.training.trackers import tracker_class
+
+        if not isinstance(self.log, list) or not all(isinstance(name, str) for name in self.log):
+            raise WsmlError(f"log: give a list of tracker names, such as `log: [tensorboard]` (got {self.log})")
+        for name in self.log:
+            tracker_class(name)
 
     def values(self) -> dict[str, Any]:
         """The settings alone (without where they came from)."""

@@ -28,6 +28,7 @@ from wsml_fast.training.learner import build_learner, fit
 from wsml_fast.training.runfolder import CHECKPOINT, RESULTS, THRESHOLDS, RunFolder, default_run_dir
 from wsml_fast.training.setup import Setup, set_up
 from wsml_fast.training.stopping import RunInterrupted, StopRequest
+from wsml_fast.training.tracking import RunTracking
 
 
 def fit_thresholds_at_end(setup: Setup, scoring: Scoring) -> ModelFile:
@@ -88,14 +89,18 @@ def _run(
     checkpoint: dict | None,
     callbacks: list | None = None,
     test: bool = True,
+    tags: dict[str, str] | None = None,
 ) -> RunFolder:
-    """Build, fit and score, recording in the run folder how the run ended: finished, interrupted or failed.
-    `callbacks` join the Learner's (wsml tune reports to its trial); `test=False` leaves the test split alone."""
+    """Build, fit and score, recording in the run folder (and its trackers) how the run ended: finished,
+    interrupted or failed. `callbacks` join the Learner's (wsml tune reports to its trial); `test=False` leaves the
+    test split alone; `tags` label the run in its trackers (wsml tune: the study's run and the trial)."""
     run, say, started = setup.run, setup.say, time.perf_counter()
     completed = checkpoint["meta"]["epoch"] if checkpoint else 0
+    history = checkpoint["meta"]["history"] if checkpoint else []
+    tracking = RunTracking.open(setup, history, tags)
     run.write_status("running", epoch=completed)
     try:
-        learn, data = build_learner(setup, stop, checkpoint["meta"]["history"] if checkpoint else None, callbacks or [])
+        learn, data = build_learner(setup, stop, history, [*(callbacks or []), tracking])
         ended = fit(learn, data, setup, stop, checkpoint)
         history = learn.run_state.history
         if ended == "interrupted":
@@ -109,7 +114,9 @@ def _run(
         results = score(setup, history, started, test)
         results["status"] = "finished" if ended is None else f"finished: {ended}"
         run.write_results(results)
+        tracking.finish(results)
     except RunInterrupted:
+        tracking.close("interrupted")
         raise
     except BaseException as exc:
         if setup.process.parallel and lost_a_process(exc):  # a collective failed: another process is gone
@@ -117,10 +124,12 @@ def _run(
                 f"process {setup.process.rank}: another process of this data-parallel run stopped (see its error)"
             )
         line = _record_failure(run, exc, setup.process)
+        tracking.close("interrupted" if isinstance(exc, KeyboardInterrupt) else "failed")
         if isinstance(exc, WsmlError):
             raise type(exc)(line) from None  # its own kind (a tuner tells a trial's failure by it), one line
         raise
     run.write_status("finished", epoch=len(history))
+    tracking.close("finished")
     test_text = f"{results['test_map']:.2f}" if results["test_map"] is not None else "n/a"
     say(
         f"done in {results['train_seconds']:.0f}s | best epoch {results['best_epoch']} | "
@@ -169,13 +178,15 @@ def train(
     callbacks: list | None = None,
     test: bool = True,
     process: Process | None = None,
+    tags: dict[str, str] | None = None,
 ) -> RunFolder:
     """Train a new run: keep the best epoch's weights, evaluate the test split (unless `test` is False), and
-    write the run folder. `process` is the command's (by default: this process as launched)."""
+    write the run folder. `process` is the command's (by default: this process as launched); `tags` label the
+    run in its trackers (`--log`)."""
     process = process or launched()
     path = Path(config.out) if config.out else default_run_dir(source.name, config.scheme)
     run = RunFolder.check_new(path, process.writes)
-    return _run(set_up(config, source, run, process), stop, None, callbacks, test)
+    return _run(set_up(config, source, run, process), stop, None, callbacks, test, tags)
 
 
 def resume(

@@ -15,6 +15,8 @@ pseudo_labels.csv      em-apl: every entry given a soft negative pseudo-label, w
 memorization.csv/.png  --track-memorization: losses of sampled unobserved entries
 results.json           best epoch, valid and test mAP, the F1 family, classes (written when the run finishes)
 train.log              everything the run printed
+tracking.json          --log: each tracker's last logged epoch and MLflow's run id (what a resumed run continues)
+tensorboard/           --log tensorboard: the TensorBoard event files
 """
 
 from __future__ import annotations
@@ -38,8 +40,9 @@ from wsml_fast.training.config import TrainConfig
 CONFIG, STATUS, METRICS, RESULTS, LOG = "config.yaml", "status.json", "metrics.csv", "results.json", "train.log"
 WEIGHTS, CHECKPOINT, SCHEME_STATE, THRESHOLDS = "model.pth", "checkpoint.pth", "scheme_state.pt", "thresholds.csv"
 MEMORIZATION_CSV, MEMORIZATION_PNG = "memorization.csv", "memorization.png"
+TRACKING, TENSORBOARD, REPORT = "tracking.json", "tensorboard", "report.html"
 RUN_FILES = (CONFIG, STATUS, METRICS, RESULTS, LOG, WEIGHTS, CHECKPOINT, SCHEME_STATE, THRESHOLDS, CORRECTIONS)
-RUN_FILES += (PSEUDO_LABELS, MEMORIZATION_CSV, MEMORIZATION_PNG)
+RUN_FILES += (PSEUDO_LABELS, MEMORIZATION_CSV, MEMORIZATION_PNG, TRACKING, TENSORBOARD, REPORT)
 
 
 def default_run_dir(dataset: str, scheme: str) -> Path:

@@ -38,6 +38,7 @@ from wsml_fast.schemes.declaration import Choice, Range
 from wsml_fast.training.config import TrainConfig, apply_layer, with_scheme_defaults
 from wsml_fast.training.runfolder import RunFolder, csv_text
 from wsml_fast.training.stopping import RunInterrupted, StopRequest
+from wsml_fast.tuning.tracking import StudyTracking
 
 JOURNAL, TRIALS, BEST, BEST_RESULT, PLOT = "study.journal", "trials.csv", "best.yaml", "best.json", "tune.png"
 DONE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -115,6 +116,7 @@ class Tuner:
     say: Callable[[str], None] = field(default_factory=Reporter)
     stop: StopRequest | None = None  # set by `run_study`
     process: Process | None = None  # the command's (by default: this process as launched)
+    tracking: StudyTracking | None = None  # the study's MLflow run (`--log mlflow`), set by `run_study`
 
     def ranges(self, scheme: str) -> dict[str, Range | Choice]:
         ranges = {**default_space(self.base_for(scheme)), **get_scheme(scheme).search}
@@ -148,7 +150,8 @@ class Tuner:
         except WsmlError as exc:
             raise self._failed(trial, exc) from None
         try:
-            train(config, self.source, self.stop, callbacks=[report], test=False, process=self.process)
+            tags = self.tracking.trial_tags(trial.number) if self.tracking else None
+            train(config, self.source, self.stop, callbacks=[report], test=False, process=self.process, tags=tags)
         except RunInterrupted:
             trial.set_user_attr("interrupted", True)
             self.study.enqueue_trial(trial.params, skip_if_exists=False)  # the next `wsml tune` runs it again
@@ -357,8 +360,21 @@ def run_study(
     tuner: Tuner, trials: int, timeout: float | None, stop: StopRequest | None = None
 ) -> dict[str, Any] | None:
     """Run this process's share of the study up to `trials` finished trials (or the timeout), then write the
-    trials table, the best recipe and its test mAP, and the figure. Returns best.json's content."""
+    trials table, the best recipe and its test mAP, and the figure. Returns best.json's content. With `--log
+    mlflow`, the study has an MLflow run of its own, under which each trial's run is nested."""
     tuner.stop = stop
+    tuner.tracking = tracking = StudyTracking.open(tuner, trials)
+    try:
+        best = _optimize(tuner, trials, timeout)
+    except BaseException as exc:
+        tracking.close("interrupted" if isinstance(exc, RunInterrupted | KeyboardInterrupt) else "failed")
+        raise
+    tracking.finish(best, [tuner.folder / name for name in (BEST, BEST_RESULT, TRIALS, PLOT)])
+    return best
+
+
+def _optimize(tuner: Tuner, trials: int, timeout: float | None) -> dict[str, Any] | None:
+    """The trials (each trial's end said, and its MLflow run marked), then the study's files."""
     done = finished(tuner.study)
     tuner.say(f"study '{tuner.study.study_name}': {done} of {trials} trials done; results in {tuner.folder}")
 
@@ -372,6 +388,7 @@ def run_study(
             else _line(trial, count, trials)
         )
         write_trials(tuner.folder, trial_rows(study))
+        tuner.tracking.trial_done(trial)
         running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
         if count + running >= trials or (tuner.stop is not None and tuner.stop()):
             study.stop()
