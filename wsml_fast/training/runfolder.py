@@ -14,6 +14,7 @@ corrected_labels.csv   llcp: every entry stored as positive, with its epoch
 pseudo_labels.csv      em-apl: every entry given a soft negative pseudo-label, with its value and epoch
 memorization.csv/.png  --track-memorization: losses of sampled unobserved entries
 results.json           best epoch, valid and test mAP, the F1 family, classes (written when the run finishes)
+report.html            the run on one self-contained page (at the end, and by `wsml report`)
 train.log              everything the run printed
 """
 
@@ -37,9 +38,9 @@ from wsml_fast.training.config import TrainConfig
 
 CONFIG, STATUS, METRICS, RESULTS, LOG = "config.yaml", "status.json", "metrics.csv", "results.json", "train.log"
 WEIGHTS, CHECKPOINT, SCHEME_STATE, THRESHOLDS = "model.pth", "checkpoint.pth", "scheme_state.pt", "thresholds.csv"
-MEMORIZATION_CSV, MEMORIZATION_PNG = "memorization.csv", "memorization.png"
+MEMORIZATION_CSV, MEMORIZATION_PNG, REPORT = "memorization.csv", "memorization.png", "report.html"
 RUN_FILES = (CONFIG, STATUS, METRICS, RESULTS, LOG, WEIGHTS, CHECKPOINT, SCHEME_STATE, THRESHOLDS, CORRECTIONS)
-RUN_FILES += (PSEUDO_LABELS, MEMORIZATION_CSV, MEMORIZATION_PNG)
+RUN_FILES += (PSEUDO_LABELS, MEMORIZATION_CSV, MEMORIZATION_PNG, REPORT)
 
 
 def default_run_dir(dataset: str, scheme: str) -> Path:
