@@ -108,8 +108,6 @@ def sample_rows(path: Path, images: int = GALLERY_IMAGES) -> tuple[pd.DataFrame,
         both = chunk if kept is None else pd.concat([kept, chunk], ignore_index=True)
         lowest = np.unique(both["key"].to_numpy())[:images]
         kept = both[both["key"] <= lowest[-1]] if len(lowest) else both
-    if kept is None:  # the header alone
-        return pd.DataFrame(columns=["image", "class", "epoch", "key"]), 0
     return kept.sort_values(["epoch", "image"], kind="stable"), total
 
 

@@ -69,22 +69,36 @@ def _summary(contents: RunContents) -> str:
 
 
 def _run_section(contents: RunContents) -> str:
+    sources = contents.config.sources
+    every = [(name, str(value), sources.get(name)) for name, value in contents.config.values().items()]
+    data_note = contents.data_note and (
+        f"data not read: {contents.data_note}; the observed counts and the thumbnails are left out"
+    )
+    return (
+        '<section id="run">\n<h2>What was run</h2>\n'
+        + _settings_table(_settings(contents), heading=True)
+        + _note(data_note)
+        + _f1_table((contents.results or {}).get("test_f1"))
+        + f"<details><summary>every setting (config.yaml)</summary>{_settings_table(every)}</details>\n</section>"
+    )
+
+
+def _settings(contents: RunContents) -> list[tuple[str, str, str | None]]:
+    """(what, value, where the value came from) of the settings a reader asks about first."""
     config, sources, results = contents.config, contents.config.sources, contents.results or {}
     scheme = get_scheme(config.scheme)
+    data_key = "dataset" if config.dataset else "data" if config.data else "csv"
+    head = "linear" if config.boost_lu is None else f"BoostLU, alpha {config.boost_lu:g}"
     rows = [
-        ("run folder", str(contents.run.path), ""),
-        ("data", _data_text(contents), sources.get("dataset" if config.dataset else "data" if config.data else "csv")),
+        ("run folder", str(contents.run.path), None),
+        ("data", _data_text(contents), sources.get(data_key)),
         (
             "backbone",
             f"{config.backbone} ({results.get('weights_origin') or _weights(config)})",
             sources.get("backbone"),
         ),
         ("input size", f"{config.img_size} px", sources.get("img_size")),
-        (
-            "head",
-            "linear" if config.boost_lu is None else f"BoostLU, alpha {config.boost_lu:g}",
-            sources.get("boost_lu"),
-        ),
+        ("head", head, sources.get("boost_lu")),
         ("scheme", f"{scheme.name}: {scheme.description} ({FAMILIES[scheme.family].paper})", sources.get("scheme")),
     ]
     rows += [(f"  {name}", str(value), sources.get(name)) for name, value in settings_of(config).items()]
@@ -93,34 +107,25 @@ def _run_section(contents: RunContents) -> str:
         rows.append(("  linear epochs", str(config.linear_epochs), sources.get("linear_epochs")))
     rows += [
         ("epochs", f"{len(contents.epochs)} completed of {config.total_epochs}", sources.get("epochs")),
-        ("batch size, lr", f"{config.bs}, {config.lr:g} ({config.opt}, {config.schedule})", sources.get("lr")),
+        ("batch size", str(config.bs), sources.get("bs")),
+        ("learning rate", f"{config.lr:g} ({config.opt}, {config.schedule})", sources.get("lr")),
         ("thresholds", config.thresholds, sources.get("thresholds")),
         ("seed", str(config.seed), sources.get("seed")),
     ]
     if "device" in results:
-        rows.append(("device", f"{results['device']} {results.get('precision', '')}", ""))
+        rows.append(("device", f"{results['device']} {results.get('precision', '')}", None))
     if "train_seconds" in results:
-        rows.append(("training time", f"{results['train_seconds']} s", ""))
-    every = "".join(
-        f"<tr><td>{escape(name)}</td><td>{escape(str(value))}</td><td>{escape(sources.get(name, ''))}</td></tr>"
-        for name, value in config.values().items()
+        rows.append(("training time", f"{results['train_seconds']} s", None))
+    return rows
+
+
+def _settings_table(rows: list[tuple[str, str, str | None]], heading: bool = False) -> str:
+    head = "<thead><tr><th></th><th>value</th><th>from</th></tr></thead>" if heading else ""
+    body = "".join(
+        f"<tr><td>{escape(name)}</td><td>{escape(value)}</td><td>{escape(source or '')}</td></tr>"
+        for name, value, source in rows
     )
-    return (
-        '<section id="run">\n<h2>What was run</h2>\n<table class="settings"><thead><tr><th></th><th>value</th>'
-        "<th>from</th></tr></thead><tbody>"
-        + "".join(
-            f"<tr><td>{escape(name)}</td><td>{escape(value)}</td><td>{escape(source or '')}</td></tr>"
-            for name, value, source in rows
-        )
-        + "</tbody></table>\n"
-        + _note(
-            contents.data_note
-            and f"data not read: {contents.data_note}; the observed counts and the thumbnails are left out"
-        )
-        + _f1_table(results.get("test_f1"))
-        + f'<details><summary>every setting (config.yaml)</summary><table class="settings"><tbody>{every}'
-        "</tbody></table></details>\n</section>"
-    )
+    return f'<table class="settings">{head}<tbody>{body}</tbody></table>\n'
 
 
 def _data_text(contents: RunContents) -> str:
@@ -180,7 +185,9 @@ def _curves_section(contents: RunContents) -> str:
     )
     return (
         '<section id="curves">\n<h2>Epochs</h2>\n'
-        + _note(best and "the dashed line marks the best epoch (highest valid mAP), whose weights model.pth holds")
+        + _note(
+            "the dashed line marks the best epoch (highest valid mAP), whose weights model.pth holds" if best else None
+        )
         + f'<div class="charts">{"".join(charts)}</div>\n'
         f'<details><summary>every value (metrics.csv)</summary><table class="numbers"><thead><tr>{head}</tr></thead>'
         f"<tbody>{body}</tbody></table></details>\n</section>"
@@ -228,8 +235,8 @@ def _class_sections(contents: RunContents) -> list[str]:
     return [classes, f'<section id="best-worst">\n<h2>Best and worst classes</h2>\n{lists}\n</section>']
 
 
-CLASS_COLUMNS = (  # heading, ClassRow field, decimals
-    ("class", "name", None),
+CLASS_COLUMNS = (  # heading, ClassRow field, decimals (the class's name first)
+    ("class", "name", 0),
     ("test AP", "ap", 2),
     ("threshold", "threshold", 3),
     ("precision", "precision", 1),
@@ -268,6 +275,8 @@ def _gallery_section(gallery: Gallery | None) -> str:
     intro = (
         f"{gallery.total:,} {kind.what} labels added in training ({kind.file}); {len(gallery.tiles)} of the images "
         f"they were added to, drawn at random, with their {shown:,} added labels{verdict}"
+        if gallery.tiles
+        else f"no {kind.what} labels added yet ({kind.file})"
     )
     tiles = "".join(_tile_html(tile, kind.what) for tile in gallery.tiles)
     return (
@@ -325,13 +334,11 @@ def _note(text: str | None) -> str:
     return f'<p class="note">{escape(text)}</p>\n' if text else ""
 
 
-def _fixed(value: float | None, decimals: int | None) -> str:
-    """A number with `decimals` decimals (None: as text); empty when there is none."""
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+def _fixed(value: float | None, decimals: int) -> str:
+    """A number with `decimals` decimals (a count with thousands separators); empty when there is none."""
+    if value is None or not math.isfinite(value):
         return ""
-    if decimals is None:
-        return escape(str(value))
-    return f"{value:,.{decimals}f}" if decimals == 0 else f"{value:.{decimals}f}"
+    return f"{value:,.0f}" if decimals == 0 else f"{value:.{decimals}f}"
 
 
 def _general(value: float) -> str:
