@@ -12,10 +12,11 @@ from pathlib import Path
 from wsml_fast.core.version import WSML_VERSION
 from wsml_fast.data.table import PartialLabelTable
 from wsml_fast.schemes import FAMILIES, get_scheme, settings_of
+from wsml_fast.training.config import TrainConfig
 from wsml_fast.training.report.charts import line_chart
 from wsml_fast.training.report.classes import ClassRow, best_and_worst, class_rows, table_cut
 from wsml_fast.training.report.contents import RunContents, read_run
-from wsml_fast.training.report.gallery import Gallery, build_gallery
+from wsml_fast.training.report.gallery import Gallery, Tile, build_gallery
 from wsml_fast.training.runfolder import MEMORIZATION_PNG, REPORT, THRESHOLDS
 
 LABELS_SHOWN = 4  # added labels listed under a thumbnail (the rest counted)
@@ -138,7 +139,7 @@ def _data_text(contents: RunContents) -> str:
     return f"{named}: {len(table.classes):,} classes | {counts} | truth.csv: {truth}"
 
 
-def _weights(config) -> str:
+def _weights(config: TrainConfig) -> str:
     return config.weights or ("pretrained" if config.pretrained else "random initialization")
 
 
@@ -249,7 +250,7 @@ CLASS_COLUMNS = (  # heading, ClassRow field, decimals (the class's name first)
 SHORT_COLUMNS = (CLASS_COLUMNS[0], CLASS_COLUMNS[1], *CLASS_COLUMNS[-2:])  # the best and worst lists
 
 
-def _class_table(rows: list[ClassRow], name: str, columns=CLASS_COLUMNS, sortable: bool = False) -> str:
+def _class_table(rows: list[ClassRow], name: str, columns: tuple = CLASS_COLUMNS, sortable: bool = False) -> str:
     head = "".join(f"<th>{heading}</th>" for heading, _, _ in columns)
     body = []
     for row in rows:
@@ -287,7 +288,7 @@ def _gallery_section(gallery: Gallery | None) -> str:
     )
 
 
-def _tile_html(tile, what: str) -> str:
+def _tile_html(tile: Tile, what: str) -> str:
     picture = (
         f'<img src="{tile.thumbnail}" alt="{escape(tile.image)}">'
         if tile.thumbnail
