@@ -61,7 +61,7 @@ def _percent(text: str | None) -> float | None:
 
 def table_cut(rows: list[ClassRow], limit: int = TABLE_LIMIT) -> list[ClassRow]:
     """The rows the page's table shows: all of them up to `limit`, else the `limit` classes with the most valid
-    positives (then the most observed train positives, then by name), in the run's class order."""
+    positives (then the most observed train positives; ties in class order), in the run's class order."""
     if len(rows) <= limit:
         return rows
     order = sorted(range(len(rows)), key=lambda i: (-(rows[i].valid_positives or 0), -(rows[i].train_positives or 0)))
