@@ -34,6 +34,11 @@ FIGURES = {  # script: patterns its smoke's output must match (one line of figur
         r"\| precision:0.9 \| \d+\.\d\d \|",
     ],
     "distributed.py": [r"2 processes \(gloo, CPU\)", r"\n +10 +\d+\.\d +\d+\.\d\d +\d+\.\d\d% +212\n +40 "],
+    "report_screenshot.py": [
+        r"report.html: \d+\.\d\d MB, written in \d+\.\d\d s; sections: run, curves, classes, best-worst, gallery, memo",
+        r"gallery: [1-9]\d* images; added labels shown: \d+ right, \d+ wrong",
+        r"screenshot: \S+report.png \(1280 x 2400 px, \d+ kB\)|screenshot skipped: no Chromium found",
+    ],
     "resume_check.py": [
         r"killed with SIGKILL during epoch 3 \(\d epochs in metrics.csv; status: interrupted",
         r"\ntrain_loss +yes\n",

@@ -435,6 +435,16 @@ def merge(
 
 @app.command()
 @friendly
+def report(run_dir: Annotated[Path, typer.Argument(help="A run folder written by `wsml train`.")]) -> None:
+    """Write RUN_DIR/report.html: the run on one self-contained page (settings, curves, classes, added labels)."""
+    from wsml_fast.training.report import write_report
+
+    path = write_report(run_dir)
+    typer.echo(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
+
+
+@app.command()
+@friendly
 def prepare(
     name: Annotated[str, typer.Argument(help="Format: voc, coco, nuswide, cub, openimages, npy or csv.")],
     root: Annotated[Path, typer.Option(help="The raw download (or the folder/file of the npy/csv formats).")],

@@ -25,7 +25,8 @@ from wsml_fast.model.scoring import evaluation_bs
 from wsml_fast.training.callbacks import NonFiniteLoss
 from wsml_fast.training.config import TrainConfig, apply_layer
 from wsml_fast.training.learner import build_learner, fit
-from wsml_fast.training.runfolder import CHECKPOINT, RESULTS, THRESHOLDS, RunFolder, default_run_dir
+from wsml_fast.training.report import write_report
+from wsml_fast.training.runfolder import CHECKPOINT, REPORT, RESULTS, THRESHOLDS, RunFolder, default_run_dir
 from wsml_fast.training.setup import Setup, set_up
 from wsml_fast.training.stopping import RunInterrupted, StopRequest
 from wsml_fast.training.tracking import RunTracking
@@ -114,6 +115,7 @@ def _run(
         results = score(setup, history, started, test)
         results["status"] = "finished" if ended is None else f"finished: {ended}"
         run.write_results(results)
+        _write_report(setup)
         tracking.finish(results)
     except RunInterrupted:
         tracking.close("interrupted")
@@ -136,6 +138,17 @@ def _run(
         f"valid mAP {results['valid_map']:.2f} | test mAP {test_text} | run folder {run.path}"
     )
     return run
+
+
+def _write_report(setup: Setup) -> None:
+    """report.html of a finished run, by the process that writes; the run is recorded whatever happens here, so a
+    failure costs the page alone (one warning line)."""
+    if not setup.process.writes:
+        return
+    try:
+        write_report(setup.run.path, setup.table)
+    except Exception as exc:  # noqa: BLE001 - any failure of the page: the finished run stands
+        setup.say(f"warning: {REPORT} not written ({one_line(exc)}); `wsml report {setup.run.path}` tries again")
 
 
 def _completed_epochs(run: RunFolder) -> int:

@@ -14,6 +14,7 @@ corrected_labels.csv   llcp: every entry stored as positive, with its epoch
 pseudo_labels.csv      em-apl: every entry given a soft negative pseudo-label, with its value and epoch
 memorization.csv/.png  --track-memorization: losses of sampled unobserved entries
 results.json           best epoch, valid and test mAP, the F1 family, classes (written when the run finishes)
+report.html            the run on one self-contained page (at the end, and by `wsml report`)
 train.log              everything the run printed
 tracking.json          --log: each tracker's last logged epoch and MLflow's run id (what a resumed run continues)
 tensorboard/           --log tensorboard: the TensorBoard event files
