@@ -126,7 +126,9 @@ def test_mlflow_holds_the_config_every_epoch_once_the_results_and_the_files(resu
         if isinstance(figures, dict):
             assert all(metrics[f"test_{k}_{variant}"] == pytest.approx(v) for k, v in figures.items())
     files = {f.path: f.file_size for f in client.list_artifacts(run_id)}
-    assert files == {name: (run / name).stat().st_size for name in ("model.pth", "thresholds.csv", "config.yaml")}
+    assert files == {
+        name: (run / name).stat().st_size for name in ("model.pth", "thresholds.csv", "config.yaml", "report.html")
+    }
 
 
 def test_a_failing_tracker_warns_once_and_the_run_finishes(
