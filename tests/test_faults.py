@@ -14,16 +14,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import TINY, StopAfter, error_of, invoke
+from helpers import TINY, error_of, invoke
 from PIL import Image
 
 from wsml_fast.core import atomic
 from wsml_fast.core.errors import WsmlError
-from wsml_fast.data.sources import from_folder
-from wsml_fast.training.config import resolve
-from wsml_fast.training.run import train
 from wsml_fast.training.runfolder import RunFolder
-from wsml_fast.training.stopping import RunInterrupted
 
 
 class FailingHandle:
@@ -55,23 +51,6 @@ def test_a_save_that_fails_midway_leaves_the_previous_file(tmp_path: Path) -> No
     assert (tmp_path / "checkpoint.pth").read_bytes() == good
     assert run.load_checkpoint()["meta"]["epoch"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pth"]  # no temporary file left
-
-
-def config_for(demo_folder: Path, out: Path, **values) -> tuple:
-    cli = {"data": str(demo_folder), "backbone": "test_efficientnet", "pretrained": False, "img_size": 32}
-    cli |= {"bs": 16, "epochs": 2, "out": str(out), **values}
-    return resolve(None, None, cli), from_folder(demo_folder)
-
-
-@pytest.fixture(scope="module")
-def interrupted_run(demo_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A run stopped by SIGTERM in epoch 3 of 4 (3 training + 1 validation batches per epoch)."""
-    out = tmp_path_factory.mktemp("runs") / "interrupted"
-    config, source = config_for(demo_folder, out, epochs=4)
-    with pytest.raises(RunInterrupted) as stopped:
-        train(config, source, StopAfter(2 * 4 + 1))
-    assert stopped.value.exit_code == 143
-    return out
 
 
 def test_a_stop_keeps_the_last_complete_epoch_and_says_how_to_resume(interrupted_run: Path) -> None:
