@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -51,6 +53,23 @@ def test_a_save_that_fails_midway_leaves_the_previous_file(tmp_path: Path) -> No
     assert (tmp_path / "checkpoint.pth").read_bytes() == good
     assert run.load_checkpoint()["meta"]["epoch"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pth"]  # no temporary file left
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077], ids=["umask-022", "umask-077"])
+def test_written_files_get_the_permissions_open_would_give(tmp_path: Path, umask: int) -> None:
+    """mkstemp makes 0600 files: a run shared through the umask must be readable as train.log is."""
+    kept = tmp_path / "kept.txt"
+    kept.write_text("old")
+    kept.chmod(0o604)
+    previous = os.umask(umask)
+    try:
+        (tmp_path / "plain.txt").write_text("x")
+        atomic.write_text(tmp_path / "new.txt", "x")
+        atomic.write_text(kept, "new")
+    finally:
+        os.umask(previous)
+    modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in tmp_path.iterdir()}
+    assert modes == {"plain.txt": 0o666 & ~umask, "new.txt": 0o666 & ~umask, "kept.txt": 0o604}
 
 
 def test_a_stop_keeps_the_last_complete_epoch_and_says_how_to_resume(interrupted_run: Path) -> None:
@@ -151,6 +170,15 @@ def test_unwritable_places_are_refused_before_training(
     line = error_of("train", "--data", demo_folder, *TINY, "--out", tmp_path / "ro")
     assert "not writable (Permission denied); choose a folder you can write to" in line
     assert not (tmp_path / "ro" / "config.yaml").exists()
+
+
+def test_a_finished_run_without_its_model_file_says_it_is_missing(trained_run: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("model.pth"))
+    assert error_of("eval", run) == (
+        f"error: {run / 'model.pth'}: missing from this finished run (it was deleted or moved); put it back, or "
+        "train the run again"
+    )
 
 
 def test_damaged_weights_are_one_line_errors(interrupted_run: Path, tmp_path: Path) -> None:
