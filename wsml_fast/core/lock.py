@@ -11,6 +11,7 @@ Where the file system has no locks (some network file systems), a claim says so 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
@@ -52,7 +53,7 @@ def claim(path: Path) -> bool:
     try:
         descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
     except OSError as exc:
-        raise WsmlError(f"{path}: cannot be opened ({exc.strerror}); choose a folder you can write to") from None
+        raise WsmlError(f"{path}: cannot be opened ({exc.strerror}); the folder must be writable") from None
     deadline = time.monotonic() + CLAIM_RETRY_SECONDS
     while True:
         try:
@@ -70,8 +71,9 @@ def claim(path: Path) -> bool:
                 return False
             raise WsmlError(f"{path}: cannot be locked ({exc.strerror})") from None
     me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-    os.ftruncate(descriptor, 0)  # written in place: a new file would be another lock
-    os.pwrite(descriptor, (json.dumps(me) + "\n").encode(), 0)
+    with contextlib.suppress(OSError):  # (only the refusals' wording needs it: a full disk may refuse it)
+        os.ftruncate(descriptor, 0)  # written in place: a new file would be another lock
+        os.pwrite(descriptor, (json.dumps(me) + "\n").encode(), 0)
     _HELD[path.resolve()] = descriptor
     return True
 

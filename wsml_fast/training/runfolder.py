@@ -90,13 +90,13 @@ class RunFolder:
                 break
         run = cls(path, writes)
         if run.writes:  # the process that writes checks
-            run._refuse_if_held("--out")
+            run._refuse_if_held()
             run._refuse_if_taken()
         return run
 
-    def _refuse_if_held(self, option: str) -> None:
+    def _refuse_if_held(self) -> None:
         if lock.probe(self.file(LOCK)):
-            raise WsmlError(self._held_message(option, lock.holder(self.file(LOCK))))
+            raise WsmlError(self._held_message("--out", lock.holder(self.file(LOCK))))
 
     def _held_message(self, option: str, holder: str) -> str:
         if option == "--resume":
@@ -118,18 +118,18 @@ class RunFolder:
         return Reporter(self.file(LOG), self.writes)
 
     def create(self) -> Reporter:
-        """Make the folder, prove it writable and claim it (then look again: a run may have been put there since
-        `check_new`); a fresh log. Returns the run's reporter."""
+        """Make the folder and claim it before anything else is written in it (then look again: a run may have
+        been put there since `check_new`), prove it writable; a fresh log. Returns the run's reporter."""
         if not self.writes:
             return self.reporter()
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise WsmlError(f"--out {self.path}: cannot be created ({exc.strerror})") from None
-        _probe_writable(self.path)
         self.claim("--out")
         try:
             self._refuse_if_taken()
+            _probe_writable(self.path)
         except WsmlError:
             self.release()
             raise
