@@ -2,6 +2,8 @@
 
 WSML_KILL_AT="EPOCH,BATCH[,RANK]"  SIGKILL the process (of that rank only, if given) at the given training
                                     batch (0-based) of the given epoch (from 1): a kill at a known instant.
+WSML_PAUSE_AT="EPOCH,BATCH,FILE"     after that training batch, create FILE.reached and wait until FILE exists (at
+                                    most a minute): the test acts while the run is known to be live, then lets it go.
 WSML_DUMP_STATES=DIR                at the end of every fit, each process saves its schemes' checkpointed state
                                     to DIR/rank{R}.pt, to compare the processes of a data-parallel run.
 """
@@ -9,6 +11,7 @@ WSML_DUMP_STATES=DIR                at the end of every fit, each process saves 
 import os
 import signal
 import sys
+import time
 
 import torch
 from fastai.callback.core import Callback
@@ -32,6 +35,21 @@ class KillAt(Callback):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+class PauseAt(Callback):
+    order = 99
+
+    def __init__(self, spec: str) -> None:
+        epoch, batch, self.file = spec.split(",", 2)
+        self.epoch, self.batch = int(epoch), int(batch)
+
+    def after_batch(self) -> None:
+        if self.learn.training and self.run_state.epoch == self.epoch and self.learn.iter == self.batch:
+            open(self.file + ".reached", "w").close()
+            deadline = time.monotonic() + 60
+            while not os.path.exists(self.file) and time.monotonic() < deadline:
+                time.sleep(0.05)
+
+
 class DumpStates(Callback):
     order = 99
 
@@ -49,6 +67,8 @@ def build_learner_with_hooks(setup, stop, history, cbs=()):
     hooks = []
     if os.environ.get("WSML_KILL_AT"):
         hooks.append(KillAt(os.environ["WSML_KILL_AT"]))
+    if os.environ.get("WSML_PAUSE_AT"):
+        hooks.append(PauseAt(os.environ["WSML_PAUSE_AT"]))
     if os.environ.get("WSML_DUMP_STATES"):
         hooks.append(DumpStates(os.environ["WSML_DUMP_STATES"]))
     return build_learner(setup, stop, history, [*cbs, *hooks])

@@ -118,6 +118,26 @@ def test_truth_csv_header_is_checked_too(tmp_path: Path) -> None:
         load_table(from_folder(tmp_path))
 
 
+def test_a_header_only_observed_csv_is_named_itself_not_its_truth(tmp_path: Path) -> None:
+    (tmp_path / "images").mkdir()
+    write(tmp_path / "observed.csv", "image,split,cat\n")
+    write(tmp_path / "truth.csv", "image,split,cat\na.png,train,1\n")
+    with pytest.raises(WsmlError) as error:
+        load_table(from_folder(tmp_path))
+    assert str(error.value) == f"{tmp_path / 'observed.csv'}: no rows after the header; list one image a line"
+
+
+def test_a_compact_class_holding_the_separator_is_refused_at_its_line(tmp_path: Path) -> None:
+    write(tmp_path / "classes.txt", "red\n\nred|green\ngreen\n")
+    path = write(tmp_path / "observed.csv", "image,split,positives\na.png,train,red|green\n")
+    with pytest.raises(WsmlError) as error:
+        read_label_csv(path)
+    assert str(error.value) == (
+        f"{tmp_path / 'classes.txt'}: line 3: class 'red|green' holds '|', which separates the classes of a cell in "
+        "the compact form; rename the class"
+    )
+
+
 # ---------------------------------------------------------------- errors name the file line
 
 

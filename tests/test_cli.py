@@ -276,3 +276,20 @@ def test_compile_failure_falls_back_with_a_message(
     result = invoke("train", "--data", demo_folder, *TINY, "--epochs", "1", "--compile", "--out", tmp_path / "r")
     assert result.exit_code == 0, result.output
     assert "--compile failed (RuntimeError: no compiler here); running uncompiled" in result.output
+
+
+def test_the_compile_trial_leaves_the_model_as_it_was(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The trial forward (here eager: a CPU may not compile) moves no batch-norm statistic and draws no dropout."""
+    import torch
+
+    from wsml_fast.training.learner import compile_in_place
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Dropout(0.5))
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    monkeypatch.setattr(torch, "compile", lambda module, **kwargs: module)
+    sample, said = torch.randn(2, 3, 8, 8), []
+    random_state = torch.get_rng_state()
+    compile_in_place(model, sample, said.append)
+    assert said == ["model compiled with torch.compile"] and model.training
+    assert all(torch.equal(before[name], value) for name, value in model.state_dict().items())
+    assert torch.equal(torch.get_rng_state(), random_state)

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -14,16 +16,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import TINY, StopAfter, error_of, invoke
+from helpers import TINY, error_of, invoke
 from PIL import Image
 
 from wsml_fast.core import atomic
 from wsml_fast.core.errors import WsmlError
-from wsml_fast.data.sources import from_folder
-from wsml_fast.training.config import resolve
-from wsml_fast.training.run import train
 from wsml_fast.training.runfolder import RunFolder
-from wsml_fast.training.stopping import RunInterrupted
 
 
 class FailingHandle:
@@ -57,21 +55,21 @@ def test_a_save_that_fails_midway_leaves_the_previous_file(tmp_path: Path) -> No
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pth"]  # no temporary file left
 
 
-def config_for(demo_folder: Path, out: Path, **values) -> tuple:
-    cli = {"data": str(demo_folder), "backbone": "test_efficientnet", "pretrained": False, "img_size": 32}
-    cli |= {"bs": 16, "epochs": 2, "out": str(out), **values}
-    return resolve(None, None, cli), from_folder(demo_folder)
-
-
-@pytest.fixture(scope="module")
-def interrupted_run(demo_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A run stopped by SIGTERM in epoch 3 of 4 (3 training + 1 validation batches per epoch)."""
-    out = tmp_path_factory.mktemp("runs") / "interrupted"
-    config, source = config_for(demo_folder, out, epochs=4)
-    with pytest.raises(RunInterrupted) as stopped:
-        train(config, source, StopAfter(2 * 4 + 1))
-    assert stopped.value.exit_code == 143
-    return out
+@pytest.mark.parametrize("umask", [0o022, 0o077], ids=["umask-022", "umask-077"])
+def test_written_files_get_the_permissions_open_would_give(tmp_path: Path, umask: int) -> None:
+    """mkstemp makes 0600 files: a run shared through the umask must be readable as train.log is."""
+    kept = tmp_path / "kept.txt"
+    kept.write_text("old")
+    kept.chmod(0o604)
+    previous = os.umask(umask)
+    try:
+        (tmp_path / "plain.txt").write_text("x")
+        atomic.write_text(tmp_path / "new.txt", "x")
+        atomic.write_text(kept, "new")
+    finally:
+        os.umask(previous)
+    modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in tmp_path.iterdir()}
+    assert modes == {"plain.txt": 0o666 & ~umask, "new.txt": 0o666 & ~umask, "kept.txt": 0o604}
 
 
 def test_a_stop_keeps_the_last_complete_epoch_and_says_how_to_resume(interrupted_run: Path) -> None:
@@ -172,6 +170,15 @@ def test_unwritable_places_are_refused_before_training(
     line = error_of("train", "--data", demo_folder, *TINY, "--out", tmp_path / "ro")
     assert "not writable (Permission denied); choose a folder you can write to" in line
     assert not (tmp_path / "ro" / "config.yaml").exists()
+
+
+def test_a_finished_run_without_its_model_file_says_it_is_missing(trained_run: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("model.pth"))
+    assert error_of("eval", run) == (
+        f"error: {run / 'model.pth'}: missing from this finished run (it was deleted or moved); put it back, or "
+        "train the run again"
+    )
 
 
 def test_damaged_weights_are_one_line_errors(interrupted_run: Path, tmp_path: Path) -> None:

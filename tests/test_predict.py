@@ -1,10 +1,13 @@
-"""`wsml predict`'s output, a batch at a time: CSV rows, terminal lines, --top-k, and the atomic file."""
+"""`wsml predict`'s output, a batch at a time: CSV rows, terminal lines, --top-k, the atomic file, and what
+`--out` may replace."""
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import error_of, invoke, write
 
 from wsml_fast.core.errors import WsmlError
 from wsml_fast.inference.predict import PredictionRows, best_classes, write_predictions
@@ -88,3 +91,39 @@ def test_an_interrupted_predict_leaves_no_half_file(tmp_path: Path, failure: typ
         assert str(caught.value) == "c.png: cannot read image (broken)"
     assert out.read_text() == "the previous predictions\n"
     assert [p.name for p in tmp_path.iterdir()] == ["preds.csv"]  # the temporary file is gone too
+
+
+def test_predict_replaces_only_its_own_earlier_predictions(
+    trained_run: Path, demo_folder: Path, tmp_path: Path
+) -> None:
+    image = demo_folder / "images" / "test" / "00000.png"
+    out = tmp_path / "preds.csv"
+    for extra in ([], ["--top-k", "2"], []):  # its own output of either kind is replaced
+        assert invoke("predict", trained_run, image, "--out", out, *extra).exit_code == 0
+    labels = write(
+        tmp_path / "labels.csv", "image,zero,one,two,three,four,five,six,seven,eight,nine\na.png,1,,,,,,,,,\n"
+    )
+    notes = write(tmp_path / "notes.txt", "mine\n")
+    for other in (labels, notes):  # a label file under the same header, any other file: only with --overwrite
+        line = error_of("predict", trained_run, image, "--out", other)
+        assert line == (
+            f"error: --out {other}: exists and is not a predictions CSV of wsml's; choose another file, or pass "
+            "--overwrite to replace it"
+        )
+    assert labels.read_text().startswith("image,zero") and notes.read_text() == "mine\n"
+    assert invoke("predict", trained_run, image, "--out", notes, "--overwrite").exit_code == 0
+    assert notes.read_text().startswith("image,zero,")
+
+
+def test_predict_never_replaces_an_input(trained_run: Path, demo_folder: Path, tmp_path: Path) -> None:
+    image = shutil.copy(demo_folder / "images" / "test" / "00000.png", tmp_path / "x.png")
+    model = shutil.copy(trained_run / "model.pth", tmp_path / "model.pth")
+    before = {path: path.read_bytes() for path in (image, model, demo_folder / "observed.csv")}
+    for out, says in (
+        (image, "is one of the images being scored"),
+        (model, "is the model being used"),
+        (demo_folder / "observed.csv", f"is a label file of the dataset {demo_folder}"),
+    ):
+        line = error_of("predict", model, tmp_path, "--out", out, "--overwrite")
+        assert line == f"error: --out {out}: {says}; write predictions elsewhere"
+    assert {path: path.read_bytes() for path in before} == before

@@ -3,7 +3,7 @@
 The sub-packages follow the road of the data, each importing only from those above it in this list
 (tests/test_layout.py keeps it so):
 
-- `core`: errors, atomic files, seeds, the one way to speak, the process of a run and its switches
+- `core`: errors, atomic files, folder locks, seeds, the one way to speak, the process of a run and its switches
 - `data`: label CSVs -> `LabelStore` -> the checked table of a dataset folder -> datasets and DataLoaders
 - `model`: the classifier (timm backbone + head), mAP, scoring a model on a dataset
 - `learning`: the Learner contract (run state, batch targets and item indices, the `WsmlCallback` base)

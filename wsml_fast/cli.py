@@ -346,18 +346,34 @@ def predict(
         int | None,
         typer.Option(help="Write and print the K most probable classes of each image (|-separated), not all."),
     ] = None,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="Replace --out even when it is not an earlier predictions CSV (never the model, an image being "
+            "scored, a run's or a dataset's label files).",
+        ),
+    ] = False,
 ) -> None:
     """Class probabilities for new images, written a batch at a time; prints the labels decided at the model's
     per-class thresholds (with --threshold: at that one value; with --top-k: the K most probable)."""
     if threshold is not None and not 0 <= threshold <= 1:
         raise WsmlError(f"--threshold must be between 0 and 1 (got {threshold})")
-    from wsml_fast.inference.predict import PredictionRows, check_output, collect_images, write_predictions
+    from wsml_fast.inference.predict import (
+        PredictionRows,
+        check_output,
+        check_replacing,
+        collect_images,
+        write_predictions,
+    )
 
     check_output(out)
+    images = collect_images(paths)
     model = _open_model(model_path)
+    check_replacing(out, model.classes, model.path, images, overwrite)
     rows = PredictionRows(model.classes, model.thresholds if threshold is None else threshold, top_k)
     with _this_process() as process:
-        batches = model.batches(collect_images(paths), process=process)
+        batches = model.batches(images, process=process)
         written = write_predictions(out, batches, rows, typer.echo)
     typer.echo(f"wrote {written} rows to {out}")
 

@@ -3,6 +3,8 @@
 The new content goes to a temporary file in the same folder (same file system, so the final rename is atomic),
 is flushed and fsynced, then replaces the target with `os.replace`; the folder is fsynced so the rename itself
 survives a power cut. A failed write removes its temporary file and names the target in a one-line error.
+The file gets the permissions a plain `open(path, "w")` would give it (mkstemp's are 0600): an existing file's
+own, else 0666 less the umask, so a colleague can read a shared run where the umask lets them.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -47,6 +50,8 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None], check: Callable[
     except OSError as exc:
         raise _explain(path, exc) from None
     try:
+        with contextlib.suppress(OSError):  # (some file systems have no permissions to set)
+            os.fchmod(descriptor, _mode_for(path))
         with os.fdopen(descriptor, "wb") as handle:
             write(handle)
             handle.flush()
@@ -62,6 +67,25 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None], check: Callable[
             raise _explain(path, cause) from None
         raise
     _sync_folder(path.parent)
+
+
+def _mode_for(path: Path) -> int:
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    """The process's umask, read where Linux shows it: setting it to read it back changes it for an instant for
+    every thread (the fallback where /proc is not there)."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _sync_folder(folder: Path) -> None:

@@ -295,6 +295,19 @@ class _Compact:
         return LabelStore.from_entries(len(frame), len(self.classes), rows, cols, values, self.fill)
 
 
+def _refuse_separators(classes_file: Path, classes: list[str]) -> None:
+    """A class of the compact form cannot hold `|`, which separates the names in a cell: `red|green` would be read
+    as two classes."""
+    clash = next((name for name in classes if "|" in name), None)
+    if clash is not None:
+        lines = classes_file.read_text(encoding="utf-8-sig").splitlines()
+        number = next(n for n, line in enumerate(lines, 1) if line.strip() == clash)
+        raise WsmlError(
+            f"{classes_file}: line {number}: class '{clash}' holds '|', which separates the classes of a cell in the "
+            "compact form; rename the class"
+        )
+
+
 def _form(path: Path, names: list[str], classes_file: Path | None, complete: bool) -> _Wide | _Compact:
     """How the file lists its labels, from the header; the compact form's classes come from classes.txt."""
     if any(c in names for c in COMPACT):
@@ -306,7 +319,9 @@ def _form(path: Path, names: list[str], classes_file: Path | None, complete: boo
                 f"{path}: column '{extra[0]}' next to positives/negatives; the compact form has only the columns "
                 "image, split, positives and negatives (classes go in classes.txt, not in columns)"
             )
-        classes = read_classes_file(classes_file or path.with_name("classes.txt"))
+        classes_file = classes_file or path.with_name("classes.txt")
+        classes = read_classes_file(classes_file)
+        _refuse_separators(classes_file, classes)
         return _Compact(path, classes, [c for c in COMPACT if c in names])
     classes = [c for c in names if c not in RESERVED]
     if not classes:

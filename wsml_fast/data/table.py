@@ -98,6 +98,8 @@ def load_table(
     Training needs train rows; evaluation data may hold any splits (the same hold-out is redone when it can be).
     """
     observed = read_label_csv(source.observed_csv)
+    if not observed.images:
+        raise WsmlError(f"{source.observed_csv}: no rows after the header; list one image a line")
     truth = None
     if source.truth_csv is not None:
         truth = align_truth(observed, read_label_csv(source.truth_csv, complete=True))

@@ -4,6 +4,8 @@ Images are scored and written a batch at a time, so a million images never make 
 
 from __future__ import annotations
 
+import csv
+import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,8 +16,11 @@ import pandas as pd
 
 from wsml_fast.core.atomic import atomic_write
 from wsml_fast.core.errors import WsmlError
+from wsml_fast.data.sources import OBSERVED, TRUTH
 from wsml_fast.training.runfolder import CONFIG, RUN_FILES
 
+LABEL_FILES = (OBSERVED, TRUTH, "classes.txt")  # a dataset's, beside its images/ folder
+PROBABILITY = re.compile(r"[01]\.\d{6}")  # a cell as `write_predictions` writes it
 SEPARATOR = "|"  # between the labels, and between the scores, of --top-k
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
@@ -112,10 +117,46 @@ def write_predictions(
 
 
 def check_output(out: Path) -> None:
-    """Before any scoring: `--out` must be a file in an existing folder, and never one of a run's own files."""
+    """Before anything is loaded: `--out` must be a file in an existing folder, and never one of a run's own files
+    or a dataset's label files (whether or not they exist yet)."""
     if out.is_dir():
         raise WsmlError(f"--out {out}: is a folder; name a CSV file (for example {out / 'preds.csv'})")
     if not out.parent.is_dir():
         raise WsmlError(f"--out {out}: folder {out.parent} does not exist; create it or choose another path")
     if out.name in RUN_FILES and (out.parent / CONFIG).is_file():
-        raise WsmlError(f"--out {out}: is a file of the run folder {out.parent}; write the output elsewhere")
+        raise WsmlError(f"--out {out}: is a file of the run folder {out.parent}; write predictions elsewhere")
+    if out.name in LABEL_FILES and (out.parent / "images").is_dir():
+        raise WsmlError(f"--out {out}: is a label file of the dataset {out.parent}; write predictions elsewhere")
+
+
+def check_replacing(out: Path, classes: list[str], model: Path, images: list[Path], overwrite: bool) -> None:
+    """An existing `--out` is replaced when it is an earlier predictions CSV of wsml's, or with `overwrite`; never
+    (even with `overwrite`) when it is the model or one of the images being scored."""
+    if not out.exists() or is_predictions_csv(out, classes):
+        return
+    if not overwrite:
+        raise WsmlError(
+            f"--out {out}: exists and is not a predictions CSV of wsml's; choose another file, or pass --overwrite "
+            "to replace it"
+        )
+    target = out.stat()
+    for used in (model, *images):
+        found = used.stat()
+        if (found.st_dev, found.st_ino) == (target.st_dev, target.st_ino):
+            what = "the model being used" if used is model else "one of the images being scored"
+            raise WsmlError(f"--out {out}: is {what}; write predictions elsewhere")
+
+
+def is_predictions_csv(path: Path, classes: list[str]) -> bool:
+    """Whether `path` is what `wsml predict` writes for a model of `classes`: a header `image,labels,scores`
+    (--top-k), or `image` and the classes over rows of probabilities written with 6 decimals (a label file with
+    the same header holds 1, 0 or nothing)."""
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            rows = csv.reader(handle)
+            header, first = next(rows, None), next(rows, None)
+    except (OSError, UnicodeDecodeError, csv.Error):  # (csv.Error: a "line" longer than any CSV field)
+        return False
+    if header == ["image", "labels", "scores"]:
+        return True
+    return header == ["image", *classes] and (first is None or all(PROBABILITY.fullmatch(c) for c in first[1:]))

@@ -1,2 +1,2 @@
 """A training run: its configuration and recipes, the run folder, the set-up, the Learner factory and its
-callbacks, the checkpoint, the stages, and `train` / `resume` themselves."""
+callbacks, the checkpoint, the stages, what a resumed run must find unchanged, and `train` / `resume` themselves."""

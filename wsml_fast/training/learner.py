@@ -93,13 +93,18 @@ class ResumableLearner(Learner):
 
 def compile_in_place(model: torch.nn.Module, sample: torch.Tensor, say: Reporter) -> None:
     """torch.compile the model in place (its state-dict keys stay as they are), after a trial on a sample batch;
-    where compiling fails, say so and train uncompiled."""
+    where compiling fails, say so and train uncompiled. The trial runs in eval mode without gradients: it moves no
+    batch-norm statistic and draws no dropout, so the model trains as if it had not been tried."""
+    training = model.training
+    model.eval()
     try:
         with torch.no_grad():
             torch.compile(model)(sample)
     except Exception as exc:  # noqa: BLE001 - compilers fail in many ways; training goes on without
         say(f"note: --compile failed ({exc.__class__.__name__}: {str(exc).splitlines()[0][:120]}); running uncompiled")
         return
+    finally:
+        model.train(training)
     model.compile()
     say("model compiled with torch.compile")
 

@@ -24,6 +24,7 @@ from wsml_fast.model.modelfile import ModelFile
 from wsml_fast.model.scoring import evaluation_bs
 from wsml_fast.training.callbacks import NonFiniteLoss
 from wsml_fast.training.config import TrainConfig, apply_layer
+from wsml_fast.training.continuity import check_launch, check_settings
 from wsml_fast.training.learner import build_learner, fit
 from wsml_fast.training.report import write_report
 from wsml_fast.training.runfolder import CHECKPOINT, REPORT, RESULTS, THRESHOLDS, RunFolder, default_run_dir
@@ -199,7 +200,10 @@ def train(
     process = process or launched()
     path = Path(config.out) if config.out else default_run_dir(source.name, config.scheme)
     run = RunFolder.check_new(path, process.writes)
-    return _run(set_up(config, source, run, process), stop, None, callbacks, test, tags)
+    try:
+        return _run(set_up(config, source, run, process), stop, None, callbacks, test, tags)
+    finally:
+        run.release()
 
 
 def resume(
@@ -207,16 +211,25 @@ def resume(
 ) -> RunFolder | None:
     """Continue an interrupted run from its last complete epoch, with its saved configuration (and optionally
     more epochs). Returns None, after saying so, when the run is already finished. `process` is the command's
-    (by default: this process as launched)."""
+    (by default: this process as launched). The run folder is held from the first step to the last."""
     process = process or launched()
     run = RunFolder.for_resume(run_dir, process.writes)
+    try:
+        return _resume(run, epochs, stop, process)
+    finally:
+        run.release()
+
+
+def _resume(run: RunFolder, epochs: int | None, stop: StopRequest | None, process: Process) -> RunFolder | None:
     config = run.config()
+    checkpoint = run.load_checkpoint()
+    check_settings(run, config, checkpoint["meta"])
+    check_launch(run, checkpoint["meta"], process)
     extended = epochs is not None and epochs > config.epochs
     if epochs is not None and epochs < config.epochs:
         raise WsmlError(f"--epochs {epochs}: the run has {config.epochs}; resuming can only add epochs")
     if extended:
         config = apply_layer(config, {"epochs": epochs}, "cli (--resume)").validate()
-    checkpoint = run.load_checkpoint()
     completed = checkpoint["meta"]["epoch"]
     say = Reporter(speaks=process.writes)  # the console; the run's log once it is set up
     if run.file(RESULTS).is_file() and not extended:

@@ -18,20 +18,26 @@ report.html            the run on one self-contained page (at the end, and by `w
 train.log              everything the run printed
 tracking.json          --log: each tracker's last logged epoch and MLflow's run id (what a resumed run continues)
 tensorboard/           --log tensorboard: the TensorBoard event files
+.lock                  held (flock) by the process that writes the run, for the run's life: who holds the folder
+
+A run folder is claimed before anything is written in it (a new run's right after the folder is made, a resumed
+run's first of all), and a process that cannot claim it stops in one line naming the holder. Whether a run marked
+"running" still runs is decided by the lock alone: a dead process holds none, whatever became of its process id.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import time
 from pathlib import Path
 from typing import Any
 
+from wsml_fast.core import lock
 from wsml_fast.core.atomic import atomic_write, save_torch, write_text
 from wsml_fast.core.errors import WsmlError
-from wsml_fast.core.process import process_alive
 from wsml_fast.core.report import Reporter
 from wsml_fast.model.modelfile import ModelFile
 from wsml_fast.schemes.em import PSEUDO_LABELS
@@ -44,6 +50,9 @@ MEMORIZATION_CSV, MEMORIZATION_PNG = "memorization.csv", "memorization.png"
 TRACKING, TENSORBOARD, REPORT = "tracking.json", "tensorboard", "report.html"
 RUN_FILES = (CONFIG, STATUS, METRICS, RESULTS, LOG, WEIGHTS, CHECKPOINT, SCHEME_STATE, THRESHOLDS, CORRECTIONS)
 RUN_FILES += (PSEUDO_LABELS, MEMORIZATION_CSV, MEMORIZATION_PNG, TRACKING, TENSORBOARD, REPORT)
+LOCK = ".lock"
+# what `atomic_write` leaves of a run file when killed mid-write: `.NAME.` + mkstemp's 8 characters + `.tmp`
+STALE_TEMPORARY = re.compile(rf"\.({'|'.join(map(re.escape, RUN_FILES))})\.[a-z0-9_]{{8}}\.tmp")
 
 
 def default_run_dir(dataset: str, scheme: str) -> Path:
@@ -59,11 +68,12 @@ def _probe_writable(folder: Path) -> None:
 
 class RunFolder:
     """A training run on disk: finished, running, interrupted or failed. In a data-parallel run every process
-    reads it and only process 0 writes: the others are given a folder whose `writes` is False, and their writes
-    do nothing."""
+    reads it and only process 0 writes (and holds the folder): the others are given a folder whose `writes` is
+    False, and their writes do nothing."""
 
     def __init__(self, path: Path, writes: bool = True) -> None:
         self.path, self.writes = Path(path), writes
+        self.unlocked = False  # claimed where the file system has no locks: nothing keeps a second process out
 
     def file(self, name: str) -> Path:
         return self.path / name
@@ -83,27 +93,70 @@ class RunFolder:
                     raise WsmlError(f"--out {path}: {parent} is a file, so no folder can be made under it")
                 break
         run = cls(path, writes)
-        if run.writes and (run.file(CONFIG).exists() or run.file(WEIGHTS).exists()):  # the process that writes checks
-            raise WsmlError(
-                f"--out {path}: already holds a run; choose another folder, or `wsml train --resume {path}`"
-            )
+        if run.writes:  # the process that writes checks
+            run._refuse_if_held()
+            run._refuse_if_taken()
         return run
+
+    def _refuse_if_held(self) -> None:
+        if lock.probe(self.file(LOCK)):
+            raise WsmlError(self._held_message("--out", lock.holder(self.file(LOCK))))
+
+    def _held_message(self, option: str, holder: str) -> str:
+        if option == "--resume":
+            return f"--resume {self.path}: the run is still running ({holder}); stop it first"
+        return f"--out {self.path}: a run is writing this folder ({holder}); choose another folder"
+
+    def _refuse_if_taken(self) -> None:
+        """A new run never goes where a run was: the advice says what that run allows."""
+        if not (self.file(CONFIG).exists() or self.file(WEIGHTS).exists()):
+            return
+        if self.file(CHECKPOINT).is_file():
+            advice = f"`wsml train --resume {self.path}` continues it"
+        else:
+            advice = f"it completed no epoch: remove {self.path} to start again there"
+        raise WsmlError(f"--out {self.path}: already holds a run; choose another folder ({advice})")
 
     def reporter(self) -> Reporter:
         """What the run says goes to the console and its log (from the process that writes)."""
         return Reporter(self.file(LOG), self.writes)
 
     def create(self) -> Reporter:
-        """Make the folder (a fresh log) and prove it writable; returns the run's reporter."""
+        """Make the folder and claim it before anything else is written in it (then look again: a run may have
+        been put there since `check_new`), prove it writable; a fresh log. Returns the run's reporter."""
         if not self.writes:
             return self.reporter()
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise WsmlError(f"--out {self.path}: cannot be created ({exc.strerror})") from None
-        _probe_writable(self.path)
+        self.claim("--out")
+        try:
+            self._refuse_if_taken()
+            _probe_writable(self.path)
+        except WsmlError:
+            self.release()
+            raise
         self.file(LOG).unlink(missing_ok=True)
         return self.reporter()
+
+    def claim(self, option: str) -> None:
+        """Hold the folder for this process until `release` or its end (the process that writes alone), and remove
+        what writes killed midway left; `option` (--out or --resume) words the refusal when another holds it."""
+        if not self.writes:
+            return
+        try:
+            self.unlocked = not lock.claim(self.file(LOCK))
+        except lock.LockHeld as held:
+            raise WsmlError(self._held_message(option, held.holder)) from None
+        for stale in self.path.iterdir():
+            if STALE_TEMPORARY.fullmatch(stale.name):
+                stale.unlink(missing_ok=True)
+
+    def release(self) -> None:
+        """Let another process claim the folder (the kernel does it when the process ends)."""
+        if self.writes:
+            lock.release(self.file(LOCK))
 
     def _require_folder(self) -> None:
         if not self.path.is_dir():
@@ -116,19 +169,25 @@ class RunFolder:
         """A run with trained weights (finished or interrupted), for `eval` and `predict`."""
         run = cls(path)
         run._require_folder()
-        if not run.file(WEIGHTS).is_file():
-            raise WsmlError(f"{path}: no trained weights yet (the run is in, or stopped in, its first epoch)")
-        return run
+        if run.file(WEIGHTS).is_file():
+            return run
+        if run.file(RESULTS).is_file() or run.file(CHECKPOINT).is_file():
+            finished = "finished" if run.file(RESULTS).is_file() else "interrupted"
+            raise WsmlError(
+                f"{run.file(WEIGHTS)}: missing from this {finished} run (it was deleted or moved); put it back, "
+                "or train the run again"
+            )
+        raise WsmlError(f"{path}: no trained weights yet (the run is in, or stopped in, its first epoch)")
 
     @classmethod
     def for_resume(cls, path: Path, writes: bool) -> RunFolder:
-        """A run that `wsml train --resume` can continue: it has a checkpoint and no live process."""
+        """A run that `wsml train --resume` can continue, claimed by this process: it has a checkpoint and no
+        other process holds it (whatever its status.json says)."""
         run = cls(path, writes)
         run._require_folder()
-        status = run.status()
-        if status.get("state") == "running" and run.writes:  # (the others start after the main one said so)
-            raise WsmlError(f"--resume {path}: the run is still running (process {status.get('pid')}); stop it first")
+        run.claim("--resume")
         if not run.file(CHECKPOINT).is_file():
+            run.release()
             raise WsmlError(
                 f"--resume {path}: no {CHECKPOINT}: the run stopped before its first epoch completed; "
                 "nothing to continue (start it again in a new folder)"
@@ -143,11 +202,21 @@ class RunFolder:
         self.write_text(STATUS, json.dumps(status, indent=2) + "\n")
 
     def status(self) -> dict[str, Any]:
-        """How the run stands. A run marked running whose process is gone on this host was killed."""
-        status = self._read_json(STATUS) if self.file(STATUS).is_file() else {"state": "unknown"}
-        if status.get("state") == "running" and status.get("host") == socket.gethostname():
-            if not process_alive(int(status.get("pid", -1))):
-                status.update(state="interrupted", reason="the process was killed")
+        """How the run stands. A run marked running that no process holds was killed (where the file system has
+        no locks, status.json is believed)."""
+        if not self.file(STATUS).is_file():
+            return {"state": "unknown"}
+        try:
+            status = json.loads(self.file(STATUS).read_text())
+        except (OSError, ValueError):  # unreadable, not UTF-8, not JSON
+            status = None
+        if not isinstance(status, dict) or not isinstance(status.get("state"), str):
+            raise WsmlError(
+                f"{self.file(STATUS)}: not a status wsml wrote (a JSON object with a 'state'); delete it, or "
+                f"`wsml train --resume {self.path}` writes it again"
+            )
+        if status["state"] == "running" and lock.probe(self.file(LOCK)) is False:
+            status.update(state="interrupted", reason="the process was killed")
         return status
 
     # --- files of the run ---

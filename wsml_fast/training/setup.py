@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from dataclasses import dataclass
 
 import torch
 from fastai.torch_core import set_seed
 
-from wsml_fast.core.errors import WsmlError
 from wsml_fast.core.process import Process, launched
 from wsml_fast.core.report import Reporter
 from wsml_fast.data.labelstore import LabelStore
@@ -21,6 +19,7 @@ from wsml_fast.model.modelfile import ModelFile, ModelSpec
 from wsml_fast.schemes import get_scheme, settings_of
 from wsml_fast.schemes.build import training_labels
 from wsml_fast.training.config import TrainConfig
+from wsml_fast.training.continuity import check_inputs, input_digests
 from wsml_fast.training.runfolder import RunFolder
 
 
@@ -44,14 +43,6 @@ class Setup:
     @property
     def precision(self) -> str:
         return self.process.precision
-
-    def fingerprint(self) -> str:
-        """Identifies the training data: a resumed run must see the same images, splits, classes and labels."""
-        digest = hashlib.sha256()
-        for part in (self.table.images, list(self.table.splits), self.table.classes):
-            digest.update("\n".join(map(str, part)).encode())
-        digest.update(self.train_labels.digest().encode())
-        return digest.hexdigest()[:16]
 
     def model_spec(self) -> ModelSpec:
         mean, std = self.model.normalization
@@ -82,7 +73,8 @@ class Setup:
             "img_size": self.config.img_size,
             "head": "linear" if boost is None else f"boost-lu {boost:g}",
             "weights_origin": self.origin,
-            "data": self.fingerprint(),
+            "inputs": input_digests(self.table),  # what a resumed run must find unchanged
+            "world_size": self.process.world_size,
         }
 
 
@@ -135,6 +127,8 @@ def set_up(
     if config.check_images:
         check_images(source.images_root, table.images, source.observed_csv, speaks=process.writes)
     train_labels = training_labels(get_scheme(config.scheme), table)
+    if resumed:
+        check_inputs(run, resumed, table, train_labels)
     process = process.with_precision(config.precision)
     set_seed(config.seed)  # (cuDNN's switches are the command's: `process_switches`)
     model, size, origin = build_model(
@@ -143,11 +137,8 @@ def set_up(
     say = run.reporter() if resumed else run.create()
     config = _resolved(config, img_size=size, workers=default_workers(), out=str(run.path))
     setup = Setup(config, table, train_labels, process, model, origin, run, say)
-    if resumed and resumed["data"] != setup.fingerprint():
-        raise WsmlError(
-            f"--resume {run.path}: the training data changed since the run started (images, splits, classes or "
-            "labels); a run resumes only on the same data: start a new run"
-        )
+    if run.unlocked:
+        say(f"note: {run.path}: this file system has no file locks, so nothing keeps a second process out of the run")
     run.write_config(config)
     _describe(setup)
     return setup
