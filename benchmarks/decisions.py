@@ -72,7 +72,10 @@ def main() -> None:
     args = parse_args(parser, seeds=[0], epochs=2)
     with scratch("wsml-decisions-") as folder:
         args.data = tiny_demo(folder) if args.smoke else None
-        runs = [one_seed(args, seed, folder) for seed in args.seeds]
+        runs = []
+        for seed in args.seeds:  # each seed's figures as they come, so a stopped benchmark keeps them
+            runs.append(one_seed(args, seed, folder))
+            print(f"seed {seed}: " + "; ".join(f"{v}: {runs[-1][v]}" for v in runs[-1]), flush=True)
     print(f"test split, scheme {args.scheme}, seeds {' '.join(map(str, args.seeds))} (percent):")
     print(table(runs))
 
