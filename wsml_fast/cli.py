@@ -6,6 +6,7 @@ import contextlib
 import functools
 import inspect
 import json
+import os
 import sys
 import warnings
 from collections.abc import Callable, Iterator
@@ -34,7 +35,8 @@ QUIETED_LIBRARIES = r"(torch|fastai|timm|albumentations)\."  # whose deprecation
 
 def friendly(command):
     """Run a command with the libraries' deprecation notices silenced (they say nothing a user can act on; the
-    filter is put back when the command ends), and turn a WsmlError into one line on stderr and exit code 2."""
+    filter is put back when the command ends), and turn a WsmlError into one line on stderr and exit code 2. Under
+    torchrun every process meets the same error before training: process 0 alone says it, once."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
@@ -45,7 +47,8 @@ def friendly(command):
                 )
                 return command(*args, **kwargs)
         except WsmlError as exc:
-            typer.echo(f"error: {one_line(exc)}", err=True)
+            if os.environ.get("RANK", "0") == "0":
+                typer.echo(f"error: {one_line(exc)}", err=True)
             raise typer.Exit(2) from None
 
     return wrapper
