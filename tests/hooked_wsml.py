@@ -6,6 +6,8 @@ WSML_PAUSE_AT="EPOCH,BATCH,FILE"     after that training batch, create FILE.reac
                                     most a minute): the test acts while the run is known to be live, then lets it go.
 WSML_DUMP_STATES=DIR                at the end of every fit, each process saves its schemes' checkpointed state
                                     to DIR/rank{R}.pt, to compare the processes of a data-parallel run.
+WSML_TUNE_MEET="FILE,N"             `wsml tune`: a process's first trial creates FILE.PID and waits until N such files
+                                    exist (at most a minute): N processes are known to run trials of one study at once.
 """
 
 import os
@@ -17,6 +19,7 @@ import torch
 from fastai.callback.core import Callback
 
 import wsml_fast.training.run as train_module
+import wsml_fast.tuning.study as study_module
 from wsml_fast.cli import main
 from wsml_fast.core.distributed import rank
 from wsml_fast.learning.contract import SchemeState, checkpointed_states
@@ -75,4 +78,21 @@ def build_learner_with_hooks(setup, stop, history, cbs=()):
 
 
 train_module.build_learner = build_learner_with_hooks
+objective = study_module.Tuner.objective
+
+
+def objective_meeting_the_others(self, trial):
+    file, count = os.environ["WSML_TUNE_MEET"].split(",")
+    mine = f"{file}.{os.getpid()}"
+    if not os.path.exists(mine):
+        open(mine, "w").close()
+        deadline = time.monotonic() + 60
+        folder, name = os.path.split(file)
+        while sum(f.startswith(name + ".") for f in os.listdir(folder)) < int(count) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    return objective(self, trial)
+
+
+if os.environ.get("WSML_TUNE_MEET"):
+    study_module.Tuner.objective = objective_meeting_the_others
 main(sys.argv[1:])

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import io
+import shutil
 import struct
 import zlib
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+from helpers import error_of as invoke_error
 from helpers import write
 from PIL import Image
 
@@ -19,6 +22,7 @@ from wsml_fast.data.loaders import check_train_batches, load_rgb
 from wsml_fast.data.sources import from_csv, from_folder
 from wsml_fast.data.table import check_images, load_table
 from wsml_fast.prepare import prepare_dataset
+from wsml_fast.training import features as features_module
 
 U = -1.0
 
@@ -325,3 +329,54 @@ def test_models_without_batch_norm_may_train_on_one_image() -> None:
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(2))
     check_train_batches(model, 1, 32)
     check_train_batches(model, 10, 1)
+
+
+def test_a_recipe_value_of_the_wrong_type_is_one_line_naming_the_file_the_setting_and_the_type(
+    tmp_path: Path,
+) -> None:
+    recipe = write(tmp_path / "r.yaml", "epochs: many\nlr: 1e-3\n")  # YAML reads 1e-3 as text: taken as a number
+    assert invoke_error("train", "--recipe", recipe) == f"error: recipe:{recipe}: epochs: 'many' is not an integer"
+    write(recipe, "lr: fast\n")
+    assert invoke_error("train", "--recipe", recipe).endswith("lr: 'fast' is not a number")
+
+
+def test_an_image_name_longer_than_the_file_system_allows_is_one_line(
+    demo_folder: Path, trained_run: Path, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(demo_folder, data, symlinks=True)
+    long = "a" * 300 + ".png"
+    for name in ("observed.csv", "truth.csv"):
+        (data / name).write_text((data / name).read_text().replace("train/00000.png", f"train/{long}"))
+    message = invoke_error("train", "--data", data, "--out", tmp_path / "run")
+    assert "1 of 80 listed images have a name longer than the file system allows" in message
+    message = invoke_error("predict", trained_run, data / "images" / long, "--out", tmp_path / "p.csv")
+    assert message.endswith("cannot be read (File name too long)")
+
+
+def test_a_damaged_feature_cache_is_rebuilt_and_an_unwritable_one_skipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    extracted = torch.arange(12.0).reshape(4, 3)
+    monkeypatch.setattr(features_module, "extract_features", lambda *args: extracted.clone())
+    model, said = SimpleNamespace(body=SimpleNamespace(num_features=3)), []
+
+    def features() -> torch.Tensor:
+        return features_module.cached_features(model, [0] * 4, "key", 2, 0, "fp32", torch.device("cpu"), said.append)
+
+    monkeypatch.setenv("WSML_HOME", str(tmp_path / "home"))
+    features()
+    cache = features_module.feature_cache_dir() / "key.pt"
+    cache.write_bytes(cache.read_bytes()[:100])  # cut short
+    assert torch.equal(features(), extracted) and "is damaged (cut short?)" in said[-2]
+    assert torch.equal(torch.load(cache), extracted) and "from cache" in (features(), said[-1])[1]
+    monkeypatch.setenv("WSML_HOME", str(tmp_path / "blocked"))
+    write(tmp_path / "blocked" / "cache", "a file where the cache folder would be")
+    assert torch.equal(features(), extracted) and said[-1].startswith("note: features not cached")
+
+
+def test_prepare_into_a_folder_that_cannot_be_written_is_one_line(demo_folder: Path, tmp_path: Path) -> None:
+    write(tmp_path / "file", "")
+    out = tmp_path / "file" / "prepared"
+    message = invoke_error("prepare", "csv", "--root", demo_folder / "truth.csv", "--out", out)
+    assert message == f"error: --out {out}: {tmp_path / 'file'} is not a folder; choose a folder you can write to"

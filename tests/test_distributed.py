@@ -4,9 +4,13 @@ run folder, a process death that takes the run down, and `--resume` under the sa
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -111,3 +115,41 @@ def test_bf16_mixed_precision_trains_under_two_processes(demo_folder: Path, tmp_
     metrics = pd.read_csv(tmp_path / "run" / "metrics.csv")
     assert metrics["epoch"].tolist() == [1, 2] and np.isfinite(metrics["train_loss"]).all()
     assert metrics["ll_selected"].iloc[-1] > 0  # the selection over the global batch ran on bf16 logits
+
+
+def test_a_ctrl_c_of_the_launch_stops_every_process_cleanly(demo_folder: Path, tmp_path: Path) -> None:
+    args = ["--data", demo_folder, "--backbone", "test_efficientnet", "--no-pretrained", "--img-size", "32"]
+    args += ["--bs", "8", "--epochs", "3", "--out", tmp_path / "run"]
+    pause = tmp_path / "go"
+    launch = subprocess.Popen(  # a session of its own: the Ctrl-C goes to its process group, as a terminal's does
+        [*TORCHRUN, str(HOOKED), "train", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=hooked_env(WSML_PAUSE_AT=f"2,0,{pause}"),
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 120
+    while not Path(f"{pause}.reached").exists() and time.monotonic() < deadline and launch.poll() is None:
+        time.sleep(0.05)
+    workers = Path(f"/proc/{launch.pid}/task/{launch.pid}/children").read_text().split()
+    os.killpg(launch.pid, signal.SIGINT)  # a Ctrl-C: torchrun passes the SIGINT on to its processes ...
+    time.sleep(0.5)
+    for worker in workers:  # ... and may follow it with a SIGTERM: the same request, not a second one
+        os.kill(int(worker), signal.SIGTERM)
+    time.sleep(0.5)
+    pause.touch()
+    stdout, stderr = launch.communicate(timeout=120)
+    line = f"continue with: torchrun [the same launch options] -m wsml_fast train --resume {tmp_path / 'run'}"
+    assert stdout.count(line) == 1, stdout + stderr[-3000:]  # said once, by process 0
+    status = json.loads((tmp_path / "run" / "status.json").read_text())
+    assert status["state"] == "interrupted" and status["reason"] == "SIGINT"
+    assert "another process" not in stderr and pd.read_csv(tmp_path / "run" / "metrics.csv")["epoch"].tolist() == [1]
+
+
+def test_an_error_before_training_is_said_by_process_0_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RANK", "1")
+    result = invoke("train", "--lr", "nan")
+    assert result.exit_code == 2 and result.stderr == ""
+    monkeypatch.setenv("RANK", "0")
+    assert invoke("train", "--lr", "nan").stderr == "error: --lr must be a finite number (got nan)\n"

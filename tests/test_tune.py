@@ -13,13 +13,14 @@ import optuna
 import pandas as pd
 import pytest
 import yaml
-from helpers import StopAfter, invoke, write
+from helpers import HOOKED, StopAfter, hooked_env, invoke, write
 
 from wsml_fast.data.sources import from_folder
 from wsml_fast.schemes.declaration import Choice
-from wsml_fast.training.config import resolve
+from wsml_fast.training.config import TrainConfig, resolve
 from wsml_fast.training.stopping import RunInterrupted
-from wsml_fast.tuning.study import JOURNAL, Tuner, open_study, run_study, study_bar, trial_rows
+from wsml_fast.tuning.claims import SURPLUS, has_room
+from wsml_fast.tuning.study import JOURNAL, Tuner, open_study, run_study, space_record, study_bar, trial_rows
 
 TINY = ["--backbone", "test_efficientnet", "--no-pretrained", "--img-size", "32", "--epochs", "2"]
 
@@ -109,20 +110,52 @@ def test_an_interrupted_study_continues_without_redoing_finished_trials(demo_fol
     assert best is not None and pd.read_csv(out / "trials.csv")["state"].tolist()[1] == "interrupted"
 
 
-def test_two_processes_share_one_study(demo_folder: Path, tmp_path: Path) -> None:
+def test_two_processes_share_one_study_exactly_and_never_draw_the_same_settings(
+    demo_folder: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "tune"
     out.mkdir()
-    command = [sys.executable, "-m", "wsml_fast", "tune", "--data", str(demo_folder), *TINY, "--schemes", "an,llct"]
+    command = [sys.executable, str(HOOKED), "tune", "--data", str(demo_folder), *TINY, "--schemes", "an,llct"]
     command += ["--trials", "4", "--out", str(out), "--storage", str(out / JOURNAL)]
-    processes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in "ab"]
+    env = hooked_env(WSML_TUNE_MEET=f"{tmp_path / 'meet'},2")  # both run a trial at once, then race for the rest
+    processes = [
+        subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in "ab"
+    ]
     outputs = [process.communicate(timeout=600) for process in processes]
     assert all(process.returncode == 0 for process in processes), outputs
-    done = [t for t in load(out).trials if t.state.is_finished()]
-    assert len(done) == 4 and sorted(t.number for t in done) == [0, 1, 2, 3]
+    done = [t for t in load(out).trials if t.state.is_finished() and not t.user_attrs.get(SURPLUS)]
+    assert len(done) == 4 and len(pd.read_csv(out / "trials.csv")) == 4  # --trials holds, whoever came last
+    assert len({tuple(sorted(t.params.items())) for t in done}) == 4
     runs = [t.user_attrs["run"] for t in done]
     assert len(set(runs)) == 4 and all((Path(run) / "results.json").is_file() for run in runs)
-    pids = {t.user_attrs["pid"] for t in done}
-    assert len(pids) == 2  # both processes ran trials of the one study
+    assert {t.user_attrs["pid"] for t in done} == {p.pid for p in processes}  # both ran trials of the one study
+
+
+def test_continued_and_shared_studies_draw_new_settings(tmp_path: Path) -> None:
+    tuner = Tuner(lambda scheme: TrainConfig(scheme=scheme), None, ["an", "llct"], {}, tmp_path, load(tmp_path))
+
+    def draw(study: optuna.Study) -> None:
+        study.optimize(lambda trial: 0.0 if tuner.settings(trial) else 1.0, n_trials=1)
+
+    for _ in range(3):
+        draw(load(tmp_path))  # 3 trials, then a continuation: each process seeded by --seed alone
+    draw(load(tmp_path))
+    (tmp_path / "a").mkdir()
+    first, second = load(tmp_path / "a"), load(tmp_path / "a")  # two processes on one study, taking turns
+    for study in (first, second, first, second):
+        draw(study)
+    for folder in (tmp_path, tmp_path / "a"):
+        assert len({tuple(sorted(t.params.items())) for t in load(folder).trials}) == 4
+
+
+def test_a_trial_without_room_under_the_total_is_given_back(tmp_path: Path) -> None:
+    study = load(tmp_path)
+    for _ in range(3):
+        study.enqueue_trial({"lr": 0.01})
+    trials = [study.ask() for _ in range(4)]  # trial 3 (asked by another process) before trial 0 claims its place
+    assert [has_room(study, t.number, 3) for t in trials] == [True, True, True, False]
+    study.tell(trials[0], state=optuna.trial.TrialState.FAIL)
+    assert has_room(study, trials[3].number, 3) is False  # a failed trial counts, a queued one is spoken for
 
 
 def test_a_trial_left_running_by_a_killed_process_is_failed_and_queued_again(tmp_path: Path) -> None:
@@ -164,6 +197,9 @@ def test_trials_show_the_settings_a_run_used_not_the_index_of_a_choice(tmp_path:
         ("lr: {low: abc, high: 1}\n", "lr: low and high must be numbers"),
         ("lr: {low: 1, high: 0.1}\n", "lr: need low <= high"),
         ("lr: {low: 0, high: 0.1, log: true}\n", "low > 0 (log)"),
+        ("lr: [0.01]\nfoo: [1]\n", "foo: not searched by --schemes an,llct (searchable: bs, delta_rel, lr)"),
+        ("bs: [16, 0]\n", "bs: 0 cannot be used (--bs must be"),
+        ("delta_rel: {low: 0.1, high: 200}\n", "delta_rel: 200.0 cannot be used"),
     ],
 )
 def test_a_bad_search_file_is_one_line_before_anything_is_made(
@@ -175,10 +211,37 @@ def test_a_bad_search_file_is_one_line_before_anything_is_made(
     assert not (tmp_path / "tune").exists()
 
 
-@pytest.mark.parametrize(("option", "value"), [("--schemes", ","), ("--timeout", "abc")])
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("--schemes", ","), ("--timeout", "abc"), ("--timeout", "-5"), ("--storage", "."), ("--storage", "no/s.log")],
+)
 def test_bad_tune_options_are_one_line_before_anything_is_made(
-    demo_folder: Path, tmp_path: Path, option: str, value: str
+    demo_folder: Path, tmp_path: Path, option: str, value: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.chdir(tmp_path)
     result = tune(demo_folder, tmp_path / "tune", option, value)
-    assert result.exit_code == 2 and option in result.stderr
+    assert result.exit_code == 2 and option in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "tune").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "difference"),
+    [
+        (["--schemes", "an"], "searches --schemes an,llct, not an;"),
+        (["--search", "bs: [16]\n"], "searches bs of an over [16, 32, 64], not [16] (--search or --recipe)"),
+    ],
+)
+def test_a_study_continued_with_another_search_space_is_refused_before_a_trial_is_made(
+    demo_folder: Path, tmp_path: Path, args: list[str], difference: str
+) -> None:
+    out = tmp_path / "tune"
+    out.mkdir()
+    options = {"data": str(demo_folder), "backbone": "test_efficientnet", "pretrained": False, "img_size": 32}
+    bases = {s: resolve(None, None, {**options, "epochs": 2, "scheme": s}) for s in ("an", "llct")}
+    open_study(out, "wsml", None, 0, "median", 2, space_record(bases, {}))
+    if args[0] == "--search":
+        args = ["--search", str(write(tmp_path / "search.yaml", args[1]))]
+    result = invoke("tune", "--data", demo_folder, *TINY, "--out", out, *(["--schemes", "an,llct"] + args)[-4:])
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1, result.output
+    assert difference in result.stderr and "start a new study with --study NAME or another --out" in result.stderr
+    assert load(out).trials == []

@@ -6,6 +6,7 @@ import contextlib
 import functools
 import inspect
 import json
+import os
 import sys
 import warnings
 from collections.abc import Callable, Iterator
@@ -34,7 +35,8 @@ QUIETED_LIBRARIES = r"(torch|fastai|timm|albumentations)\."  # whose deprecation
 
 def friendly(command):
     """Run a command with the libraries' deprecation notices silenced (they say nothing a user can act on; the
-    filter is put back when the command ends), and turn a WsmlError into one line on stderr and exit code 2."""
+    filter is put back when the command ends), and turn a WsmlError into one line on stderr and exit code 2. Under
+    torchrun every process meets the same error before training: process 0 alone says it, once."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
@@ -45,7 +47,8 @@ def friendly(command):
                 )
                 return command(*args, **kwargs)
         except WsmlError as exc:
-            typer.echo(f"error: {one_line(exc)}", err=True)
+            if os.environ.get("RANK", "0") == "0":
+                typer.echo(f"error: {one_line(exc)}", err=True)
             raise typer.Exit(2) from None
 
     return wrapper
@@ -536,7 +539,7 @@ def tune(
         from wsml_fast.core.report import Reporter
         from wsml_fast.data.sources import resolve_source
         from wsml_fast.schemes import get_scheme
-        from wsml_fast.tuning.study import Tuner, open_study, parse_duration, read_space, run_study
+        from wsml_fast.tuning import study as studies
 
         names = [name.strip() for name in schemes.split(",") if name.strip()]
         if not names:
@@ -545,14 +548,17 @@ def tune(
             get_scheme(name)
         if trials < 1:
             raise WsmlError(f"--trials must be at least 1 (got {trials})")
-        seconds = parse_duration(timeout) if timeout else None  # options checked before anything is made
-        space = read_space(search) if search else {}
+        seconds = studies.parse_duration(timeout) if timeout else None  # options checked before anything is made
+        space = studies.read_space(search) if search else {}
         if pruner not in ("median", "halving"):
             raise WsmlError(f"--pruner {pruner!r} is not one of: median, halving")
+        studies.check_storage(storage)
         fixed = {"dataset": dataset, "data": data, "csv": csv, "images": images, "epochs": epochs, "backbone": backbone}
         fixed |= {"img_size": img_size, "mode": mode, "workers": workers, "precision": precision, "seed": seed}
         fixed |= {"pretrained": pretrained, "log": log}
         configs = {name: _configure({**fixed, "scheme": name}, recipe, name) for name in names}
+        if search:
+            studies.check_search(search, space, configs)
         first = configs[names[0]]
         source = resolve_source(first.dataset, first.data, first.csv, first.images, Reporter(speaks=process.writes))
         folder = out or Path("tunes") / source.name
@@ -562,9 +568,10 @@ def tune(
         verbosity = optuna.logging.get_verbosity()
         optuna.logging.set_verbosity(optuna.logging.ERROR)  # wsml prints a line per trial itself
         try:
-            opened = open_study(folder, study, storage, first.seed, pruner, first.epochs)
-            tuner = Tuner(configs.__getitem__, source, names, space, folder, opened, process=process)
-            _with_signals(process, lambda stop: run_study(tuner, trials, seconds, stop))
+            searched = studies.space_record(configs, space)
+            opened = studies.open_study(folder, study, storage, first.seed, pruner, first.epochs, searched)
+            tuner = studies.Tuner(configs.__getitem__, source, names, space, folder, opened, process=process)
+            _with_signals(process, lambda stop: studies.run_study(tuner, trials, seconds, stop))
         finally:
             optuna.logging.set_verbosity(verbosity)
 

@@ -122,7 +122,7 @@ def load_table(
 
 
 CHECK_CHUNK = 256  # images a thread checks at a time: few tasks to schedule, a progress step every chunk
-IMAGE_PROBLEMS = ("missing", "unreadable", "too large", "float")  # in the order they are reported
+IMAGE_PROBLEMS = ("missing", "name too long", "unreadable", "too large", "float")  # in the order they are reported
 
 
 def check_images(root: Path, images: list[str], csv: Path, threads: int | None = None, speaks: bool = True) -> None:
@@ -174,8 +174,11 @@ def _image_problem(path: Path) -> str | None:
     """What is wrong with one image (one of IMAGE_PROBLEMS), or None."""
     from PIL import Image, UnidentifiedImageError
 
-    if not path.is_file():
-        return "missing"
+    try:
+        if not path.is_file():
+            return "missing"
+    except OSError:  # ENAMETOOLONG: a name longer than the file system allows names no file
+        return "name too long"
     try:
         with Image.open(path) as image:  # parses the header only: cheap enough for every image
             mode = image.mode
@@ -192,6 +195,10 @@ def _described(problem: str) -> tuple[str, str]:
 
     return {
         "missing": ("are missing", "fix the paths or remove those rows"),
+        "name too long": (
+            "have a name longer than the file system allows (255 bytes a folder or file name)",
+            "fix the paths or remove those rows",
+        ),
         "unreadable": ("are unreadable", "fix the paths or remove those rows"),
         "too large": (
             f"have more pixels than PIL decodes ({2 * (Image.MAX_IMAGE_PIXELS or 0):,})",

@@ -29,6 +29,12 @@ def collect_images(paths: list[Path]) -> list[Path]:
     """Image files named directly, plus every image under named folders (sorted, recursive)."""
     found: list[Path] = []
     for path in paths:
+        try:
+            path.stat()
+        except FileNotFoundError:
+            raise WsmlError(f"{path}: no such file or folder") from None
+        except OSError as exc:  # a name longer than the file system allows, a folder that cannot be entered
+            raise WsmlError(f"{path}: cannot be read ({exc.strerror})") from None
         if path.is_dir():
             inside = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
             if not inside:

@@ -6,6 +6,7 @@ split rule and the observation protocol are the same whichever dataset they are 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,6 +112,11 @@ def _check_copy(images: list[str]) -> None:
 
 
 def _check_out(out: Path) -> None:
+    """`out` can be made and written, and holds no earlier dataset: found before the raw labels are read."""
+    existing = next(folder for folder in (out, *out.parents) if folder.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        what = "is not a folder" if not existing.is_dir() else "is not writable"
+        raise WsmlError(f"--out {out}: {existing} {what}; choose a folder you can write to")
     taken = [p.name for p in (out / "images", out / "observed.csv") if p.exists() or p.is_symlink()]
     if taken:
         raise WsmlError(f"{out}: already holds {' and '.join(taken)}; remove them or choose another output folder")
@@ -165,9 +171,12 @@ def prepare_dataset(
     table, missing = _drop_missing(table, source.links, allow_missing, log)
     if copy_images:
         _check_copy(table.images)
-    out.mkdir(parents=True, exist_ok=True)
-    expose_images(out, source.links, table.images, copy_images)
-    _write(out, table, source.classes)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        expose_images(out, source.links, table.images, copy_images)
+        _write(out, table, source.classes)
+    except OSError as exc:  # a read-only file system where access() said yes, a full disk while copying
+        raise WsmlError(f"--out {out}: cannot write there ({exc.strerror}); choose a folder you can write to") from None
     summary = _summarize(out, table, source.classes, missing)
     counts = ", ".join(f"{s} {n}" for s, n in summary.images.items())
     log(

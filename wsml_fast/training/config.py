@@ -6,8 +6,11 @@ so `config.yaml` in a run folder tells how the run came about and is enough to r
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+import types
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -191,9 +194,43 @@ def apply_layer(config: TrainConfig, values: dict[str, Any], source: str) -> Tra
     if unknown:
         raise WsmlError(f"{source}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
     values = {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}  # pairs from the CLI
+    hints = typing.get_type_hints(TrainConfig)
+    values = {n: v if n in SETTINGS else _typed(source, n, v, hints[n]) for n, v in values.items()}
     updated = dataclasses.replace(config, **values)
     updated.sources = {**config.sources, **{name: source for name in values}}
     return updated
+
+
+_KINDS = {int: "an integer", float: "a number", bool: "true or false", str: "a text"}
+
+
+def _typed(source: str, name: str, value: Any, hint: Any) -> Any:
+    """`value` as its general setting holds it, or one line naming the layer, the setting and the type it needs (a
+    scheme's settings check their own types in `Setting.check`). YAML reads
+    `1e-3` as text (its numbers need a dot: `1.0e-3`), so text that reads as a number is one where one is due."""
+    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if any(typing.get_origin(kind) for kind in allowed):
+        return value  # lists (GR's pairs, trackers) are checked by their settings, which say what they take
+    if float in allowed and isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            value = float(value)
+    if not any(_fits(value, kind) for kind in allowed):
+        needed = " or ".join(_kind(kind) for kind in allowed)
+        raise WsmlError(f"{source}: {name}: {value!r} is not {needed}")
+    return value
+
+
+def _fits(value: Any, kind: type) -> bool:
+    """Whether `value` has the type `kind` (an integer is a number; true and false are neither)."""
+    if kind is type(None):
+        return value is None
+    if isinstance(value, bool):
+        return kind is bool
+    return isinstance(value, int | float) if kind is float else isinstance(value, kind)
+
+
+def _kind(kind: type) -> str:
+    return "null" if kind is type(None) else _KINDS.get(kind, kind.__name__)
 
 
 def resolve(

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from wsml_fast.core.atomic import save_torch
+from wsml_fast.core.errors import WsmlError
 from wsml_fast.core.randomness import untouched_random_state
 from wsml_fast.data.labelstore import LabelStore
 from wsml_fast.data.loaders import ImageLabelDataset, make_loader
@@ -58,16 +61,39 @@ def cached_features(
     device: torch.device,
     say,
 ) -> torch.Tensor:
+    """The features from the cache, else extracted and cached. A cache file that cannot be read whole (cut short
+    by a full disk or a copy) is extracted again; a cache folder that cannot be written (a read-only `WSML_HOME`)
+    costs the extraction again next time, not the run."""
     path = feature_cache_dir() / f"{key}.pt"
-    if path.is_file():
+    cached = _read_cache(path, (len(dataset), model.body.num_features), say)
+    if cached is not None:
         say(f"features: {len(dataset)} from cache {path}")
-        return torch.load(path, weights_only=True)
+        return cached
     with untouched_random_state():  # a run draws the same numbers whether its features were cached or not
         features = extract_features(model, dataset, bs, workers, precision, device)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(features, path)
-    say(f"features: {len(dataset)} extracted, cached in {path}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_torch(path, features)
+    except (OSError, WsmlError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+        say(f"note: features not cached ({path.parent}: {reason}); set WSML_HOME to a writable folder to keep them")
+    else:
+        say(f"features: {len(dataset)} extracted, cached in {path}")
     return features
+
+
+def _read_cache(path: Path, shape: tuple[int, int], say) -> torch.Tensor | None:
+    """The cached features of `shape`, or None when there are none or the file is damaged (said in a note)."""
+    if not path.is_file():
+        return None
+    try:
+        features = torch.load(path, weights_only=True)
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError):
+        features = None
+    if isinstance(features, torch.Tensor) and tuple(features.shape) == shape:
+        return features
+    say(f"note: the feature cache {path} is damaged (cut short?); extracting the features again")
+    return None
 
 
 class FeatureDataset(Dataset):

@@ -6,12 +6,14 @@ mAP after every epoch), and the test split is scored once, for the best trial, a
 Optuna's storage: by default a journal file in TUNE_DIR, so no server is needed and running the same command
 again continues the study; several `wsml tune` processes given the same `--study` and a shared `--storage` (a
 journal file on a shared disk, or a database URL) cooperate on one study through Optuna's own locking.
-`--trials` is the study's total, counted over every process.
+`--trials` is the study's total, counted over every process: each trial claims its place through the storage, and
+draws its settings from its own seed (`claims.py`).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import sys
@@ -38,10 +40,11 @@ from wsml_fast.schemes.declaration import Choice, Range
 from wsml_fast.training.config import TrainConfig, apply_layer, with_scheme_defaults
 from wsml_fast.training.runfolder import RunFolder, csv_text
 from wsml_fast.training.stopping import RunInterrupted, StopRequest
+from wsml_fast.tuning.claims import SURPLUS, TrialSeededTPE, finished, has_room
 from wsml_fast.tuning.tracking import StudyTracking
 
 JOURNAL, TRIALS, BEST, BEST_RESULT, PLOT = "study.journal", "trials.csv", "best.yaml", "best.json", "tune.png"
-DONE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+SPACE = "search_space"  # the study's user attribute: the schemes and ranges it searches
 
 
 def default_space(base: TrainConfig) -> dict[str, Range | Choice]:
@@ -89,6 +92,76 @@ def _range(path: Path, name: str, value: dict) -> Range:
     return Range(low, high, log, bool(value.get("integer")))
 
 
+def scheme_ranges(base: TrainConfig, space: dict[str, Range | Choice]) -> dict[str, Range | Choice]:
+    """What a trial of `base.scheme` searches: the default ranges, the scheme's own, then `--search`'s."""
+    ranges = {**default_space(base), **get_scheme(base.scheme).search}
+    return {**ranges, **{k: v for k, v in space.items() if k in ranges}}
+
+
+def check_search(path: Path, space: dict[str, Range | Choice], bases: dict[str, TrainConfig]) -> None:
+    """`--search` names only settings some searched scheme searches, and gives values a run could use (each choice,
+    each end of a range, checked as `wsml train` checks them): a wrong one would fail every trial."""
+    searchable = {name for base in bases.values() for name in scheme_ranges(base, {})}
+    unknown = sorted(set(space) - searchable)
+    if unknown:
+        raise WsmlError(
+            f"--search {path}: {', '.join(unknown)}: not searched by --schemes {','.join(bases)} "
+            f"(searchable: {', '.join(sorted(searchable))})"
+        )
+    for base in bases.values():
+        for name, searched in scheme_ranges(base, space).items():
+            if name not in space:
+                continue
+            if isinstance(searched, Choice):
+                values = searched.values
+            else:
+                values = (int(searched.low), int(searched.high)) if searched.integer else (searched.low, searched.high)
+            for value in values:
+                try:
+                    with_scheme_defaults(apply_layer(base, {name: value}, "tune")).validate()
+                except WsmlError as exc:
+                    raise WsmlError(f"--search {path}: {name}: {value!r} cannot be used ({exc})") from None
+
+
+def space_record(bases: dict[str, TrainConfig], space: dict[str, Range | Choice]) -> dict[str, Any]:
+    """The study's search space as its storage keeps it (JSON): the schemes and each one's ranges."""
+    ranges = {scheme: {n: r.to_json() for n, r in scheme_ranges(b, space).items()} for scheme, b in bases.items()}
+    return json.loads(json.dumps({"schemes": list(bases), "ranges": ranges}))
+
+
+def keep_space(study: optuna.Study, record: dict[str, Any], where: str) -> None:
+    """Record the study's search space when it has none; refuse another one (Optuna cannot search one setting
+    over two ranges in one study), naming the difference, before any trial is made."""
+    before = study.user_attrs.get(SPACE)
+    if before is None:
+        study.set_user_attr(SPACE, record)
+        return
+    if before == record:
+        return
+    new_study = "rerun with the study's own options, or start a new study with --study NAME or another --out"
+    if before["schemes"] != record["schemes"]:
+        difference = f"--schemes {','.join(before['schemes'])}, not {','.join(record['schemes'])}"
+    else:
+        scheme, name = next(
+            (scheme, name)
+            for scheme, ranges in record["ranges"].items()
+            for name in {*ranges, *before["ranges"][scheme]}
+            if ranges.get(name) != before["ranges"][scheme].get(name)
+        )
+        was, now = (_described(ranges[scheme].get(name)) for ranges in (before["ranges"], record["ranges"]))
+        difference = f"{name} of {scheme} over {was}, not {now} (--search or --recipe)"
+    raise WsmlError(f"study '{study.study_name}' in {where} searches {difference}; {new_study}")
+
+
+def _described(searched: dict[str, Any] | None) -> str:
+    """A recorded range in words: `[16, 32]`, `0.0001 to 0.01 (log)`."""
+    if searched is None:
+        return "nothing"
+    if "choices" in searched:
+        return str(searched["choices"])
+    return f"{searched['low']:g} to {searched['high']:g}{' (log)' if searched['log'] else ''}"
+
+
 def suggest(trial: optuna.Trial, name: str, space: Range | Choice) -> Any:
     if isinstance(space, Choice):
         values = list(space.values)
@@ -117,10 +190,10 @@ class Tuner:
     stop: StopRequest | None = None  # set by `run_study`
     process: Process | None = None  # the command's (by default: this process as launched)
     tracking: StudyTracking | None = None  # the study's MLflow run (`--log mlflow`), set by `run_study`
+    trials: int = 0  # the study's total (`--trials`), set by `run_study`
 
     def ranges(self, scheme: str) -> dict[str, Range | Choice]:
-        ranges = {**default_space(self.base_for(scheme)), **get_scheme(scheme).search}
-        return {**ranges, **{k: v for k, v in self.space.items() if k in ranges}}
+        return scheme_ranges(self.base_for(scheme), self.space)
 
     def settings(self, trial: optuna.Trial) -> dict[str, Any]:
         scheme = trial.suggest_categorical("scheme", self.schemes)
@@ -139,6 +212,10 @@ class Tuner:
         from wsml_fast.training.callbacks import NonFiniteLoss
         from wsml_fast.training.run import train
 
+        if not has_room(self.study, trial.number, self.trials):
+            trial.set_user_attr(SURPLUS, True)  # other processes took the study's last trials first
+            self.study.stop()
+            raise TrialFailed(f"no room: the study has its {self.trials} trials")
         settings = self.settings(trial)
         run = self.folder / f"trial-{trial.number:04d}"
         attributes = (("run", str(run)), ("host", socket.gethostname()), ("pid", os.getpid()), ("settings", settings))
@@ -196,11 +273,31 @@ def first_prunable_epoch(epochs: int) -> int:
     return max(2, epochs // 2)
 
 
-def open_study(folder: Path, name: str, storage: str | None, seed: int, pruner: str, epochs: int) -> optuna.Study:
+def check_storage(storage: str | None) -> None:
+    """A journal file path must name a file in an existing folder (checked before the tune folder is made)."""
+    if storage is None or "://" in storage:
+        return
+    path = Path(storage)
+    if path.is_dir():
+        raise WsmlError(f"--storage {storage}: is a folder; give a journal file, such as {path / JOURNAL}")
+    if not path.parent.is_dir():
+        raise WsmlError(f"--storage {storage}: the folder {path.parent} does not exist; create it or give another path")
+
+
+def open_study(
+    folder: Path,
+    name: str,
+    storage: str | None,
+    seed: int,
+    pruner: str,
+    epochs: int,
+    space: dict[str, Any] | None = None,
+) -> optuna.Study:
     """The study, created or continued: a journal file in the tune folder unless `storage` names another (a
-    journal file path, or a database URL such as sqlite:///... or postgresql://...); trials that processes of
-    this host left running when killed are failed and queued again. The pruner compares trials from
-    `first_prunable_epoch(epochs)` on, once 5 trials have finished."""
+    journal file path, or a database URL such as sqlite:///... or postgresql://...). A continued study must search
+    the same `space` (`space_record`); then trials that processes of this host left running when killed are failed
+    and queued again. The pruner compares trials from `first_prunable_epoch(epochs)` on, once 5 trials have
+    finished."""
     from optuna.storages import JournalStorage, get_storage
     from optuna.storages.journal import JournalFileBackend
 
@@ -215,13 +312,15 @@ def open_study(folder: Path, name: str, storage: str | None, seed: int, pruner: 
         study = optuna.create_study(
             study_name=name,
             storage=backend,
-            sampler=optuna.samplers.TPESampler(seed=seed),
+            sampler=TrialSeededTPE(seed),
             pruner=pruners[pruner],
             direction="maximize",
             load_if_exists=True,
         )
     except Exception as exc:  # noqa: BLE001 - a database that cannot be reached, a URL without a driver, ...
         raise WsmlError(f"--storage {target}: cannot open the study ({one_line(exc)})") from None
+    if space is not None:
+        keep_space(study, space, target)
     fail_abandoned(study, backend)
     return study
 
@@ -241,14 +340,11 @@ def fail_abandoned(study: optuna.Study, storage: BaseStorage) -> None:
             study.enqueue_trial(trial.params, skip_if_exists=False)
 
 
-def finished(study: optuna.Study) -> int:
-    """Trials that count toward `--trials`: completed, pruned or failed, not those stopped by an interruption."""
-    return sum(not t.user_attrs.get("interrupted") for t in study.get_trials(deepcopy=False, states=DONE))
-
-
 def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
     rows = []
     for trial in study.get_trials(deepcopy=False):
+        if trial.user_attrs.get(SURPLUS):
+            continue
         rows.append(
             {
                 "trial": trial.number,
@@ -335,9 +431,12 @@ def parse_duration(text: str) -> float:
     """`2h`, `30m`, `90s` or seconds."""
     units = {"h": 3600, "m": 60, "s": 1}
     try:
-        return float(text[:-1]) * units[text[-1]] if text[-1] in units else float(text)
+        seconds = float(text[:-1]) * units[text[-1]] if text[-1] in units else float(text)
     except (ValueError, IndexError):
-        raise WsmlError(f"--timeout {text!r}: give a duration such as 2h, 30m, 90s or a number of seconds") from None
+        seconds = math.nan
+    if not seconds > 0 or math.isinf(seconds):
+        raise WsmlError(f"--timeout {text!r}: give a positive duration such as 2h, 30m, 90s or a number of seconds")
+    return seconds
 
 
 def _line(trial: optuna.trial.FrozenTrial, count: int, total: int) -> str:
@@ -362,7 +461,7 @@ def run_study(
     """Run this process's share of the study up to `trials` finished trials (or the timeout), then write the
     trials table, the best recipe and its test mAP, and the figure. Returns best.json's content. With `--log
     mlflow`, the study has an MLflow run of its own, under which each trial's run is nested."""
-    tuner.stop = stop
+    tuner.stop, tuner.trials = stop, trials
     tuner.tracking = tracking = StudyTracking.open(tuner, trials)
     try:
         best = _optimize(tuner, trials, timeout)
@@ -380,7 +479,9 @@ def _optimize(tuner: Tuner, trials: int, timeout: float | None) -> dict[str, Any
 
     def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         """A line per finished trial; stop when the study's total is reached, counting the trials other
-        processes are running (so that together they run `trials`, none twice), or when asked to."""
+        processes are running (so that together they run `trials`), or when asked to."""
+        if trial.user_attrs.get(SURPLUS):
+            return
         count = finished(study)
         tuner.say(
             f"{study_bar(count, trials)} {_line(trial, count, trials)}"
