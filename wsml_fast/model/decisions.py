@@ -9,6 +9,13 @@ over the distinct scores of its labelled entries (each a candidate threshold), `
 reach P keeps its F1 threshold and is named), `fixed:T` is T for every class. A class without a labelled
 positive keeps 0.5 and is named.
 
+Negative thresholds (`wsml complete --negatives P`): a label is decided negative when its probability is below its
+class's negative threshold. Per class, over the same candidates (the distinct scores of its labelled entries), the
+highest t such that the labelled entries scored below t are at least a share P negative (their negative
+predictive value, NPV; at least one entry below t): the mirror of `precision:P`, the most inclusive threshold that
+reaches the target. A class that cannot reach P, or has no labelled positive (its NPV says nothing), gets 0:
+nothing is below it.
+
 The F1 family (ML-GCN's definitions, Chen et al. CVPR 2019, as ASL reports them): per class, TP, FP and FN are
 counted over its labelled entries; CP and CR are the means over classes of TP / (TP + FP) and TP / (TP + FN), and
 CF1 = 2 CP CR / (CP + CR), the harmonic mean of the two means (not the mean of per-class F1); OP, OR and OF1 are
@@ -30,6 +37,7 @@ from wsml_fast.model.metrics import LabelledEntries
 
 RULES = ("f1", "precision:P", "fixed:T")
 NO_POSITIVE_THRESHOLD = 0.5
+NO_NEGATIVES = 0.0  # a negative threshold below which no probability lies
 
 
 @dataclass(frozen=True)
@@ -206,14 +214,53 @@ def fit_thresholds(entries: LabelledEntries, rule: ThresholdRule) -> FittedThres
 
 
 @dataclass
+class NegativeThresholds:
+    """Per class, the threshold below which a label is decided negative (the module's docstring gives the rule),
+    with the labelled entries below it and the negatives among them; `NO_NEGATIVES` for the classes named."""
+
+    target: float  # the NPV asked for
+    values: np.ndarray  # (C,)
+    below: np.ndarray  # (C,) labelled entries scored below the threshold
+    negatives_below: np.ndarray  # (C,)
+    without_positive: list[int] = field(default_factory=list)
+    unreachable: list[int] = field(default_factory=list)
+
+    def npv(self) -> float:
+        """The share of negatives among the labelled entries below their class's threshold, over all classes."""
+        below = int(self.below.sum())
+        return int(self.negatives_below.sum()) / below if below else float("nan")
+
+
+def fit_negative_thresholds(entries: LabelledEntries, target: float) -> NegativeThresholds:
+    """Each class's negative threshold for negative predictive value `target` on `entries`."""
+    n = entries.n_classes
+    without = entries.positives() == 0
+    curve = _threshold_curve(entries)
+    npv = np.divide(curve.negatives_below, curve.below, out=np.zeros(len(curve.below)), where=curve.below > 0)
+    reaching = (curve.below > 0) & (npv >= target)
+    chosen = _first_per_class(curve, reaching, n, last=False)  # scores descend: the first is the highest
+    unreachable = (chosen < 0) & ~without
+    fitted = ~without & (chosen >= 0)
+    values, below, negatives_below = np.full(n, NO_NEGATIVES), np.zeros(n, np.int64), np.zeros(n, np.int64)
+    values[fitted] = curve.scores[chosen[fitted]]
+    below[fitted], negatives_below[fitted] = curve.below[chosen[fitted]], curve.negatives_below[chosen[fitted]]
+    return NegativeThresholds(
+        target, values, below, negatives_below, np.flatnonzero(without).tolist(), np.flatnonzero(unreachable).tolist()
+    )
+
+
+@dataclass
 class _Curve:
     """Every (class, distinct score) as a candidate threshold, classes contiguous and scores descending within
-    each: the precision and F1 of deciding that class's entries at or above the score positive."""
+    each: the precision and F1 of deciding that class's entries at or above the score positive, and the entries
+    below the score (negative thresholds)."""
 
     owner: np.ndarray
     scores: np.ndarray
     precision: np.ndarray
     f1: np.ndarray
+    below: np.ndarray  # labelled entries scored below the candidate
+    negatives_below: np.ndarray  # the negatives among them
     starts: np.ndarray  # where each class present in the curve begins
 
 
@@ -230,8 +277,10 @@ def _threshold_curve(entries: LabelledEntries) -> _Curve:
     predicted = ends - before[owner] + 1
     precision = tp / predicted
     f1 = np.divide(2 * tp, predicted + positives[owner], out=np.zeros(len(tp)), where=positives[owner] > 0)
+    below = labelled[owner] - predicted
+    negatives_below = below - (positives[owner] - tp)
     starts = np.flatnonzero(np.append(True, owner[1:] != owner[:-1])) if len(owner) else np.zeros(0, np.int64)
-    return _Curve(owner, scores[ends], precision, f1, starts)
+    return _Curve(owner, scores[ends], precision, f1, below, negatives_below, starts)
 
 
 def _segment_max(curve: _Curve, values: np.ndarray) -> np.ndarray:
