@@ -157,12 +157,12 @@ class FittedThresholds:
         lines = []
         if self.without_positive:
             lines.append(
-                f"note: {_some(classes, self.without_positive)} without a labelled valid positive keep threshold "
-                f"{NO_POSITIVE_THRESHOLD}"
+                f"note: {named_classes(classes, self.without_positive)} without a labelled valid positive keep "
+                f"threshold {NO_POSITIVE_THRESHOLD}"
             )
         if self.unreachable:
             lines.append(
-                f"note: {_some(classes, self.unreachable)} cannot reach valid precision {self.rule.value:g} at "
+                f"note: {named_classes(classes, self.unreachable)} cannot reach valid precision {self.rule.value:g} at "
                 "any threshold; they keep their F1 threshold"
             )
         return lines
@@ -179,7 +179,8 @@ class FittedThresholds:
         return text.getvalue()
 
 
-def _some(classes: list[str], indices: list[int], shown: int = 10) -> str:
+def named_classes(classes: list[str], indices: list[int], shown: int = 10) -> str:
+    """`3 classes (a, b, c)`: a count with the first `shown` names, for one-line notes."""
     names = ", ".join(classes[i] for i in indices[:shown])
     more = f" and {len(indices) - shown} more" if len(indices) > shown else ""
     return f"{len(indices)} class{'es' if len(indices) != 1 else ''} ({names}{more})"
@@ -215,20 +216,13 @@ def fit_thresholds(entries: LabelledEntries, rule: ThresholdRule) -> FittedThres
 
 @dataclass
 class NegativeThresholds:
-    """Per class, the threshold below which a label is decided negative (the module's docstring gives the rule),
-    with the labelled entries below it and the negatives among them; `NO_NEGATIVES` for the classes named."""
+    """Per class, the threshold below which a label is decided negative (the module's docstring gives the rule);
+    `NO_NEGATIVES` for the classes named."""
 
     target: float  # the NPV asked for
     values: np.ndarray  # (C,)
-    below: np.ndarray  # (C,) labelled entries scored below the threshold
-    negatives_below: np.ndarray  # (C,)
     without_positive: list[int] = field(default_factory=list)
     unreachable: list[int] = field(default_factory=list)
-
-    def npv(self) -> float:
-        """The share of negatives among the labelled entries below their class's threshold, over all classes."""
-        below = int(self.below.sum())
-        return int(self.negatives_below.sum()) / below if below else float("nan")
 
 
 def fit_negative_thresholds(entries: LabelledEntries, target: float) -> NegativeThresholds:
@@ -241,12 +235,9 @@ def fit_negative_thresholds(entries: LabelledEntries, target: float) -> Negative
     chosen = _first_per_class(curve, reaching, n, last=False)  # scores descend: the first is the highest
     unreachable = (chosen < 0) & ~without
     fitted = ~without & (chosen >= 0)
-    values, below, negatives_below = np.full(n, NO_NEGATIVES), np.zeros(n, np.int64), np.zeros(n, np.int64)
+    values = np.full(n, NO_NEGATIVES)
     values[fitted] = curve.scores[chosen[fitted]]
-    below[fitted], negatives_below[fitted] = curve.below[chosen[fitted]], curve.negatives_below[chosen[fitted]]
-    return NegativeThresholds(
-        target, values, below, negatives_below, np.flatnonzero(without).tolist(), np.flatnonzero(unreachable).tolist()
-    )
+    return NegativeThresholds(target, values, np.flatnonzero(without).tolist(), np.flatnonzero(unreachable).tolist())
 
 
 @dataclass
