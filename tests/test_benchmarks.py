@@ -56,6 +56,16 @@ FIGURES = {  # script: patterns its smoke's output must match (one line of figur
         r"`iu` not run: --scheme iu trains on observed negatives",
         r"training step \(end-to-end, epochs 2\+, median of \d+ batches each\): an \d+\.\d ms, llct \d+\.\d ms",
     ],
+    "verification_loop.py": [
+        r"demo: 10 classes, 48 train images, [\d,]+ unobserved train entries \(\d+\.\d% of them positive\)",
+        r"rare: 40 classes, 48 train images, ",
+        r"\| strategy \| budget \| answers positive \| test mAP before \| after \| gain \|",
+        r"\| `uncertain` \| \d+ \(5%\) \| \d+% \| \d+\.\d\d \| \d+\.\d\d \| [+-]\d+\.\d\d \|",
+        r"\| `random` \| \d+ \(5%\) \| \d+% \| \d+\.\d\d \| \d+\.\d\d \| [+-]\d+\.\d\d \|",
+        r"goal at 5%: uncertain gain [+-]\d+\.\d\d vs random [+-]\d+\.\d\d.*: (not )?met",
+        r"complete --target-precision 0.9 \(train\): \d+ positives added, precision (\d\.\d{3}|-) and recall",
+        r"test mAP trained on the completed labels \d+\.\d\d against \d+\.\d\d on the original ones",
+    ],
     "throughput.py": [
         r"input pipeline, images/s per worker +\d+\.\d +\d+\.\d +\d+\.\d\dx",
         r"training step alone, images/s +\d+\.\d +\d+\.\d +\d+\.\d\dx",
