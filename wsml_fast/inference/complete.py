@@ -27,6 +27,7 @@ import pandas as pd
 import torch
 
 from wsml_fast.core.errors import WsmlError
+from wsml_fast.core.growing import GrowingColumns
 from wsml_fast.core.process import Process, launched
 from wsml_fast.data.labels import SPLITS, write_label_csv
 from wsml_fast.data.labelstore import LabelStore
@@ -145,7 +146,7 @@ def select_additions(
     )
     any_negative = bool((cuts.negative > NO_NEGATIVES).any())
     table_rows = torch.as_tensor(rows, dtype=torch.int64, device=device)
-    keys, values, probabilities = [], [], []
+    kept = GrowingColumns([np.int64, np.int8, np.float32])  # key, value, probability
     for positions, scores in batches:
         positions, scores = torch.as_tensor(positions, device=device), torch.as_tensor(scores, device=device)
         past = scores >= positive
@@ -154,14 +155,11 @@ def select_additions(
         image, cls = torch.nonzero(past, as_tuple=True)
         unobserved = known.lookup(positions[image], cls) < 0
         image, cls = image[unobserved], cls[unobserved]
-        kept = scores[image, cls]
-        keys.append((table_rows[positions[image]] * observed.n_classes + cls).cpu().numpy())
-        values.append((kept >= positive[cls]).to(torch.int8).cpu().numpy())
-        probabilities.append(kept.float().cpu().numpy())
-    keys, values, probabilities = (
-        np.concatenate(parts) if parts else np.zeros(0, dtype)
-        for parts, dtype in ((keys, np.int64), (values, np.int8), (probabilities, np.float32))
-    )
+        probability = scores[image, cls].float()
+        keys = table_rows[positions[image]] * observed.n_classes + cls
+        values = (probability >= positive[cls]).to(torch.int8)
+        kept.add(*(column.cpu().numpy() for column in (keys, values, probability)))
+    keys, values, probabilities = kept.arrays()
     order = np.argsort(keys, kind="stable")  # already sorted when the batches come in split order
     return Additions(keys[order], values[order], probabilities[order])
 
