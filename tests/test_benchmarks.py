@@ -52,7 +52,8 @@ FIGURES = {  # script: patterns its smoke's output must match (one line of figur
     "complete_scale.py": [
         r"300 rows x 40 classes: [\d,]+ entries",
         r"load_table +\d+\.\d s \| peak RSS +\d+ MB",
-        r"wsml complete +\d+\.\d s \| peak RSS +\d+ MB, \+\d+ MB over load_table's \| [\d,]+ train and [\d,]+ valid",
+        r"wsml complete +\d+\.\d s \| peak RSS +\d+ MB \(\+\d+ MB over load_table's\) \| [\d,]+ train and [\d,]+ valid",
+        r"up to the writing +\d+\.\d s \| peak RSS +\d+ MB",
         r"train: added [\d,]+ positives to [\d,]+ images \| .* \| estimated on valid: precision \d\.\d{3}",
     ],
     "schemes.py": [

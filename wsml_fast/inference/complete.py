@@ -260,8 +260,8 @@ class Completion:
             + (f", negative predictive value {_figure(self.cuts.npv)}" if self.cuts.npv is not None else ""),
         ]
         if self.measured is not None:
-            kinds = [("positives", self.measured.positives), ("negatives", self.measured.negatives)]
-            figures = [f"{kind} {_figures(pair)}" for kind, pair in kinds if pair is not None]
+            pairs = [("positives", self.measured.positives), ("negatives", self.measured.negatives)]
+            figures = [f"{kind} {_figures(pair)}" for kind, pair in pairs if pair is not None]
             parts.append(f"measured on {TRUTH}: {', '.join(figures)}")
         return " | ".join([*parts, f"wrote {self.out}"])
 
@@ -276,7 +276,7 @@ def _figures(precision_recall: tuple[float, float]) -> str:
 
 def _split_batches(
     network: torch.nn.Module, table: PartialLabelTable, split: str, size: int, scoring: Scoring
-) -> Iterator:
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(positions in the split, probabilities B x C on the scoring device) of every image of `split`."""
     images = [table.images[i] for i in table.rows(split)]
     dataset = ImageLabelDataset(table.source.images_root, images, table.observed_of(split), size)
