@@ -49,6 +49,13 @@ FIGURES = {  # script: patterns its smoke's output must match (one line of figur
         r"llcp: large-loss work +\d+\.\d\d ms = \d+\.\d\d% of the step \(1,000 stored corrections\)",
         r"demo truth.csv: read_label_csv \d+\.\d\d ms",
     ],
+    "complete_scale.py": [
+        r"300 rows x 40 classes: [\d,]+ entries",
+        r"load_table +\d+\.\d s \| peak RSS +\d+ MB",
+        r"wsml complete +\d+\.\d s \| peak RSS +\d+ MB \(\+\d+ MB over load_table's\) \| [\d,]+ train and [\d,]+ valid",
+        r"up to the writing +\d+\.\d s \| peak RSS +\d+ MB",
+        r"train: added [\d,]+ positives to [\d,]+ images \| .* \| estimated on valid: precision \d\.\d{3}",
+    ],
     "schemes.py": [
         r"\| scheme \| test mAP \| ll_fn_precision \| train recovery mAP \| seconds per run \|",
         r"\| `an` \| \d+\.\d\d \| - \| \d+\.\d\d \| \d+ \|",

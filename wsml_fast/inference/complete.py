@@ -27,6 +27,7 @@ import pandas as pd
 import torch
 
 from wsml_fast.core.errors import WsmlError
+from wsml_fast.core.growing import GrowingColumns
 from wsml_fast.core.process import Process, launched
 from wsml_fast.data.labels import SPLITS, write_label_csv
 from wsml_fast.data.labelstore import LabelStore
@@ -145,7 +146,7 @@ def select_additions(
     )
     any_negative = bool((cuts.negative > NO_NEGATIVES).any())
     table_rows = torch.as_tensor(rows, dtype=torch.int64, device=device)
-    keys, values, probabilities = [], [], []
+    kept = GrowingColumns([np.int64, np.int8, np.float32])  # key, value, probability
     for positions, scores in batches:
         positions, scores = torch.as_tensor(positions, device=device), torch.as_tensor(scores, device=device)
         past = scores >= positive
@@ -154,14 +155,11 @@ def select_additions(
         image, cls = torch.nonzero(past, as_tuple=True)
         unobserved = known.lookup(positions[image], cls) < 0
         image, cls = image[unobserved], cls[unobserved]
-        kept = scores[image, cls]
-        keys.append((table_rows[positions[image]] * observed.n_classes + cls).cpu().numpy())
-        values.append((kept >= positive[cls]).to(torch.int8).cpu().numpy())
-        probabilities.append(kept.float().cpu().numpy())
-    keys, values, probabilities = (
-        np.concatenate(parts) if parts else np.zeros(0, dtype)
-        for parts, dtype in ((keys, np.int64), (values, np.int8), (probabilities, np.float32))
-    )
+        probability = scores[image, cls].float()
+        keys = table_rows[positions[image]] * observed.n_classes + cls
+        values = (probability >= positive[cls]).to(torch.int8)
+        kept.add(*(column.cpu().numpy() for column in (keys, values, probability)))
+    keys, values, probabilities = kept.arrays()
     order = np.argsort(keys, kind="stable")  # already sorted when the batches come in split order
     return Additions(keys[order], values[order], probabilities[order])
 
@@ -262,8 +260,8 @@ class Completion:
             + (f", negative predictive value {_figure(self.cuts.npv)}" if self.cuts.npv is not None else ""),
         ]
         if self.measured is not None:
-            kinds = [("positives", self.measured.positives), ("negatives", self.measured.negatives)]
-            figures = [f"{kind} {_figures(pair)}" for kind, pair in kinds if pair is not None]
+            pairs = [("positives", self.measured.positives), ("negatives", self.measured.negatives)]
+            figures = [f"{kind} {_figures(pair)}" for kind, pair in pairs if pair is not None]
             parts.append(f"measured on {TRUTH}: {', '.join(figures)}")
         return " | ".join([*parts, f"wrote {self.out}"])
 
@@ -278,7 +276,7 @@ def _figures(precision_recall: tuple[float, float]) -> str:
 
 def _split_batches(
     network: torch.nn.Module, table: PartialLabelTable, split: str, size: int, scoring: Scoring
-) -> Iterator:
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(positions in the split, probabilities B x C on the scoring device) of every image of `split`."""
     images = [table.images[i] for i in table.rows(split)]
     dataset = ImageLabelDataset(table.source.images_root, images, table.observed_of(split), size)
