@@ -96,7 +96,7 @@ class Runner:
     """Trains the demo recipe (linear mode) on a data source, quietly: the runs' own lines go to a log file."""
 
     def __init__(self, args: argparse.Namespace, work: Path) -> None:
-        self.args, self.work, self.log = args, work, work / "runs.log"
+        self.args, self.log = args, work / "runs.log"
         self.seconds: list[float] = []
 
     def test_map(self, seed: int, out: Path, **data: str) -> float:
