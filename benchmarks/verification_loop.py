@@ -74,6 +74,7 @@ class Asked:
 @dataclass
 class Completed:
     added: int
+    estimated: float  # precision on valid at the thresholds (what `complete` fitted them to reach)
     precision: float
     recall: float
     after: float  # test mAP trained on the completed labels
@@ -178,7 +179,8 @@ def measure_set(name: str, args: argparse.Namespace, runner: Runner, work: Path)
         after = runner.test_map(seed, base / "completed-run", data=str(base / "completed"))
         precision, recall = completion.measured.positives
         on_test = precision_on_test(model, table, completion.cuts.positive, seed)
-        results.completed[seed] = Completed(completion.additions.count(1), precision, recall, after, on_test)
+        added, estimated = completion.additions.count(1), completion.cuts.precision
+        results.completed[seed] = Completed(added, estimated, precision, recall, after, on_test)
         print(f"{name} seed {seed}: {completion.summary()} | test mAP {after:.2f}", flush=True)
     return results
 
@@ -242,7 +244,8 @@ def completion_line(results: SetResults, args: argparse.Namespace) -> str:
     return (
         f"complete --target-precision {args.target_precision:g} (train): {figure('added', 0)} positives added, "
         f"precision {figure('precision')} and recall {figure('recall')} on the training truth "
-        f"({'' if near else 'not '}within 0.05 of {args.target_precision:g}); test mAP trained on the completed labels "
+        f"({'' if near else 'not '}within 0.05 of {args.target_precision:g}; estimated on valid "
+        f"{figure('estimated')}); test mAP trained on the completed labels "
         f"{figure('after', 2)} against {spread([results.before[s] for s in seeds])} on the original ones; its "
         f"thresholds on the test split: precision {figure('on_test', at=0)} on all entries, "
         f"{figure('on_test', at=1)} once one positive an image is taken out"
