@@ -42,6 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -113,13 +114,23 @@ def link_images(folder: Path, names: list[str], sources: list[Path]) -> None:
         os.symlink(targets[i % len(targets)], images / name)
 
 
-def make_dataset(folder: Path, rows: int, classes: int = CLASSES, images: bool = True, seed: int = 0) -> dict:
-    """Write a synthetic dataset folder; returns what it holds and how long each part took to make."""
+def make_dataset(
+    folder: Path,
+    rows: int,
+    classes: int = CLASSES,
+    images: bool = True,
+    seed: int = 0,
+    relabel: Callable[[LabelStore, np.ndarray], LabelStore] | None = None,
+) -> dict:
+    """Write a synthetic dataset folder; returns what it holds and how long each part took to make. `relabel`
+    (labels, splits) -> labels changes the drawn labels before they are written."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     store = synthetic_labels(rows, classes, PER_ROW, rng)
     splits = np.asarray(SPLITS, dtype=object)[rng.choice(len(SPLITS), rows, p=SPLIT_SHARES)]
+    if relabel is not None:
+        store = relabel(store, splits)
     names = image_names(rows)
     made = {"labels_s": time.perf_counter() - started}
     started = time.perf_counter()
@@ -134,13 +145,13 @@ def make_dataset(folder: Path, rows: int, classes: int = CLASSES, images: bool =
     return made | {"entries": len(store.keys), "positives": int((store.values == 1).sum())}
 
 
-def _status_mb(field: str) -> float:
+def status_mb(field: str) -> float:
     """A memory figure of this process from Linux's /proc/self/status, in MB."""
     status = Path("/proc/self/status").read_text()
     return int(status.split(f"{field}:")[1].split()[0]) / 1024
 
 
-def _reset_peak() -> None:
+def reset_peak() -> None:
     """Start the peak resident memory (VmHWM) afresh, so that the imports' own peak does not count."""
     Path("/proc/self/clear_refs").write_text("5")
 
@@ -151,8 +162,8 @@ def _child(what: str, folder: Path) -> None:
     from wsml_fast.data.sources import from_folder
     from wsml_fast.data.table import load_table
 
-    _reset_peak()
-    before = _status_mb("VmRSS")
+    reset_peak()
+    before = status_mb("VmRSS")
     started = time.perf_counter()
     try:
         if what == "read_label_csv":
@@ -162,7 +173,7 @@ def _child(what: str, folder: Path) -> None:
     except MemoryError as exc:
         print(json.dumps({"failed": f"MemoryError: {exc}"}))
         return
-    figures = {"seconds": time.perf_counter() - started, "peak_mb": _status_mb("VmHWM"), "before_mb": before}
+    figures = {"seconds": time.perf_counter() - started, "peak_mb": status_mb("VmHWM"), "before_mb": before}
     print(json.dumps(figures | {"rows": rows}))
 
 
@@ -182,7 +193,7 @@ def _first_batch_child(scheme: str, folder: Path, started: float, extra: list[st
 
         def before_batch(self) -> None:
             if self.learn.training:
-                figures = {"seconds": time.time() - started, "imports_s": imported, "peak_mb": _status_mb("VmHWM")}
+                figures = {"seconds": time.time() - started, "imports_s": imported, "peak_mb": status_mb("VmHWM")}
                 print(json.dumps(figures), flush=True)
                 os._exit(0)
 

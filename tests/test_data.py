@@ -4,8 +4,10 @@ import numpy as np
 import pytest
 import torch
 from helpers import write
+from PIL import Image
 
 from wsml_fast.core.errors import WsmlError
+from wsml_fast.data.demo import PALETTE, class_names, make_demo_dataset
 from wsml_fast.data.loaders import ImageLabelDataset, make_loader
 from wsml_fast.data.sources import from_csv, from_folder, resolve_source
 from wsml_fast.data.splits import split_train_valid
@@ -94,3 +96,38 @@ def test_demo_dataset_is_genuinely_multilabel(demo_folder: Path) -> None:
     assert np.all(train.count(1, axis=1) == 1)
     rows, cols = train.entries(1)
     assert np.all(table.train_truth().lookup(rows, cols) == 1)  # the kept positive is a true one
+
+
+def test_demo_variant_draws_digits_in_colours_a_class_per_colour_and_digit(tmp_path: Path) -> None:
+    folder = make_demo_dataset(
+        tmp_path / "rare", seed=2, sizes={"train": 24, "valid": 8, "test": 8}, colours=4, digits=(1, 3)
+    )
+    table = load_table(from_folder(folder))
+    assert table.classes == class_names(4) and len(table.classes) == 40
+    assert table.classes[0] == "red-zero" and table.classes[13] == "green-three" and table.classes[39] == "yellow-nine"
+    positives = table.truth.count(1, axis=1)
+    assert positives.min() >= 1 and positives.max() <= 3 and len(set(positives)) > 1
+    train = table.observed_of("train")
+    assert np.all(train.count(1, axis=1) == 1)
+    rows, cols = train.entries(1)
+    assert np.all(table.train_truth().lookup(rows, cols) == 1)
+    tints = np.array(list(PALETTE.values())[:4], dtype=float)
+    for row, image in enumerate(table.images):  # the colours drawn are the colours of the image's classes
+        pixels = np.asarray(Image.open(folder / "images" / image), dtype=float).reshape(-1, 3)
+        strokes = pixels[pixels.max(axis=1) > 128]
+        nearest = np.argmax(
+            (strokes / np.linalg.norm(strokes, axis=1, keepdims=True))
+            @ (tints / np.linalg.norm(tints, axis=1, keepdims=True)).T,
+            axis=1,
+        )
+        truth_classes = table.truth.take(np.array([row])).entries(1)[1]
+        assert set(nearest.tolist()) == set((truth_classes // 10).tolist()), image
+
+
+@pytest.mark.parametrize(
+    "variant", [{"colours": 7}, {"colours": 0}, {"digits": (0, 2)}, {"digits": (3, 2)}, {"digits": (1, 5)}]
+)
+def test_demo_variant_refuses_what_a_2x2_grid_and_the_palette_cannot_hold(tmp_path: Path, variant: dict) -> None:
+    with pytest.raises(ValueError, match="colours must be 1 to 6|digits must be"):
+        make_demo_dataset(tmp_path / "bad", sizes={"train": 2, "valid": 1, "test": 1}, **variant)
+    assert not (tmp_path / "bad").exists()

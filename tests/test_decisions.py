@@ -13,6 +13,7 @@ from wsml_fast.model.decisions import (
     ThresholdRule,
     counts_at,
     counts_top,
+    fit_negative_thresholds,
     fit_thresholds,
 )
 from wsml_fast.model.metrics import APAccumulator
@@ -60,6 +61,42 @@ def test_thresholds_equal_a_brute_force_search(rule: str, seed: int) -> None:
     assert fitted.unreachable == unreachable
     if rule == "precision:1":
         assert unreachable, "a class should fail to reach precision 1 on noisy scores"
+
+
+def brute_force_negatives(scores: np.ndarray, labels: np.ndarray, target: float) -> tuple[np.ndarray, list, list]:
+    """Per class, the highest distinct labelled score t whose labelled entries below t are a share `target` negative."""
+    thresholds, without, unreachable = np.zeros(labels.shape[1]), [], []
+    for c in range(labels.shape[1]):
+        known = labels[:, c] >= 0
+        truth, score = labels[known, c] == 1, scores[known, c]
+        if not truth.any():
+            without.append(c)
+            continue
+        reaching = [
+            t for t in sorted(set(score.tolist())) if (score < t).any() and (~truth[score < t]).mean() >= target
+        ]
+        if reaching:
+            thresholds[c] = reaching[-1]
+        else:
+            unreachable.append(c)
+    return thresholds, without, unreachable
+
+
+@pytest.mark.parametrize("target", [0.5, 0.7, 0.9, 1.0])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_negative_thresholds_equal_a_brute_force_search(target: float, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    scores, labels = partial_labels(rng, 60, 8)
+    scores[:, 5] = rng.random(60)  # a class without ties
+    labels[:, 6] = np.where(labels[:, 6] >= 0, scores[:, 6] > 0.45, -1)  # separable: NPV 1 up to its positives
+    fitted = fit_negative_thresholds(entries_of(scores, labels), target)
+    expected, without, unreachable = brute_force_negatives(scores, labels, target)
+    np.testing.assert_allclose(fitted.values, expected)
+    assert fitted.without_positive == without == [0, 2]
+    assert fitted.unreachable == unreachable
+    if target == 1.0:
+        assert unreachable, "a class should fail to reach NPV 1 on noisy scores"
+        assert fitted.values[6] == scores[labels[:, 6] == 1, 6].min()  # separable: up to its lowest positive
 
 
 def test_a_fixed_rule_gives_every_class_its_value_and_no_notes() -> None:

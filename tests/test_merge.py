@@ -9,7 +9,10 @@ import numpy as np
 import pytest
 from helpers import error_of, invoke, write
 
+from wsml_fast.core.errors import WsmlError
+from wsml_fast.data.answers import truth_answers
 from wsml_fast.data.labels import read_label_csv
+from wsml_fast.data.merge import merge_answers
 
 CLASSES = ["cat", "dog", "owl"]
 WIDE = "image,split,cat,dog,owl\na.png,train,1,,\nb.png,train,,0,\nc.png,valid,,,1\n"
@@ -171,3 +174,23 @@ def test_an_answers_csv_needs_its_three_columns(tmp_path: Path) -> None:
     answers = write(tmp_path / "answers.csv", "image,class,value\na.png,dog,1\n")
     line = error_of("merge", observed, answers, "--out", tmp_path / "new.csv")
     assert line == f"error: {answers}: no 'answer' column; an answers CSV has the columns image,class,answer"
+
+
+def test_answers_from_the_truth_merge_into_the_truths_entries(tmp_path: Path) -> None:
+    truth_csv = write(tmp_path / "truth.csv", "image,split,cat,dog,owl\na.png,train,1,1,0\nb.png,train,0,0,1\n")
+    truth = read_label_csv(truth_csv, complete=True)
+    asked = [("b.png", "owl"), ("a.png", "dog"), ("b.png", "cat"), ("a.png", "owl")]
+    answers = truth_answers(truth, [image for image, _ in asked], [name for _, name in asked])
+    assert answers.values.tolist() == [
+        ["b.png", "owl", 1],
+        ["a.png", "dog", 1],
+        ["b.png", "cat", 0],
+        ["a.png", "owl", 0],
+    ]
+    observed = write(tmp_path / "observed.csv", "image,split,cat,dog,owl\na.png,train,1,,\nb.png,train,,,\n")
+    answers.to_csv(tmp_path / "answers.csv", index=False)
+    merge_answers(observed, tmp_path / "answers.csv", tmp_path / "merged.csv")
+    assert labels_of(tmp_path / "merged.csv").tolist() == [[1, 1, 0], [0, -1, 1]]
+    for image, name, missing in (("c.png", "cat", "image 'c.png'"), ("a.png", "emu", "class 'emu'")):
+        with pytest.raises(WsmlError, match=f"{truth_csv}: no {missing} \\(asked entry 2\\)"):
+            truth_answers(truth, ["a.png", image], ["cat", name])

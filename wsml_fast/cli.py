@@ -336,6 +336,41 @@ def calibrate(
 
 @app.command()
 @friendly
+def complete(
+    model_path: ModelArg,
+    target_precision: Annotated[
+        float, typer.Option(help="Add an unobserved entry as positive from the threshold of this valid precision.")
+    ],
+    out: Annotated[
+        Path, typer.Option(help="Dataset folder to write (new or empty); `wsml train --data OUT` takes it.")
+    ],
+    negatives: Annotated[
+        float | None,
+        typer.Option(
+            help="Also add as negative the entries below the threshold of this valid negative predictive value."
+        ),
+    ] = None,
+    split: Annotated[str, typer.Option(help="The split to complete: train, valid or test.")] = "train",
+    data: DataOpt = None,
+    csv: CsvOpt = None,
+    images: ImagesOpt = None,
+) -> None:
+    """Complete a split's labels with a trained model: per class, the unobserved entries above the threshold of the
+    target precision on valid become positives; writes a dataset folder (observed.csv, added.csv, images linked)."""
+    from wsml_fast.inference.complete import Targets, check_out
+    from wsml_fast.inference.complete import complete as run_complete
+
+    targets = Targets(target_precision, negatives)
+    check_out(out)
+    model = _open_model(model_path)
+    with _this_process() as process:
+        completion = run_complete(model, _model_source(model, data, csv, images), split, targets, out, process)
+    for line in [*completion.notes(), completion.summary()]:
+        typer.echo(line)
+
+
+@app.command()
+@friendly
 def predict(
     model_path: ModelArg,
     paths: Annotated[list[Path], typer.Argument(help="Images, or folders of images.")],

@@ -3,15 +3,23 @@ problem names its row.
 
 The CSV form has the columns `image` (as in observed.csv), `class` and `answer` (1: present, 0: absent), in any
 order, other columns ignored. Label Studio's JSON export is read by `wsml_fast.data.label_studio`.
+
+`truth_answers` answers asked entries from a dataset's full truth, as an annotator who is never wrong would: what
+measuring the loop (suggest, answer, merge, train again) on a dataset with a truth.csv needs.
 """
 
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+
 from wsml_fast.core.errors import WsmlError
+from wsml_fast.data.labels import LabelFile
 
 COLUMNS = ("image", "class", "answer")
 
@@ -55,3 +63,17 @@ def read_answer_csv(path: Path) -> Answers:
     except UnicodeDecodeError:
         raise WsmlError(f"{path}: not UTF-8 text; save the file as UTF-8") from None
     return answers
+
+
+def truth_answers(truth: LabelFile, images: Sequence[str], classes: Sequence[str]) -> pd.DataFrame:
+    """The answers CSV's columns (image, class, answer) for the asked entries `images[i]`, `classes[i]`, each answer
+    the entry of `truth` (truth.csv read with `complete=True`); an image or class it lacks is refused, named."""
+    rows = pd.Index(truth.images).get_indexer(list(images))
+    index = {name: i for i, name in enumerate(truth.classes)}
+    cols = np.array([index.get(name, -1) for name in classes], dtype=np.int64)
+    for what, names, found in (("image", images, rows), ("class", classes, cols)):
+        missing = np.flatnonzero(found < 0)
+        if len(missing):
+            raise WsmlError(f"{truth.path}: no {what} '{names[missing[0]]}' (asked entry {missing[0] + 1})")
+    answers = truth.store.lookup(rows, cols).astype(np.int8)
+    return pd.DataFrame({"image": list(images), "class": list(classes), "answer": answers})

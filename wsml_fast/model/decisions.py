@@ -9,6 +9,13 @@ over the distinct scores of its labelled entries (each a candidate threshold), `
 reach P keeps its F1 threshold and is named), `fixed:T` is T for every class. A class without a labelled
 positive keeps 0.5 and is named.
 
+Negative thresholds (`wsml complete --negatives P`): a label is decided negative when its probability is below its
+class's negative threshold. Per class, over the same candidates (the distinct scores of its labelled entries), the
+highest t such that the labelled entries scored below t are at least a share P negative (their negative
+predictive value, NPV; at least one entry below t): the mirror of `precision:P`, the most inclusive threshold that
+reaches the target. A class that cannot reach P, or has no labelled positive (its NPV says nothing), gets 0:
+nothing is below it.
+
 The F1 family (ML-GCN's definitions, Chen et al. CVPR 2019, as ASL reports them): per class, TP, FP and FN are
 counted over its labelled entries; CP and CR are the means over classes of TP / (TP + FP) and TP / (TP + FN), and
 CF1 = 2 CP CR / (CP + CR), the harmonic mean of the two means (not the mean of per-class F1); OP, OR and OF1 are
@@ -30,6 +37,7 @@ from wsml_fast.model.metrics import LabelledEntries
 
 RULES = ("f1", "precision:P", "fixed:T")
 NO_POSITIVE_THRESHOLD = 0.5
+NO_NEGATIVES = 0.0  # a negative threshold below which no probability lies
 
 
 @dataclass(frozen=True)
@@ -149,12 +157,12 @@ class FittedThresholds:
         lines = []
         if self.without_positive:
             lines.append(
-                f"note: {_some(classes, self.without_positive)} without a labelled valid positive keep threshold "
-                f"{NO_POSITIVE_THRESHOLD}"
+                f"note: {named_classes(classes, self.without_positive)} without a labelled valid positive keep "
+                f"threshold {NO_POSITIVE_THRESHOLD}"
             )
         if self.unreachable:
             lines.append(
-                f"note: {_some(classes, self.unreachable)} cannot reach valid precision {self.rule.value:g} at "
+                f"note: {named_classes(classes, self.unreachable)} cannot reach valid precision {self.rule.value:g} at "
                 "any threshold; they keep their F1 threshold"
             )
         return lines
@@ -171,7 +179,8 @@ class FittedThresholds:
         return text.getvalue()
 
 
-def _some(classes: list[str], indices: list[int], shown: int = 10) -> str:
+def named_classes(classes: list[str], indices: list[int], shown: int = 10) -> str:
+    """`3 classes (a, b, c)`: a count with the first `shown` names, for one-line notes."""
     names = ", ".join(classes[i] for i in indices[:shown])
     more = f" and {len(indices) - shown} more" if len(indices) > shown else ""
     return f"{len(indices)} class{'es' if len(indices) != 1 else ''} ({names}{more})"
@@ -206,14 +215,43 @@ def fit_thresholds(entries: LabelledEntries, rule: ThresholdRule) -> FittedThres
 
 
 @dataclass
+class NegativeThresholds:
+    """Per class, the threshold below which a label is decided negative (the module's docstring gives the rule);
+    `NO_NEGATIVES` for the classes named."""
+
+    target: float  # the NPV asked for
+    values: np.ndarray  # (C,)
+    without_positive: list[int] = field(default_factory=list)
+    unreachable: list[int] = field(default_factory=list)
+
+
+def fit_negative_thresholds(entries: LabelledEntries, target: float) -> NegativeThresholds:
+    """Each class's negative threshold for negative predictive value `target` on `entries`."""
+    n = entries.n_classes
+    without = entries.positives() == 0
+    curve = _threshold_curve(entries)
+    npv = np.divide(curve.negatives_below, curve.below, out=np.zeros(len(curve.below)), where=curve.below > 0)
+    reaching = (curve.below > 0) & (npv >= target)
+    chosen = _first_per_class(curve, reaching, n, last=False)  # scores descend: the first is the highest
+    unreachable = (chosen < 0) & ~without
+    fitted = ~without & (chosen >= 0)
+    values = np.full(n, NO_NEGATIVES)
+    values[fitted] = curve.scores[chosen[fitted]]
+    return NegativeThresholds(target, values, np.flatnonzero(without).tolist(), np.flatnonzero(unreachable).tolist())
+
+
+@dataclass
 class _Curve:
     """Every (class, distinct score) as a candidate threshold, classes contiguous and scores descending within
-    each: the precision and F1 of deciding that class's entries at or above the score positive."""
+    each: the precision and F1 of deciding that class's entries at or above the score positive, and the entries
+    below the score (negative thresholds)."""
 
     owner: np.ndarray
     scores: np.ndarray
     precision: np.ndarray
     f1: np.ndarray
+    below: np.ndarray  # labelled entries scored below the candidate
+    negatives_below: np.ndarray  # the negatives among them
     starts: np.ndarray  # where each class present in the curve begins
 
 
@@ -230,8 +268,10 @@ def _threshold_curve(entries: LabelledEntries) -> _Curve:
     predicted = ends - before[owner] + 1
     precision = tp / predicted
     f1 = np.divide(2 * tp, predicted + positives[owner], out=np.zeros(len(tp)), where=positives[owner] > 0)
+    below = labelled[owner] - predicted
+    negatives_below = below - (positives[owner] - tp)
     starts = np.flatnonzero(np.append(True, owner[1:] != owner[:-1])) if len(owner) else np.zeros(0, np.int64)
-    return _Curve(owner, scores[ends], precision, f1, starts)
+    return _Curve(owner, scores[ends], precision, f1, below, negatives_below, starts)
 
 
 def _segment_max(curve: _Curve, values: np.ndarray) -> np.ndarray:

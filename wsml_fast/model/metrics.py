@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from fastai.learner import Metric
 
+from wsml_fast.core.growing import GrowingColumns
+
 CONVENTIONS = ("skip", "paper")
 
 
@@ -54,10 +56,7 @@ class APAccumulator:
     def __init__(self, top_k: int = 0) -> None:
         self.n_classes: int | None = None
         self.top_k = top_k
-        self._classes: list[np.ndarray] = []
-        self._scores: list[np.ndarray] = []
-        self._positive: list[np.ndarray] = []
-        self._top: list[np.ndarray] = []
+        self._kept: GrowingColumns | None = None  # per labelled entry: class, score, positive[, top]
 
     def add(self, scores: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray) -> None:
         """Keep the labelled entries of a batch: scores and labels (B, C)."""
@@ -69,22 +68,23 @@ class APAccumulator:
         flat, kept, values = _labelled(scores, labels)
         if np.isnan(kept).any():
             raise ValueError("scores hold NaN: no AP can be computed")
-        self._classes.append((flat % self.n_classes).astype(np.uint16 if self.n_classes <= 2**16 else np.int32))
-        self._scores.append(kept)
-        self._positive.append(values > 0.5)
+        columns = [flat % self.n_classes, kept, values > 0.5]
         if self.top_k:
-            self._top.append(_in_top(scores, self.top_k).reshape(-1)[flat])
+            columns.append(_in_top(scores, self.top_k).reshape(-1)[flat])
+        if self._kept is None:
+            class_dtype = np.uint16 if self.n_classes <= 2**16 else np.int32
+            self._kept = GrowingColumns([class_dtype, kept.dtype, bool, bool][: len(columns)])
+        self._kept.add(*columns)
 
     @property
     def n_entries(self) -> int:
         """Labelled entries kept so far."""
-        return sum(len(part) for part in self._classes)
+        return len(self._kept) if self._kept is not None else 0
 
     def entries(self) -> LabelledEntries:
         """Everything added, as one set of flat entries."""
-        classes, scores, positive = self._joined()
-        top = np.concatenate(self._top) if self._top else (np.zeros(0, bool) if self.top_k else None)
-        return LabelledEntries(self.n_classes or 0, classes, scores, positive, top)
+        classes, scores, positive, *top = self._columns()
+        return LabelledEntries(self.n_classes or 0, classes, scores, positive, top[0] if top else None)
 
     def result(self, classes: list[str] | None = None, convention: str = "skip") -> MapResult:
         """mAP and per-class AP of everything added, classes named `classes` (default: their numbers)."""
@@ -94,7 +94,7 @@ class APAccumulator:
         if self.n_classes not in (None, n_classes):
             raise ValueError(f"{n_classes} class names for batches of {self.n_classes} classes")
         classes = classes or [str(c) for c in range(n_classes)]
-        ap, positives, labelled = _per_class_ap(*self._joined(), n_classes)
+        ap, positives, labelled = _per_class_ap(*self._columns()[:3], n_classes)
         result = MapResult(map=float("nan"))
         for c, name in enumerate(classes):
             if positives[c] == 0 and convention == "paper":
@@ -116,18 +116,19 @@ class APAccumulator:
             return self
         everyone = APAccumulator(self.top_k)
         everyone.n_classes = self.n_classes
-        classes, scores, positive = (torch.from_numpy(part) for part in self._joined())
-        everyone._classes = [all_gather_varying(classes.to(torch.int32)).numpy().astype(classes.numpy().dtype)]
-        everyone._scores = [all_gather_varying(scores).numpy()]
-        everyone._positive = [all_gather_varying(positive).numpy()]
-        if self.top_k:
-            everyone._top = [all_gather_varying(torch.from_numpy(self.entries().top)).numpy()]
+        columns = self._columns()
+        gathered = [all_gather_varying(torch.from_numpy(columns[0].astype(np.int32))).numpy()]
+        gathered += [all_gather_varying(torch.from_numpy(column)).numpy() for column in columns[1:]]
+        everyone._kept = GrowingColumns([column.dtype for column in columns])
+        everyone._kept.add(*gathered)
         return everyone
 
-    def _joined(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        if not self._classes:
-            return np.zeros(0, np.uint16), np.zeros(0, np.float32), np.zeros(0, bool)  # as batches give
-        return np.concatenate(self._classes), np.concatenate(self._scores), np.concatenate(self._positive)
+    def _columns(self) -> list[np.ndarray]:
+        """Class, score, positive (and top, with `top_k`) of every labelled entry kept."""
+        if self._kept is None:  # the dtypes batches give
+            empty = [np.zeros(0, np.uint16), np.zeros(0, np.float32), np.zeros(0, bool), np.zeros(0, bool)]
+            return empty[: 4 if self.top_k else 3]
+        return self._kept.arrays()
 
 
 def _in_top(scores: torch.Tensor | np.ndarray, k: int) -> np.ndarray:
