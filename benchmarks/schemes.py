@@ -1,10 +1,10 @@
 """Every registered scheme on the demo dataset with the same settings and several seeds, as a Markdown table.
 
     python benchmarks/schemes.py [--mode linear] [--epochs 8] [--seeds 0 1 2] [--runs an llr llr+boost-lu=5 ...]
-                                 [--out benchmarks/schemes.md] [--readme NAME]
+                                 [--out benchmarks/schemes.md] [--docs NAME]
 
 A run is a registered scheme, optionally with `+option=value` settings (`llr+boost-lu=5`); by default every
-scheme of the registry, and `llr` with the BoostLU head. `--readme NAME` also writes the table into README.md
+scheme of the registry, and `llr` with the BoostLU head. `--docs NAME` also writes the table into docs/benchmarks.md
 between the markers `<!-- schemes:NAME -->` and `<!-- /schemes:NAME -->`.
 
 Columns: test mAP (mean and spread over seeds), the large-loss schemes' `ll_fn_precision` (share of the
@@ -50,7 +50,7 @@ from wsml_fast.training.setup import set_up
 
 DEFAULT_RUNS = [*SCHEMES, "llr+boost-lu=5"]
 SMOKE_RUNS = ["an", "llct", "llr+boost-lu=5", "iu"]  # iu is refused: the demo has no observed negatives
-README = Path(__file__).parents[1] / "README.md"
+DOCS_PAGE = Path(__file__).parents[1] / "docs" / "benchmarks.md"
 
 
 def parse_run(run: str) -> tuple[str, dict]:
@@ -195,15 +195,15 @@ def main() -> None:
         help="epochs of alternating an/llct batches for the step ratio; 0 skips",
     )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/schemes.md"))
-    parser.add_argument("--readme", help="also write the table into README.md between the markers of this name")
+    parser.add_argument("--docs", help="also write the table into docs/benchmarks.md between the markers of this name")
     smoke = {"epochs": 2, "backbone": TINY_BACKBONE, "seeds": [0], "runs": SMOKE_RUNS, "timing_repeats": 2}
     args = parse_args(parser, **smoke, out=None)
-    if args.smoke and args.readme:
-        raise SystemExit("--smoke writes nothing into the repository: drop --readme")
+    if args.smoke and args.docs:
+        raise SystemExit("--smoke writes nothing into the repository: drop --docs")
     command = "python benchmarks/schemes.py " + " ".join(
         f"--{k.replace('_', '-')}" + ("" if v is True else f" {' '.join(map(str, v)) if isinstance(v, list) else v}")
         for k, v in vars(args).items()
-        if k not in ("out", "readme") and v is not None and v is not False
+        if k not in ("out", "docs") and v is not None and v is not False
     )
     if args.smoke:
         with scratch("wsml-schemes-") as tmp:
@@ -236,24 +236,24 @@ def run_all(args: argparse.Namespace, command: str, tmp: Path) -> None:
 
 
 def write_report(args: argparse.Namespace, command: str, rows: dict[str, list[dict]], refused: dict[str, str]) -> str:
-    """The table so far into `--out` (and the README with `--readme`); returns the report."""
+    """The table so far into `--out` (and the docs page with `--docs`); returns the report."""
     notes = "".join(f"\n`{scheme}` not run: {why}\n" for scheme, why in refused.items())
     report = (
         f"Demo dataset, {args.mode}, {args.epochs} epochs, seeds {args.seeds}, `{command}`\n\n{table(rows)}\n{notes}"
     )
     args.out.write_text(report)
-    if args.readme:
-        write_into_readme(args.readme, f"```bash\n{command}\n```\n\n{table(rows)}\n{notes}")
+    if args.docs:
+        write_into_docs(args.docs, f"```bash\n{command}\n```\n\n{table(rows)}\n{notes}")
     return report
 
 
-def write_into_readme(name: str, text: str) -> None:
+def write_into_docs(name: str, text: str) -> None:
     start, end = f"<!-- schemes:{name} -->", f"<!-- /schemes:{name} -->"
-    readme = README.read_text()
-    if start not in readme or end not in readme:
-        raise SystemExit(f"README.md has no markers {start} ... {end}")
-    before, rest = readme.split(start, 1)
-    README.write_text(f"{before}{start}\n{text}\n{end}{rest.split(end, 1)[1]}")
+    page = DOCS_PAGE.read_text()
+    if start not in page or end not in page:
+        raise SystemExit(f"{DOCS_PAGE} has no markers {start} ... {end}")
+    before, rest = page.split(start, 1)
+    DOCS_PAGE.write_text(f"{before}{start}\n{text}\n{end}{rest.split(end, 1)[1]}")
 
 
 if __name__ == "__main__":

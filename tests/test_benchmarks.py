@@ -90,8 +90,8 @@ FIGURES = {  # script: patterns its smoke's output must match (one line of figur
 
 
 def repository_files() -> dict[Path, tuple[int, int]]:
-    """Size and modification time of every file a benchmark could write into: benchmarks/ and README.md."""
-    paths = [*BENCHMARKS.rglob("*"), REPO / "README.md"]
+    """Size and modification time of every file a benchmark could write into: benchmarks/, docs/ and README.md."""
+    paths = [*BENCHMARKS.rglob("*"), *(REPO / "docs").rglob("*"), REPO / "README.md"]
     return {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in paths if p.is_file() and "__pycache__" not in p.parts}
 
 

@@ -1,6 +1,6 @@
 """`wsml export`: ONNX and TorchScript files that give PyTorch's probabilities for any batch size and carry the
 classes, thresholds and input size; bad output paths, a missing extra, an operator ONNX cannot express and a
-failed parity check each refused in one line with nothing written; the README's onnxruntime snippet runs."""
+failed parity check each refused in one line with nothing written; the documented onnxruntime snippet runs."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from wsml_fast.model.modelfile import ModelFile, ModelSpec
 
 SIZE = 32
 CLASSES = ("a", "b", "c")
-README = Path(__file__).parents[1] / "README.md"
+DECISIONS_PAGE = Path(__file__).parents[1] / "docs" / "decisions.md"
 
 
 def model_file(boost_lu: float | None = None, thresholds: tuple[float, ...] = (0.5, 0.4, 0.6)) -> ModelFile:
@@ -164,14 +164,14 @@ def test_an_export_off_by_more_than_the_tolerance_is_refused_and_the_old_file_ke
     assert out.read_text() == "the previous export" and [p.name for p in tmp_path.iterdir()] == ["model.onnx"]
 
 
-def readme_snippet() -> str:
+def documented_snippet() -> str:
     """The first python block after the heading "Exporting a model"."""
-    text = README.read_text()
+    text = DECISIONS_PAGE.read_text()
     section = text[text.index("## Exporting a model") :]
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
-def test_the_readme_snippet_prints_pytorchs_labels(tmp_path, monkeypatch) -> None:
+def test_the_documented_snippet_prints_pytorchs_labels(tmp_path, monkeypatch) -> None:
     """Images at the input size (no resizing, where Pillow and wsml's OpenCV differ), read by wsml's own loader
     for PyTorch; thresholds set so that one class is printed for both images, one for neither, one for one."""
     monkeypatch.chdir(tmp_path)
@@ -191,7 +191,7 @@ def test_the_readme_snippet_prints_pytorchs_labels(tmp_path, monkeypatch) -> Non
 
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        exec(readme_snippet(), {})
+        exec(documented_snippet(), {})
     lines = printed.getvalue().splitlines()
     assert [line.split()[0] for line in lines] == names
     for line, row in zip(lines, probabilities, strict=True):

@@ -8,7 +8,7 @@ the family's `training` module that builds it, and the settings it reads (`Setti
 help, search range). The declarations are plain data, so the command line lists them without importing torch; a
 family's `training` module is imported only when one of its schemes is built. Adding a scheme to a family is one
 entry (and its settings) in the family's package and its build function in the family's `training` module; a new
-family is one more package, listed in `_PACKAGES`. The `train` options, config validation, the README table,
+family is one more package, listed in `_PACKAGES`. The `train` options, config validation, the docs' table,
 `wsml schemes --json` and `wsml tune` all read this registry.
 """
 
@@ -81,7 +81,7 @@ def schemes_json() -> list[dict[str, Any]]:
 
 
 def markdown_table() -> str:
-    """The README's table of schemes, made from the registry (a test keeps the two the same)."""
+    """The docs' table of schemes (docs/commands.md), made from the registry (a test keeps the two the same)."""
     lines = ["| scheme | what it does | method | own settings (default) |", "| --- | --- | --- | --- |"]
     for scheme in SCHEMES.values():
         settings = ", ".join(

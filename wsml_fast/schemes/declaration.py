@@ -2,7 +2,7 @@
 
 In the spirit of scikit-learn's parameter constraints, every setting a scheme reads is one `Setting`: its name
 (the TrainConfig field; dashed, the command-line option), its type, its default, the values it allows, its help
-and the range `wsml tune` searches. Config validation, the `train` options, `wsml schemes --json`, the README
+and the range `wsml tune` searches. Config validation, the `train` options, `wsml schemes --json`, the docs'
 table and tune's search space are all made from these declarations. Nothing here imports torch.
 """
 
