@@ -62,7 +62,8 @@ def main() -> None:
     start = time.perf_counter()
     result = accumulator.result()
     scoring = time.perf_counter() - start
-    kept, entries = accumulator.n_entries, accumulator._joined()
+    kept, labelled = accumulator.n_entries, accumulator.entries()
+    entries = (labelled.classes, labelled.scores, labelled.positive)
     per_class = sklearn_seconds_per_class(*entries, min(args.sklearn_sample, args.classes))
     print(f"{args.images:,} images x {args.classes:,} classes, {'dense truth' if args.dense else 'partial labels'}")
     print(
