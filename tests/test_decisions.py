@@ -26,12 +26,17 @@ def entries_of(scores: np.ndarray, labels: np.ndarray, top_k: int = 0, batch: in
     return accumulator.entries()
 
 
+def class_columns(scores: np.ndarray, labels: np.ndarray):
+    """Per class: its index, and the truth and scores of its labelled entries."""
+    for c in range(labels.shape[1]):
+        known = labels[:, c] >= 0
+        yield c, labels[known, c] == 1, scores[known, c]
+
+
 def brute_force(scores: np.ndarray, labels: np.ndarray, rule: ThresholdRule) -> tuple[np.ndarray, list, list]:
     """Try every distinct labelled score of each class as its threshold."""
     thresholds, without, unreachable = np.full(labels.shape[1], 0.5), [], []
-    for c in range(labels.shape[1]):
-        known = labels[:, c] >= 0
-        truth, score = labels[known, c] == 1, scores[known, c]
+    for c, truth, score in class_columns(scores, labels):
         if not truth.any():
             without.append(c)
             continue
@@ -66,9 +71,7 @@ def test_thresholds_equal_a_brute_force_search(rule: str, seed: int) -> None:
 def brute_force_negatives(scores: np.ndarray, labels: np.ndarray, target: float) -> tuple[np.ndarray, list, list]:
     """Per class, the highest distinct labelled score t whose labelled entries below t are a share `target` negative."""
     thresholds, without, unreachable = np.zeros(labels.shape[1]), [], []
-    for c in range(labels.shape[1]):
-        known = labels[:, c] >= 0
-        truth, score = labels[known, c] == 1, scores[known, c]
+    for c, truth, score in class_columns(scores, labels):
         if not truth.any():
             without.append(c)
             continue
