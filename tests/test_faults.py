@@ -208,7 +208,7 @@ def test_predict_checks_its_output_before_scoring(
     assert "does not exist; create it" in error_of(
         "predict", interrupted_run, image, "--out", tmp_path / "no" / "p.csv"
     )
-    assert "is a folder; name a CSV file" in error_of("predict", interrupted_run, image, "--out", tmp_path)
+    assert "is a folder; name the file to write" in error_of("predict", interrupted_run, image, "--out", tmp_path)
 
 
 @pytest.mark.parametrize("workers", [0, 2])

@@ -397,15 +397,10 @@ def predict(
     per-class thresholds (with --threshold: at that one value; with --top-k: the K most probable)."""
     if threshold is not None and not 0 <= threshold <= 1:
         raise WsmlError(f"--threshold must be between 0 and 1 (got {threshold})")
-    from wsml_fast.inference.predict import (
-        PredictionRows,
-        check_output,
-        check_replacing,
-        collect_images,
-        write_predictions,
-    )
+    from wsml_fast.inference.outputs import check_output_file
+    from wsml_fast.inference.predict import PredictionRows, check_replacing, collect_images, write_predictions
 
-    check_output(out)
+    check_output_file(out, "predictions", "preds.csv")
     images = collect_images(paths)
     model = _open_model(model_path)
     check_replacing(out, model.classes, model.path, images, overwrite)
@@ -454,13 +449,13 @@ def suggest(
 ) -> None:
     """The unobserved entries whose answers are worth most (nearest their class's threshold by default), as a CSV
     or as Label Studio tasks; answer them, then `wsml merge` the answers into the labels."""
-    from wsml_fast.inference.predict import check_output
+    from wsml_fast.inference.outputs import check_output_file
     from wsml_fast.inference.suggest import check_options, summary, write_suggestions
     from wsml_fast.inference.suggest import suggest as run_suggest
 
     _check_split(split)
     check_options(strategy, budget, per_class_cap, fmt, out)
-    check_output(out)
+    check_output_file(out, "the suggestions", "queue.csv")
     model = _open_model(model_path)
     with _this_process() as process:
         source = _model_source(model, data, csv, images)

@@ -36,8 +36,9 @@ from torch import nn
 
 from wsml_fast.core.atomic import atomic_write
 from wsml_fast.core.errors import WsmlError
+from wsml_fast.inference.outputs import check_output_file
 from wsml_fast.model.modelfile import ModelFile
-from wsml_fast.training.runfolder import CONFIG, RUN_FILES, WEIGHTS
+from wsml_fast.training.runfolder import WEIGHTS
 
 INPUT, OUTPUT = "images", "probabilities"
 OPSET = 17  # read by onnxruntime since 1.14 (2023), so the file runs on older runtimes too
@@ -176,15 +177,10 @@ def check_format(fmt: str) -> None:
 def check_target(out: Path, model: Path) -> None:
     """Before anything is exported: `--out` is a file in an existing folder, neither MODEL's model file nor one of
     a run folder's own files."""
-    if out.is_dir():
-        raise WsmlError(f"--out {out}: is a folder; name the file to write (for example {out / 'model.onnx'})")
-    if not out.parent.is_dir():
-        raise WsmlError(f"--out {out}: folder {out.parent} does not exist; create it or choose another path")
     source = model / WEIGHTS if model.is_dir() else model
     if out.resolve() == source.resolve():
         raise WsmlError(f"--out {out}: is the model file being exported; write the export to another file")
-    if out.name in RUN_FILES and (out.parent / CONFIG).is_file():
-        raise WsmlError(f"--out {out}: is a file of the run folder {out.parent}; write the export to another name")
+    check_output_file(out, "the export", "model.onnx")
 
 
 def _check_batches(img_size: int) -> list[torch.Tensor]:

@@ -16,10 +16,7 @@ import pandas as pd
 
 from wsml_fast.core.atomic import atomic_write
 from wsml_fast.core.errors import WsmlError
-from wsml_fast.data.sources import OBSERVED, TRUTH
-from wsml_fast.training.runfolder import CONFIG, RUN_FILES
 
-LABEL_FILES = (OBSERVED, TRUTH, "classes.txt")  # a dataset's, beside its images/ folder
 PROBABILITY = re.compile(r"[01]\.\d{6}")  # a cell as `write_predictions` writes it
 SEPARATOR = "|"  # between the labels, and between the scores, of --top-k
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -120,19 +117,6 @@ def write_predictions(
 
     atomic_write(out, write)
     return written
-
-
-def check_output(out: Path) -> None:
-    """Before anything is loaded: `--out` must be a file in an existing folder, and never one of a run's own files
-    or a dataset's label files (whether or not they exist yet)."""
-    if out.is_dir():
-        raise WsmlError(f"--out {out}: is a folder; name a CSV file (for example {out / 'preds.csv'})")
-    if not out.parent.is_dir():
-        raise WsmlError(f"--out {out}: folder {out.parent} does not exist; create it or choose another path")
-    if out.name in RUN_FILES and (out.parent / CONFIG).is_file():
-        raise WsmlError(f"--out {out}: is a file of the run folder {out.parent}; write predictions elsewhere")
-    if out.name in LABEL_FILES and (out.parent / "images").is_dir():
-        raise WsmlError(f"--out {out}: is a label file of the dataset {out.parent}; write predictions elsewhere")
 
 
 def check_replacing(out: Path, classes: list[str], model: Path, images: list[Path], overwrite: bool) -> None:
