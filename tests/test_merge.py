@@ -99,6 +99,17 @@ def test_answers_from_a_label_studio_export(tmp_path: Path) -> None:
     assert (labels_of(out) == expected).all()
 
 
+def test_an_export_whose_choices_are_not_a_list_is_one_line(tmp_path: Path) -> None:
+    """A string of choices must not be read letter by letter as classes; results of other shapes are passed by."""
+    observed = observed_csv(tmp_path, "compact")
+    bad = {"from_name": "label", "to_name": "image", "type": "choices", "value": {"choices": "dog"}}
+    export = [label_studio_task(1, "a.png", ["dog"], [{"id": 7, "result": ["note", bad]}])]
+    answers = write(tmp_path / "export.json", json.dumps(export))
+    line = error_of("merge", observed, answers, "--out", tmp_path / "merged.csv")
+    assert line.endswith("task 1 (id 101): a `label` result whose value.choices is not a list of classes")
+    assert not (tmp_path / "merged.csv").exists()
+
+
 REFUSALS = {
     "a value that is not 1 or 0": (
         ["b.png,cat,1", "a.png,dog,yes"],

@@ -109,6 +109,18 @@ def test_calibrate_refits_the_thresholds_and_rewrites_both_files(trained_run: Pa
     assert all(float(table[c]["precision"]) >= 0.99 or t == pytest.approx(f) for c, t, f in pairs)
 
 
+def test_calibrating_a_model_file_outside_its_run_rewrites_it_alone(
+    trained_run: Path, demo_folder: Path, tmp_path: Path
+) -> None:
+    alone = tmp_path / "tagger.pth"
+    shutil.copy(trained_run / "model.pth", alone)
+    mine = write(tmp_path / "thresholds.csv", "someone else's file\n")
+    result = invoke("calibrate", alone, "--data", demo_folder, "--thresholds", "fixed:0.4")
+    assert result.exit_code == 0, result.output
+    assert ModelFile.load(alone).thresholds == [0.4] * 10 and f"written to {alone}\n" in result.output
+    assert mine.read_text() == "someone else's file\n"
+
+
 def test_calibrate_refuses_data_with_other_classes_and_a_wrong_rule(trained_run: Path, tmp_path: Path) -> None:
     other = tmp_path / "other"
     (other / "images").mkdir(parents=True)

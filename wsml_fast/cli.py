@@ -322,6 +322,7 @@ def calibrate(
     """Fit a trained model's per-class thresholds again on a valid split, without training: model.pth and
     thresholds.csv are rewritten."""
     from wsml_fast.model.decisions import ThresholdRule
+    from wsml_fast.training.runfolder import THRESHOLDS
 
     model = _open_model(model_path)
     rule = ThresholdRule.parse(thresholds or model.config().thresholds)
@@ -331,7 +332,8 @@ def calibrate(
         fitted = run_calibrate(model, _model_source(model, data, csv, images), rule, process)
     for note in fitted.notes(model.classes):
         typer.echo(note)
-    typer.echo(f"thresholds ({rule}) written to {model.path} and {model.path.parent / 'thresholds.csv'}")
+    beside = f" and {model.run.file(THRESHOLDS)}" if model.run is not None else ""
+    typer.echo(f"thresholds ({rule}) written to {model.path}{beside}")
 
 
 @app.command()

@@ -93,12 +93,17 @@ def _annotation(task: dict) -> dict | None:
     return kept[-1] if kept else None
 
 
-def _ticked(annotation: dict) -> list[str]:
-    """The classes ticked in the `label` choices of an annotation, in their order."""
+def _ticked(annotation: dict, path: Path, where: str) -> list[str]:
+    """The classes ticked in the `label` choices of an annotation, in their order; a result not shaped as Label
+    Studio writes it is one line naming the task."""
     ticked: dict[str, None] = {}
     for result in annotation.get("result") or []:
-        if result.get("from_name") == CHOICES and result.get("type") == "choices":
-            ticked |= dict.fromkeys(str(c) for c in (result.get("value") or {}).get("choices") or [])
+        if not isinstance(result, dict) or result.get("from_name") != CHOICES or result.get("type") != "choices":
+            continue
+        choices = (result.get("value") or {}).get("choices") if isinstance(result.get("value"), dict) else None
+        if not isinstance(choices, list):
+            raise WsmlError(f"{path}: {where}: a `{CHOICES}` result whose value.choices is not a list of classes")
+        ticked |= dict.fromkeys(str(c) for c in choices)
     return list(ticked)
 
 
@@ -123,7 +128,7 @@ def read_export(path: Path) -> Answers:
         if annotation is None:
             answers.skipped += 1
             continue
-        ticked = _ticked(annotation)
+        ticked = _ticked(annotation, path, where)
         asked = [str(name) for name in data["asked"]]
         for name in dict.fromkeys(asked + ticked):
             answers.add(str(data["wsml_image"]), name, "1" if name in ticked else "0", where)

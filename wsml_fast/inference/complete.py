@@ -305,7 +305,7 @@ def complete(
     if split != "valid":
         check_images(source.images_root, [table.images[i] for i in valid], source.observed_csv)
     network, scoring = model.classifier(process.device), scoring_of(model, process)
-    entries = scoring.entries(network, split_dataset(table, "valid", model.img_size)).entries()
+    entries = scoring.score(network, split_dataset(table, "valid", model.img_size)).entries()
     cuts = fit_cuts(entries, targets, table.classes)
     batches = _split_batches(network, table, split, model.img_size, scoring)
     additions = select_additions(batches, table.observed_of(split), table.rows(split), cuts, process.device)

@@ -219,7 +219,6 @@ class NegativeThresholds:
     """Per class, the threshold below which a label is decided negative (the module's docstring gives the rule);
     `NO_NEGATIVES` for the classes named."""
 
-    target: float  # the NPV asked for
     values: np.ndarray  # (C,)
     without_positive: list[int] = field(default_factory=list)
     unreachable: list[int] = field(default_factory=list)
@@ -237,7 +236,7 @@ def fit_negative_thresholds(entries: LabelledEntries, target: float) -> Negative
     fitted = ~without & (chosen >= 0)
     values = np.full(n, NO_NEGATIVES)
     values[fitted] = curve.scores[chosen[fitted]]
-    return NegativeThresholds(target, values, np.flatnonzero(without).tolist(), np.flatnonzero(unreachable).tolist())
+    return NegativeThresholds(values, np.flatnonzero(without).tolist(), np.flatnonzero(unreachable).tolist())
 
 
 @dataclass

@@ -17,7 +17,7 @@ from wsml_fast.model.decisions import (
     counts_top,
     fit_thresholds,
 )
-from wsml_fast.model.metrics import MapResult
+from wsml_fast.model.metrics import APAccumulator, MapResult
 from wsml_fast.model.scoring import score_split
 
 TOP = 3  # the top-k variant of the F1 family: each image's 3 highest scores are its predictions
@@ -32,7 +32,7 @@ class Scoring:
     bs: int
     workers: int
 
-    def entries(self, model: torch.nn.Module, dataset, top_k: int = 0):
+    def score(self, model: torch.nn.Module, dataset, top_k: int = 0) -> APAccumulator:
         return score_split(model, dataset, self.precision, self.device, self.bs, self.workers, top_k=top_k)
 
 
@@ -77,7 +77,7 @@ def evaluate_split(
     scoring: Scoring,
 ) -> SplitEvaluation:
     """Score `dataset` (its labelled entries alone) once and report it whole."""
-    accumulator = scoring.entries(model, dataset, top_k=TOP)
+    accumulator = scoring.score(model, dataset, top_k=TOP)
     entries = accumulator.entries()
     mean_ap = accumulator.result(classes, convention)
     values = np.asarray(thresholds, dtype=np.float64)
@@ -106,4 +106,4 @@ def evaluate_split(
 
 def fit_split_thresholds(model: torch.nn.Module, dataset, rule: ThresholdRule, scoring: Scoring) -> FittedThresholds:
     """Per-class thresholds fitted by `rule` on the labelled entries of `dataset` (the valid split)."""
-    return fit_thresholds(scoring.entries(model, dataset).entries(), rule)
+    return fit_thresholds(scoring.score(model, dataset).entries(), rule)

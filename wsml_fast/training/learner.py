@@ -34,8 +34,9 @@ from wsml_fast.core.errors import WsmlError
 from wsml_fast.core.report import Reporter
 from wsml_fast.data.loaders import check_train_batches, make_loader
 from wsml_fast.learning.contract import RunState, SchemeState, TargetsCallback
+from wsml_fast.model.evaluation import Scoring
 from wsml_fast.model.metrics import MapMetric
-from wsml_fast.model.scoring import AMP_DTYPES, evaluation_bs, predict_scores, score_split
+from wsml_fast.model.scoring import AMP_DTYPES, evaluation_bs, predict_scores
 from wsml_fast.schemes.build import SchemeParts, scheme_parts
 from wsml_fast.training.callbacks import (
     DeviceMixedPrecision,
@@ -118,10 +119,10 @@ def _diagnostics(setup: Setup, truth_known: bool) -> list:
         return []
     if not setup.process.writes:  # diagnostics go to the run folder, which process 0 alone writes
         return []
-    scoring = (setup.precision, setup.device, evaluation_bs(config.bs), config.workers)
+    scoring = Scoring(setup.precision, setup.device, evaluation_bs(config.bs), config.workers)
 
     def recovery_map(model: torch.nn.Module, dataset) -> float:
-        return score_split(model, dataset, *scoring).result(None, config.map_convention).map
+        return scoring.score(model, dataset).result(None, config.map_convention).map
 
     callbacks = [TrainRecoveryCallback(recovery_map)]
     if config.track_memorization:

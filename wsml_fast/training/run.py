@@ -27,23 +27,22 @@ from wsml_fast.training.config import TrainConfig, apply_layer
 from wsml_fast.training.continuity import check_launch, check_settings
 from wsml_fast.training.learner import build_learner, fit
 from wsml_fast.training.report import write_report
-from wsml_fast.training.runfolder import CHECKPOINT, REPORT, RESULTS, THRESHOLDS, RunFolder, default_run_dir
+from wsml_fast.training.runfolder import CHECKPOINT, REPORT, RESULTS, RunFolder, default_run_dir
 from wsml_fast.training.setup import Setup, set_up
 from wsml_fast.training.stopping import RunInterrupted, StopRequest
 from wsml_fast.training.tracking import RunTracking
 
 
-def fit_thresholds_at_end(setup: Setup, scoring: Scoring) -> ModelFile:
-    """Fit the per-class thresholds on the valid split with the best weights (already in `setup.model`), by the
-    run's rule; write them into model.pth and thresholds.csv and say which classes could not be fitted."""
+def fit_thresholds_at_end(setup: Setup, best: ModelFile, scoring: Scoring) -> ModelFile:
+    """Fit the per-class thresholds on the valid split with the best weights (`best`, already in `setup.model`),
+    by the run's rule; write them into model.pth and thresholds.csv and say which classes could not be fitted."""
     table = setup.table
     valid = split_dataset(table, "valid", setup.config.img_size)
     fitted = fit_split_thresholds(setup.model, valid, ThresholdRule.parse(setup.config.thresholds), scoring)
     for note in fitted.notes(table.classes):
         setup.say(note)
-    model = setup.run.model_file().with_thresholds(fitted.values, str(fitted.rule))
-    setup.run.save_model(model)
-    setup.run.write_text(THRESHOLDS, fitted.csv_text(table.classes))
+    model = best.with_thresholds(fitted.values, str(fitted.rule))
+    setup.run.save_decisions(model, fitted.csv_text(table.classes))
     return model
 
 
@@ -52,7 +51,8 @@ def score(setup: Setup, history: list[dict], started: float, test: bool = True) 
     epoch's weights and the test split scored with them."""
     config, table = setup.config, setup.table
     wait_for_main()  # process 0 wrote the best weights
-    setup.model.load_state_dict(setup.run.model_file().weights)
+    best_model = setup.run.model_file()
+    setup.model.load_state_dict(best_model.weights)
     best = RunState(history).best()
     results = {
         "best_epoch": best["epoch"],
@@ -70,7 +70,7 @@ def score(setup: Setup, history: list[dict], started: float, test: bool = True) 
     if not setup.process.writes:
         return results
     scoring = Scoring(setup.precision, setup.device, evaluation_bs(config.bs), config.workers)
-    model = fit_thresholds_at_end(setup, scoring)
+    model = fit_thresholds_at_end(setup, best_model, scoring)
     if test and len(table.rows("test")):
         test_ds = split_dataset(table, "test", config.img_size)
         evaluation = evaluate_split(

@@ -258,6 +258,11 @@ class RunFolder:
         if self.writes:
             model.save(self.file(WEIGHTS))
 
+    def save_decisions(self, model: ModelFile, thresholds_csv: str) -> None:
+        """The model file with newly fitted thresholds, and thresholds.csv beside it."""
+        self.save_model(model)
+        self.write_text(THRESHOLDS, thresholds_csv)
+
     def model_file(self) -> ModelFile:
         return ModelFile.load(self.file(WEIGHTS))
 

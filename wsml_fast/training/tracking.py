@@ -48,11 +48,15 @@ class Guarded:
 
 
 def kept_records(run: RunFolder) -> dict[str, dict]:
-    """tracking.json: per tracker, its last logged epoch and what it keeps (empty when there is none)."""
+    """tracking.json: per tracker, its last logged epoch and what it keeps (empty when there is none, or when the
+    file is not what wsml wrote: the trackers then start afresh)."""
     try:
-        return json.loads(run.file(TRACKING).read_text())
+        kept = json.loads(run.file(TRACKING).read_text())
     except (OSError, json.JSONDecodeError):
         return {}
+    if not isinstance(kept, dict):
+        return {}
+    return {name: record for name, record in kept.items() if isinstance(record, dict)}
 
 
 class RunTracking(WsmlCallback):

@@ -385,8 +385,9 @@ def write_best(tuner: Tuner) -> dict[str, Any] | None:
     header = f"# wsml tune: trial {best.number} of study '{study.study_name}', valid mAP {best.value:.2f}\n"
     write_text(tuner.folder / BEST, header + yaml.safe_dump(recipe, sort_keys=False))
     scored = len(_test_rows(tuner))
-    model = load_model(run.path)
-    test = evaluate(model, tuner.source, "test", config.map_convention, tuner.process) if scored else None
+    test = (
+        evaluate(load_model(run.path), tuner.source, "test", config.map_convention, tuner.process) if scored else None
+    )
     result = {"trial": best.number, "run": str(run.path), "valid_map": best.value, "settings": trial_settings(best)}
     result["test_map"] = None if test is None else test.map.map
     result["test_f1"] = None if test is None else test.f1_family()
