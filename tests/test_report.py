@@ -164,6 +164,16 @@ def test_not_a_run_or_no_completed_epoch_is_one_line(tmp_path: Path) -> None:
     assert "no trained weights yet" in error_of("report", tmp_path)
 
 
+def test_a_run_file_edited_by_hand_is_one_line(trained_run: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    (run / "report.html").unlink()
+    thresholds = (run / "thresholds.csv").read_text().splitlines()
+    (run / "thresholds.csv").write_text("\n".join([thresholds[0], "zero,high,x,y,z,many", *thresholds[2:]]) + "\n")
+    line = error_of("report", run)
+    assert "a run file is not as wsml wrote it (ValueError" in line and not (run / "report.html").exists()
+
+
 def test_a_failing_page_leaves_the_finished_run_with_one_warning(monkeypatch: pytest.MonkeyPatch) -> None:
     def broken(path, table):
         raise OSError("disk full")

@@ -263,11 +263,6 @@ def _model_source(model, data: str | None, csv: str | None, images: str | None):
     return resolve_source(config.dataset, config.data, config.csv, config.images)
 
 
-def _check_split(split: str) -> None:
-    if split not in ("train", "valid", "test"):
-        raise WsmlError(f"--split {split!r} is not one of: train, valid, test")
-
-
 @app.command("eval")
 @friendly
 def evaluate(
@@ -285,7 +280,6 @@ def evaluate(
     (on its own data unless told otherwise)."""
     from wsml_fast.model.metrics import CONVENTIONS
 
-    _check_split(split)
     model = _open_model(model_path, quiet=as_json)
     convention = map_convention or model.config().map_convention
     if convention not in CONVENTIONS:
@@ -455,7 +449,6 @@ def suggest(
     from wsml_fast.inference.suggest import check_options, summary, write_suggestions
     from wsml_fast.inference.suggest import suggest as run_suggest
 
-    _check_split(split)
     check_options(strategy, budget, per_class_cap, fmt, out)
     check_output_file(out, "the suggestions", "queue.csv")
     model = _open_model(model_path)

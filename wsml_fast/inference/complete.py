@@ -29,7 +29,7 @@ import torch
 from wsml_fast.core.errors import WsmlError
 from wsml_fast.core.growing import GrowingColumns
 from wsml_fast.core.process import Process, launched
-from wsml_fast.data.labels import SPLITS, write_label_csv
+from wsml_fast.data.labels import write_label_csv
 from wsml_fast.data.labelstore import LabelStore
 from wsml_fast.data.loaders import ImageLabelDataset, make_loader, split_dataset
 from wsml_fast.data.sources import OBSERVED, TRUTH, DatasetFiles
@@ -294,8 +294,6 @@ def complete(
 ) -> Completion:
     """Complete `split` of `source` with `model` to `targets` and write the dataset folder `out` (new or empty),
     scored on `process`'s device at its precision (by default: this process as launched)."""
-    if split not in SPLITS:
-        raise WsmlError(f"--split {split!r} is not one of: {', '.join(SPLITS)}")
     check_out(out)
     process = process or launched()
     table = model_table(model, source, split)

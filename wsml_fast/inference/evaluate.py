@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from wsml_fast.core.errors import WsmlError
 from wsml_fast.core.process import Process, launched
+from wsml_fast.data.labels import SPLITS
 from wsml_fast.data.loaders import split_dataset
 from wsml_fast.data.sources import DatasetFiles
 from wsml_fast.data.table import PartialLabelTable, check_images, load_table
@@ -13,8 +14,10 @@ from wsml_fast.model.scoring import evaluation_bs
 
 
 def model_table(model: TrainedModel, source: DatasetFiles, split: str) -> PartialLabelTable:
-    """The labels of `source`, split as the model's training split them; refused in one line when its classes
-    are not the model's, or when `split` has no rows."""
+    """The labels of `source`, split as the model's training split them; refused in one line when `split` is not
+    a split's name, when its classes are not the model's, or when `split` has no rows."""
+    if split not in SPLITS:
+        raise WsmlError(f"--split {split!r} is not one of: {', '.join(SPLITS)}")
     config = model.config()
     table = load_table(source, config.valid_fraction, config.seed, for_training=False)
     if table.classes != model.classes:

@@ -9,6 +9,7 @@ import time
 from html import escape
 from pathlib import Path
 
+from wsml_fast.core.errors import WsmlError
 from wsml_fast.core.version import WSML_VERSION
 from wsml_fast.data.table import PartialLabelTable
 from wsml_fast.schemes import FAMILIES, get_scheme, settings_of
@@ -31,7 +32,14 @@ def write_report(path: Path, table: PartialLabelTable | None = None) -> Path:
     """Write `report.html` into the run folder at `path` (atomically) and return where; `table`: the run's data,
     when the caller holds it."""
     contents = read_run(Path(path), table)
-    contents.run.write_text(REPORT, render(contents))
+    try:
+        page = render(contents)
+    except (KeyError, TypeError, ValueError, UnicodeDecodeError) as exc:  # a run file edited or damaged by hand
+        raise WsmlError(
+            f"{contents.run.path}: a run file is not as wsml wrote it ({exc.__class__.__name__}: {exc}); put it "
+            "back (results.json, thresholds.csv, metrics.csv) or rerun the run"
+        ) from None
+    contents.run.write_text(REPORT, page)
     return contents.run.file(REPORT)
 
 
