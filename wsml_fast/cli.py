@@ -150,6 +150,21 @@ def train(
     early_stop_drop: Annotated[
         float | None, typer.Option(help="--early-stop: the drop in valid mAP points that stops (default 3).")
     ] = None,
+    ema: Annotated[
+        float | None,
+        typer.Option(
+            metavar="DECAY",
+            help="Average the weights (decay DECAY, with warm-up), validate the average every epoch (valid_map_ema) "
+            "and keep whichever scores higher.",
+        ),
+    ] = None,
+    accumulate: Annotated[
+        int | None,
+        typer.Option(
+            metavar="N",
+            help="One optimizer step per N batches (effective batch bs x N); large-loss selection stays per batch.",
+        ),
+    ] = None,
     boost_lu: Annotated[
         float | None, typer.Option(help="BoostLU head: positive class activations x ALPHA (Kim et al. 2023: 5).")
     ] = None,

@@ -22,7 +22,27 @@ from wsml_fast.data.labelstore import DeviceLabels
 if TYPE_CHECKING:
     from wsml_fast.training.stages import StageData
 
-MONITOR = "valid_map"
+MONITOR, AVERAGED = "valid_map", "valid_map_ema"  # the valid mAP of the raw weights, and of their average (--ema)
+
+
+def _scored(row: dict, column: str) -> float | None:
+    value = row.get(column)
+    return None if value is None or np.isnan(value) else float(value)
+
+
+def kept_weights(row: dict) -> str:
+    """Which weights of an epoch the run keeps: "ema" where their average (--ema) scored a higher valid mAP than the
+    raw weights (or the raw ones none), else "raw" (a tie keeps the raw weights)."""
+    raw, averaged = _scored(row, MONITOR), _scored(row, AVERAGED)
+    return "ema" if averaged is not None and (raw is None or averaged > raw) else "raw"
+
+
+def epoch_score(row: dict) -> float:
+    """An epoch's score, the one rule wherever a best epoch is chosen (the saved weights, the checkpoint's best
+    epoch, early stopping, the run's results, the next stage's start, a tuning trial): the valid mAP of the weights
+    it keeps (`kept_weights`); nan when neither was scored."""
+    value = _scored(row, AVERAGED if kept_weights(row) == "ema" else MONITOR)
+    return float("nan") if value is None else value
 
 
 class CheckpointedState:
@@ -121,9 +141,9 @@ class RunState(Callback):
         """Add columns to this epoch's row of metrics.csv."""
         self.values.update(values)
 
-    def best(self, monitor: str = MONITOR) -> dict | None:
-        """The first completed epoch with the highest `monitor` (None before any)."""
-        scores = [row.get(monitor, float("nan")) for row in self.history]
+    def best(self) -> dict | None:
+        """The first completed epoch with the highest `epoch_score` (None before any)."""
+        scores = [epoch_score(row) for row in self.history]
         if not scores:
             return None
         return self.history[-1] if np.all(np.isnan(scores)) else self.history[int(np.nanargmax(scores))]

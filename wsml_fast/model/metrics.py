@@ -207,7 +207,12 @@ class MapMetric(Metric):
         self.accumulator = APAccumulator()
 
     def accumulate(self, learn) -> None:
-        self.accumulator.add(torch.sigmoid(learn.pred.detach().float()), learn.yb[0])
+        self.add(torch.sigmoid(learn.pred.detach().float()), learn.yb[0])
+
+    def add(self, scores: torch.Tensor, targets: torch.Tensor) -> None:
+        """A batch's probabilities and targets (1, 0, -1): how another pass over the valid split (the averaged
+        weights', --ema) is scored the same way."""
+        self.accumulator.add(scores, targets)
 
     @property
     def value(self) -> float:

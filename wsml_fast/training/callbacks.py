@@ -20,11 +20,12 @@ from fastai.callback.fp16 import MixedPrecision
 from wsml_fast.core.distributed import all_reduce_sum, bare, in_group
 from wsml_fast.core.errors import WsmlError
 from wsml_fast.learning.contract import (
-    MONITOR,
     CheckpointedState,
     SchemeState,
     WsmlCallback,
     checkpointed_states,
+    epoch_score,
+    kept_weights,
     model_device,
 )
 
@@ -100,26 +101,35 @@ class RunLogCallback(WsmlCallback):
 
 
 class SaveBestCallback(WsmlCallback):
-    """Save the weights of the best epoch so far (by valid mAP; `save_weights(state_dict, its metrics row)`),
-    and the schemes' state beside them. The best is read from the run's history, so a resumed run continues the
-    same comparison."""
+    """Save the weights of the best epoch so far (by `epoch_score`; `save_weights(state_dict, its metrics row)`):
+    the raw ones, or their average (`averaged()`, the model's state dict with the averaged part: --ema) where that
+    scored higher; and the schemes' state beside them. The best is read from the run's history, so a resumed run
+    continues the same comparison."""
 
     order = 71
 
-    def __init__(self, model: torch.nn.Module, save_weights: Callable, save_states: Callable) -> None:
-        self.model, self.save_weights, self.save_states = model, save_weights, save_states
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        save_weights: Callable,
+        save_states: Callable,
+        averaged: Callable[[], dict[str, torch.Tensor]] | None = None,
+    ) -> None:
+        self.model, self.save_weights, self.save_states, self.averaged = model, save_weights, save_states, averaged
 
     def after_epoch(self) -> None:
-        if self.run_state.best() is not self.run_state.history[-1]:
+        row = self.run_state.history[-1]
+        if self.run_state.best() is not row:
             return
-        self.save_weights(self.model.state_dict(), self.run_state.history[-1])
+        self.save_weights(self.averaged() if kept_weights(row) == "ema" else self.model.state_dict(), row)
         states = checkpointed_states(self.learn, SchemeState)
         if states:
             self.save_states(states)
 
 
 class EarlyStopCallback(WsmlCallback):
-    """Stop training when valid mAP falls more than `drop` points below the best so far (the reference's rule)."""
+    """Stop training when an epoch's score (`epoch_score`: its valid mAP) falls more than `drop` points below the best
+    so far (the reference's rule)."""
 
     order = 80  # after the epoch's checkpoint is written
 
@@ -127,7 +137,7 @@ class EarlyStopCallback(WsmlCallback):
         self.drop = drop
 
     def after_epoch(self) -> None:
-        best, value = self.run_state.best()[MONITOR], self.run_state.history[-1][MONITOR]
+        best, value = epoch_score(self.run_state.best()), epoch_score(self.run_state.history[-1])
         if value < best - self.drop:
             self.end_fit(f"early stop: valid mAP {value:.2f} fell over {self.drop:g} points below {best:.2f}")
 

@@ -55,6 +55,7 @@ from wsml_fast.training.runfolder import SCHEME_STATE
 from wsml_fast.training.setup import Setup
 from wsml_fast.training.stages import IMAGES, StageData, stage_data, stages
 from wsml_fast.training.stopping import StopRequest
+from wsml_fast.training.weight_average import WeightAverageCallback
 
 OPTIMIZERS = {  # what the reference implementations used: torch's optimizers, driven through fastai's wrapper
     "adam": partial(OptimWrapper, opt=partial(torch.optim.Adam, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)),
@@ -170,15 +171,21 @@ def build_learner(
     if config.compile and IMAGES in data:
         compile_in_place(model, next(iter(data[IMAGES].loaders.valid))[0][:2], setup.say)
     on_terminal = sys.stdout.isatty()
+    average = WeightAverageCallback(config.ema, model, setup.precision, config.map_convention) if config.ema else None
     callbacks = [
         RunLogCallback(run.write_metrics, setup.say, print_lines=not on_terminal),
         SaveBestCallback(
-            model, lambda state, epoch: run.save_model(setup.model_file(state, epoch)), run.save_scheme_state
+            model,
+            lambda state, epoch: run.save_model(setup.model_file(state, epoch)),
+            run.save_scheme_state,
+            average.averaged_weights if average else None,
         ),
         CheckpointCallback(run.save_checkpoint, model, setup.meta()),
         LossGuardCallback(config.lr, setup.say),
         *_diagnostics(setup, setup.table.truth is not None),
     ]
+    if average is not None:
+        callbacks.append(average)
     if stop is not None:
         callbacks.append(StopOnRequestCallback(stop))
     if setup.precision in AMP_DTYPES:

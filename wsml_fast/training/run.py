@@ -17,7 +17,7 @@ from wsml_fast.core.process import Process, launched
 from wsml_fast.core.report import Reporter
 from wsml_fast.data.loaders import split_dataset
 from wsml_fast.data.sources import DatasetFiles, resolve_source
-from wsml_fast.learning.contract import RunState
+from wsml_fast.learning.contract import RunState, epoch_score, kept_weights
 from wsml_fast.model.decisions import ThresholdRule
 from wsml_fast.model.evaluation import Scoring, evaluate_split, fit_split_thresholds
 from wsml_fast.model.modelfile import ModelFile
@@ -56,7 +56,8 @@ def score(setup: Setup, history: list[dict], started: float, test: bool = True) 
     best = RunState(history).best()
     results = {
         "best_epoch": best["epoch"],
-        "valid_map": best.get("valid_map"),
+        "valid_map": epoch_score(best),  # of the weights kept: the raw ones, or their average (--ema)
+        "weights": kept_weights(best),
         "test_map": None,
         "map_convention": config.map_convention,
         "thresholds": config.thresholds,
@@ -134,8 +135,9 @@ def _run(
     run.write_status("finished", epoch=len(history))
     tracking.close("finished")
     test_text = f"{results['test_map']:.2f}" if results["test_map"] is not None else "n/a"
+    weights = f" ({results['weights']} weights)" if setup.config.ema is not None else ""
     say(
-        f"done in {results['train_seconds']:.0f}s | best epoch {results['best_epoch']} | "
+        f"done in {results['train_seconds']:.0f}s | best epoch {results['best_epoch']}{weights} | "
         f"valid mAP {results['valid_map']:.2f} | test mAP {test_text} | run folder {run.path}"
     )
     return run

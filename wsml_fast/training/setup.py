@@ -14,6 +14,7 @@ from wsml_fast.data.labelstore import LabelStore
 from wsml_fast.data.loaders import default_workers
 from wsml_fast.data.sources import DatasetFiles
 from wsml_fast.data.table import PartialLabelTable, check_images, load_table
+from wsml_fast.learning.contract import epoch_score, kept_weights
 from wsml_fast.model.classifier import Classifier, build_model
 from wsml_fast.model.modelfile import ModelFile, ModelSpec
 from wsml_fast.schemes import get_scheme, settings_of
@@ -50,13 +51,14 @@ class Setup:
         return ModelSpec(self.config.backbone, classes, self.config.img_size, mean, std, self.config.boost_lu)
 
     def model_file(self, weights: dict[str, torch.Tensor], epoch: dict) -> ModelFile:
-        """The model file of `weights`, the weights of the epoch whose metrics row is `epoch` (thresholds are
-        fitted when the run ends)."""
+        """The model file of `weights`, the weights of the epoch whose metrics row is `epoch` (its raw weights or
+        their average: `kept_weights`), with their valid mAP (thresholds are fitted when the run ends)."""
         training = {
             "scheme": self.config.scheme,
             "dataset": self.table.source.name,
             "epoch": epoch["epoch"],
-            "valid_map": epoch.get("valid_map"),
+            "valid_map": epoch_score(epoch),
+            "weights": kept_weights(epoch),
             "weights_origin": self.origin,
             "config": {k: v for k, v in self.config.values().items() if k != "out"},  # the model may move
         }

@@ -34,7 +34,7 @@ from wsml_fast.core.report import Reporter
 from wsml_fast.data.sources import DatasetFiles
 from wsml_fast.inference.evaluate import evaluate
 from wsml_fast.inference.trained import load_model
-from wsml_fast.learning.contract import WsmlCallback
+from wsml_fast.learning.contract import WsmlCallback, epoch_score
 from wsml_fast.schemes import get_scheme
 from wsml_fast.schemes.declaration import Choice, Range
 from wsml_fast.training.config import TrainConfig, apply_layer, with_scheme_defaults
@@ -250,7 +250,8 @@ class TrialFailed(Exception):
 
 
 class ReportToTrial(WsmlCallback):
-    """Give the trial each epoch's valid mAP; end the run when the pruner says the trial is clearly worse."""
+    """Give the trial each epoch's score (`epoch_score`: its valid mAP); end the run when the pruner says the trial
+    is clearly worse."""
 
     order = 75  # after the run log (70) has the epoch's row and its checkpoint (72) is written
 
@@ -260,9 +261,9 @@ class ReportToTrial(WsmlCallback):
 
     def after_epoch(self) -> None:
         row = self.run_state.history[-1]
-        self.trial.report(row["valid_map"], step=row["epoch"])
+        self.trial.report(epoch_score(row), step=row["epoch"])
         if self.trial.should_prune():
-            self.pruned = f"pruned after epoch {row['epoch']} (valid mAP {row['valid_map']:.2f})"
+            self.pruned = f"pruned after epoch {row['epoch']} (valid mAP {epoch_score(row):.2f})"
             self.end_fit(self.pruned)
 
 
