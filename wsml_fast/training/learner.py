@@ -38,6 +38,7 @@ from wsml_fast.model.evaluation import Scoring
 from wsml_fast.model.metrics import MapMetric
 from wsml_fast.model.scoring import AMP_DTYPES, evaluation_bs, predict_scores
 from wsml_fast.schemes.build import SchemeParts, scheme_parts
+from wsml_fast.training.accumulation import EpochGradientAccumulation
 from wsml_fast.training.callbacks import (
     DeviceMixedPrecision,
     EarlyStopCallback,
@@ -186,6 +187,8 @@ def build_learner(
     ]
     if average is not None:
         callbacks.append(average)
+    if config.accumulate > 1:
+        callbacks.append(EpochGradientAccumulation(config.accumulate))
     if stop is not None:
         callbacks.append(StopOnRequestCallback(stop))
     if setup.precision in AMP_DTYPES:

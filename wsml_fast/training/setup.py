@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import torch
@@ -112,7 +113,22 @@ def _describe(setup: Setup) -> None:
             f"data parallel: {processes} processes | global batch {bs} x {processes} = {bs * processes} "
             f"| SyncBatchNorm {'on' if config.sync_bn else 'off'}"
         )
+    if config.accumulate > 1:
+        say(f"gradient accumulation: {config.accumulate} batches per optimizer step | {_effective_batch(setup)}")
     say(f"run folder: {setup.run.path}")
+
+
+def _effective_batch(setup: Setup) -> str:
+    """The inputs of one optimizer step: batch x accumulated batches (x processes), and linear-init's linear
+    phase's where its batch size differs."""
+    config, processes = setup.config, setup.process.world_size
+    sizes = {"effective batch": config.bs}
+    if config.mode == "linear-init" and config.linear_bs not in (None, config.bs):
+        sizes["linear phase's"] = config.linear_bs
+    factors = [config.accumulate] + ([processes] if processes > 1 else [])
+    return " | ".join(
+        f"{name} {' x '.join(map(str, [bs, *factors]))} = {bs * math.prod(factors)}" for name, bs in sizes.items()
+    )
 
 
 def set_up(

@@ -96,6 +96,7 @@ class RoleCallback(WsmlCallback, SchemeState):
         self.loss, self.head_lr_mult, self.lr_mult = loss, head_lr_mult, lr_mult
         self.estimate_logits = torch.nn.Parameter(initial_estimates(train_labels, generator))
         self.estimate_opt = torch.optim.Adam([self.estimate_logits])
+        self.stepped_rows: list[torch.Tensor] = []  # the item indices whose gradients the next step takes
 
     @property
     def estimates(self) -> torch.Tensor:
@@ -124,10 +125,12 @@ class RoleCallback(WsmlCallback, SchemeState):
                     if torch.is_tensor(value) and value.dim() > 0:
                         state[key] = value.to(device)
         self.estimate_opt.zero_grad()
+        self.stepped_rows = []
 
     def before_batch(self) -> None:
         if self.training:
             self.loss.estimates = self.estimate_logits[self.item_index]
+            self.stepped_rows.append(self.item_index)
 
     def after_step(self) -> None:
         if in_group():
@@ -140,12 +143,14 @@ class RoleCallback(WsmlCallback, SchemeState):
         else:
             self.estimate_opt.step()
         self.estimate_opt.zero_grad()
+        self.stepped_rows = []
 
     def _share_gradients(self) -> None:
         """In a data-parallel run each process has the gradient of its own batch's rows only: every process takes
         all of them (their mean over the processes, as DDP gives the model), so the estimates stay the same on
-        every process. The processes' rows are distinct: one global batch holds each image once."""
-        grad, index = self.estimate_logits.grad, self.item_index
+        every process. The processes' rows are distinct: one global batch holds each image once (and the batches
+        whose gradients accumulate into one step, --accumulate, are of one epoch)."""
+        grad, index = self.estimate_logits.grad, torch.cat(self.stepped_rows)
         rows, values = all_gather(index), all_gather(grad[index]) / world_size()
         grad.zero_()
         grad.index_add_(0, rows, values)
