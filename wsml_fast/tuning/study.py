@@ -92,16 +92,20 @@ def _range(path: Path, name: str, value: dict) -> Range:
     return Range(low, high, log, bool(value.get("integer")))
 
 
+SEARCHED_WHEN_ASKED = ("ema",)  # general settings that only a `--search` file searches (`ema: [null, 0.999]`)
+
+
 def scheme_ranges(base: TrainConfig, space: dict[str, Range | Choice]) -> dict[str, Range | Choice]:
-    """What a trial of `base.scheme` searches: the default ranges, the scheme's own, then `--search`'s."""
+    """What a trial of `base.scheme` searches: the default ranges, the scheme's own, then `--search`'s (which may
+    add the settings searched when asked)."""
     ranges = {**default_space(base), **get_scheme(base.scheme).search}
-    return {**ranges, **{k: v for k, v in space.items() if k in ranges}}
+    return {**ranges, **{k: v for k, v in space.items() if k in ranges or k in SEARCHED_WHEN_ASKED}}
 
 
 def check_search(path: Path, space: dict[str, Range | Choice], bases: dict[str, TrainConfig]) -> None:
     """`--search` names only settings some searched scheme searches, and gives values a run could use (each choice,
     each end of a range, checked as `wsml train` checks them): a wrong one would fail every trial."""
-    searchable = {name for base in bases.values() for name in scheme_ranges(base, {})}
+    searchable = {name for base in bases.values() for name in scheme_ranges(base, {})} | set(SEARCHED_WHEN_ASKED)
     unknown = sorted(set(space) - searchable)
     if unknown:
         raise WsmlError(
