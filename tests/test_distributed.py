@@ -79,10 +79,29 @@ def test_two_processes_train_as_one_with_the_global_batch(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "two"]  # one run folder each: nothing else
 
 
-@pytest.mark.parametrize("scheme", ["llcp", "role", "em-apl"])
+def test_two_processes_accumulating_train_as_one_with_the_effective_batch(
+    demo_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    one = invoke("train", "--data", demo_folder, *EXACT, "--bs", "16", "--ema", "0.9", "--out", "one")
+    assert one.exit_code == 0, one.output
+    two = torchrun(
+        "train", "--data", demo_folder, *EXACT, "--bs", "4", "--accumulate", "2", "--ema", "0.9", "--out", "two"
+    )
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "effective batch 4 x 2 x 2 = 16" in two.stdout
+    single, double = pd.read_csv("one/metrics.csv"), pd.read_csv("two/metrics.csv")
+    # the smoothed training loss runs over forward batches: 2 x 2 of them make one of the single process's
+    columns = [c for c in single.columns if "seconds" not in c and not c.endswith(("map", "map_ema", "train_loss"))]
+    pd.testing.assert_frame_equal(single[columns], double[columns], rtol=1e-4)
+    for column in ("valid_map", "valid_map_ema"):  # the average too, scored over both processes' shares
+        np.testing.assert_allclose(single[column], double[column], atol=0.1)
+
+
+@pytest.mark.parametrize("scheme", ["llcp", "role", "em-apl", "role --accumulate 2"])
 def test_stored_state_is_the_same_on_every_process(scheme: str, demo_folder: Path, tmp_path: Path) -> None:
     args = ["--backbone", "test_efficientnet", "--no-pretrained", "--img-size", "32", "--bs", "8", "--epochs", "3"]
-    args += ["--scheme", scheme, "--delta-rel", "0.5", "--apl-warmup", "1"]
+    args += ["--scheme", *scheme.split(), "--delta-rel", "0.5", "--apl-warmup", "1"]
     result = torchrun("train", "--data", demo_folder, *args, "--out", tmp_path / "run", WSML_DUMP_STATES=str(tmp_path))
     assert result.returncode == 0, result.stderr[-3000:]
     states = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
