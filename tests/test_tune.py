@@ -15,12 +15,24 @@ import pytest
 import yaml
 from helpers import HOOKED, StopAfter, hooked_env, invoke, write
 
+from wsml_fast.core.errors import WsmlError
 from wsml_fast.data.sources import from_folder
 from wsml_fast.schemes.declaration import Choice
 from wsml_fast.training.config import TrainConfig, resolve
 from wsml_fast.training.stopping import RunInterrupted
 from wsml_fast.tuning.claims import SURPLUS, has_room
-from wsml_fast.tuning.study import JOURNAL, Tuner, open_study, run_study, space_record, study_bar, trial_rows
+from wsml_fast.tuning.study import (
+    JOURNAL,
+    Tuner,
+    check_search,
+    open_study,
+    read_space,
+    run_study,
+    scheme_ranges,
+    space_record,
+    study_bar,
+    trial_rows,
+)
 
 TINY = ["--backbone", "test_efficientnet", "--no-pretrained", "--img-size", "32", "--epochs", "2"]
 
@@ -188,6 +200,17 @@ def test_trials_show_the_settings_a_run_used_not_the_index_of_a_choice(tmp_path:
         )
     )
     assert trial_rows(study)[0]["gr_w"] == [0.0, 10.0]
+
+
+def test_the_average_of_the_weights_is_searched_only_when_the_search_file_asks(tmp_path: Path) -> None:
+    base = resolve(None, None, {"scheme": "an"}, implied={"dataset": "demo"})
+    assert "ema" not in scheme_ranges(base, {})
+    path = write(tmp_path / "search.yaml", "ema: [null, 0.999]\n")
+    space = read_space(path)
+    check_search(path, space, {"an": base})
+    assert scheme_ranges(base, space)["ema"] == Choice((None, 0.999))
+    with pytest.raises(WsmlError, match="ema: 1.5 cannot be used"):
+        check_search(path, {"ema": Choice((None, 1.5))}, {"an": base})
 
 
 @pytest.mark.parametrize(
