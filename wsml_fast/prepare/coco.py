@@ -102,7 +102,7 @@ def _numbers(path: Path, items: list, key: str, what: str, width: int) -> np.nda
 
 
 def read_boxes(root: Path, images: list[str]) -> Objects:
-    """The objects of the official train file, their rows those of `images` (the train rows `read` made)."""
+    """The objects of the official train file's images among `images` (the train rows `read` made), by row."""
     path = _path(root, TRAIN[1])
     data = _load(path)
     listed, annotations = data["images"], data["annotations"]
@@ -114,10 +114,11 @@ def read_boxes(root: Path, images: list[str]) -> Objects:
     column_of = {c: i for i, c in enumerate(_field(path, data["categories"], "id", "categories"))}
     boxes = _numbers(path, annotations, "bbox", "annotations", 4)
     boxes[:, 2:] += boxes[:, :2]  # [x, y, width, height] -> corners
+    rows = np.array([row_of.get(f"{TRAIN[1]}/{names[i]}", -1) for i in where], dtype=np.int64)
     return Objects.from_boxes(
-        rows=np.array([row_of[f"{TRAIN[1]}/{names[i]}"] for i in where], dtype=np.int64),
+        rows=rows,
         columns=np.array([column_of[c] for c in _field(path, annotations, "category_id", "annotations")]),
         boxes=boxes,
         sizes=sizes[where],
         areas=_numbers(path, annotations, "area", "annotations", 1)[:, 0],
-    )
+    ).take(rows >= 0)
