@@ -494,7 +494,11 @@ def prepare(
     root: Annotated[Path, typer.Option(help="The raw download (or the folder/file of the npy/csv formats).")],
     out: Annotated[Path | None, typer.Option(help="Dataset folder to write (default $WSML_HOME/data/NAME).")] = None,
     observed: Annotated[
-        str, typer.Option(help="single-positive, pos:K,neg:M or fraction:P (labels kept per train image).")
+        str,
+        typer.Option(
+            help="single-positive, single-positive:size or :location (drawn from object boxes: coco, voc), "
+            "pos:K,neg:M or fraction:P (labels kept per train image)."
+        ),
     ] = "single-positive",
     seed: Annotated[int, typer.Option(help="Seed of the 80/20 split and of the observed labels.")] = 1200,
     protocol: Annotated[str, typer.Option(help="wsml, or reference: the reference code's exact draws.")] = "wsml",
