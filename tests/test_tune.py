@@ -197,7 +197,10 @@ def test_trials_show_the_settings_a_run_used_not_the_index_of_a_choice(tmp_path:
         ("lr: {low: abc, high: 1}\n", "lr: low and high must be numbers"),
         ("lr: {low: 1, high: 0.1}\n", "lr: need low <= high"),
         ("lr: {low: 0, high: 0.1, log: true}\n", "low > 0 (log)"),
-        ("lr: [0.01]\nfoo: [1]\n", "foo: not searched by --schemes an,llct (searchable: bs, delta_rel, lr)"),
+        (
+            "lr: [0.01]\nfoo: [1]\n",
+            "foo: not searched by --schemes an,llct (searchable: bs, delta_rel, lr, mix, mix_n, mix_p)",
+        ),
         ("bs: [16, 0]\n", "bs: 0 cannot be used (--bs must be"),
         ("delta_rel: {low: 0.1, high: 200}\n", "delta_rel: 200.0 cannot be used"),
     ],

@@ -158,6 +158,11 @@ def train(
     ] = None,
     img_size: Annotated[int | None, typer.Option(help="Square input size (default: the backbone's).")] = None,
     hflip: Annotated[bool | None, typer.Option("--hflip/--no-hflip", help="Random horizontal flips.")] = None,
+    mix: Annotated[
+        str | None, typer.Option(help="Mix training images: logicmix (unknown labels stay unknown; docs/mixing.md).")
+    ] = None,
+    mix_p: Annotated[float | None, typer.Option(help="--mix: the chance an image is mixed (default 0.5).")] = None,
+    mix_n: Annotated[int | None, typer.Option(help="--mix: images in a mix, 2 or 3 (default 2).")] = None,
     seed: Annotated[int | None, typer.Option()] = None,
     workers: Annotated[int | None, typer.Option(help="DataLoader workers (default: from the CPU count).")] = None,
     precision: Annotated[str | None, typer.Option(help="auto, fp32, fp16 or bf16.")] = None,
