@@ -2,7 +2,7 @@
 (`wsml merge`) and train again with the same seed; and `wsml complete --target-precision 0.9`.
 
     python benchmarks/verification_loop.py [--sets demo rare] [--seeds 0 1 2] [--budgets 0.01 0.05]
-                                           [--strategies uncertain likely-positive random] [--target-precision 0.9]
+                                           [--strategies likely-positive uncertain random] [--target-precision 0.9]
 
 Data, made in a temporary folder by the demo's generator (seed 0; train rows keep one observed positive):
 `demo` is the built-in demo (10 digit classes, 1-4 digits an image); `rare` draws each digit in one of 4 colours,
@@ -48,7 +48,7 @@ from wsml_fast.data.merge import merge_answers
 from wsml_fast.data.sources import TRUTH, DatasetFiles, from_csv, from_folder
 from wsml_fast.data.table import PartialLabelTable, load_table
 from wsml_fast.inference.complete import Targets, complete
-from wsml_fast.inference.suggest import STRATEGIES, suggest
+from wsml_fast.inference.suggest import DEFAULT_STRATEGY, STRATEGIES, suggest
 from wsml_fast.inference.trained import TrainedModel, load_model
 from wsml_fast.training.config import resolve
 from wsml_fast.training.recipes import find_recipe
@@ -59,7 +59,6 @@ SETS = {  # the demo generator's variants
     "demo": {},
     "rare": {"colours": 4, "digits": (1, 3)},
 }
-DEFAULT_STRATEGY = "uncertain"  # wsml suggest's default
 
 
 @dataclass
@@ -74,7 +73,7 @@ class Asked:
 @dataclass
 class Completed:
     added: int
-    estimated: float  # precision on valid at the thresholds (what `complete` fitted them to reach)
+    estimated: float  # `complete`'s held-out estimate of the precision on valid
     precision: float
     recall: float
     after: float  # test mAP trained on the completed labels
@@ -179,7 +178,7 @@ def measure_set(name: str, args: argparse.Namespace, runner: Runner, work: Path)
         after = runner.test_map(seed, base / "completed-run", data=str(base / "completed"))
         precision, recall = completion.measured.positives
         on_test = precision_on_test(model, table, completion.cuts.positive, seed)
-        added, estimated = completion.additions.count(1), completion.cuts.precision
+        added, estimated = completion.additions.count(1), completion.cuts.held_out
         results.completed[seed] = Completed(added, estimated, precision, recall, after, on_test)
         print(f"{name} seed {seed}: {completion.summary()} | test mAP {after:.2f}", flush=True)
     return results
@@ -244,7 +243,7 @@ def completion_line(results: SetResults, args: argparse.Namespace) -> str:
     return (
         f"complete --target-precision {args.target_precision:g} (train): {figure('added', 0)} positives added, "
         f"precision {figure('precision')} and recall {figure('recall')} on the training truth "
-        f"({'' if near else 'not '}within 0.05 of {args.target_precision:g}; estimated on valid "
+        f"({'' if near else 'not '}within 0.05 of {args.target_precision:g}; estimated on valid held out "
         f"{figure('estimated')}); test mAP trained on the completed labels "
         f"{figure('after', 2)} against {spread([results.before[s] for s in seeds])} on the original ones; its "
         f"thresholds on the test split: precision {figure('on_test', at=0)} on all entries, "
