@@ -16,9 +16,10 @@ Per set and seed: a run on the observed labels (before); for each strategy and b
 unobserved train entries) `suggest` on the train split with that run, each entry answered from truth.csv (an
 annotator who is never wrong), `merge` into observed.csv and the same seed trained on the merged labels (after).
 Then `complete` on the train split with the first run (its held-out estimate of the precision), its additions
-measured against the training truth, and the same seed trained on the completed labels; its thresholds are also applied to the test split, whose precision
-is measured on all entries and on those left once one positive an image is taken out at random (as the training
-split's observed positive is): where the estimate and the training figure part. Prints a Markdown table per set
+measured against the training truth, and the same seed trained on the completed labels; its thresholds are also
+applied to the test split, whose precision is measured on all entries and on those left once one positive an image
+is taken out at random (as the training split's observed positive is): where the estimate and the training figure
+part. Prints a Markdown table per set
 (mean ± spread over the seeds), whether the default strategy's gain reaches twice `random`'s, and the completion's
 figures. `--strategies` without a name measures `complete` alone (two training runs a set and seed).
 
