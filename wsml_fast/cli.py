@@ -434,7 +434,7 @@ def suggest(
     model_path: ModelArg,
     budget: Annotated[int, typer.Option(help="How many unobserved (image, class) entries to ask about.")],
     out: Annotated[Path, typer.Option(help="The CSV; with --format label-studio the tasks JSON (config: .xml).")],
-    strategy: Annotated[str, typer.Option(help="uncertain, likely-positive or random.")] = "uncertain",
+    strategy: Annotated[str, typer.Option(help="likely-positive, uncertain or random.")] = "likely-positive",
     per_class_cap: Annotated[
         int | None, typer.Option(help="At most K a class (default: an equal share, unused shares passed on).")
     ] = None,
@@ -448,7 +448,7 @@ def suggest(
     csv: CsvOpt = None,
     images: ImagesOpt = None,
 ) -> None:
-    """The unobserved entries whose answers are worth most (nearest their class's threshold by default), as a CSV
+    """The unobserved entries whose answers are worth most (the likeliest positives by default), as a CSV
     or as Label Studio tasks; answer them, then `wsml merge` the answers into the labels."""
     from wsml_fast.inference.outputs import check_output_file
     from wsml_fast.inference.suggest import check_options, summary, write_suggestions
