@@ -54,13 +54,22 @@ DOCS_PAGE = Path(__file__).parents[1] / "docs" / "benchmarks.md"
 
 
 def parse_run(run: str) -> tuple[str, dict]:
-    """`llr+boost-lu=5` -> ("llr", {"boost_lu": 5.0})."""
+    """`llr+boost-lu=5+mix=logicmix` -> ("llr", {"boost_lu": 5, "mix": "logicmix"}): numbers as numbers."""
     scheme, *settings = run.split("+")
     options = {}
     for setting in settings:
         key, value = setting.split("=")
-        options[key.replace("-", "_")] = float(value)
+        options[key.replace("-", "_")] = _number_or_text(value)
     return scheme, options
+
+
+def _number_or_text(value: str) -> int | float | str:
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
 
 
 def demo_config(args: argparse.Namespace, scheme: str, data: dict | None = None, **options) -> TrainConfig:
@@ -79,6 +88,8 @@ def source_of(config: TrainConfig) -> DatasetFiles:
 def run_scheme(run: str, seed: int, args: argparse.Namespace, out_root: Path) -> dict:
     scheme, extra = parse_run(run)
     options = {"seed": seed, "mode": args.mode, "epochs": args.epochs, "lr": args.lr, **extra}
+    if args.img_size is not None:
+        options["img_size"] = args.img_size
     config = demo_config(args, scheme, **options, out=str(out_root / f"{run}-{seed}"))
     run = train(config, source_of(config))
     results = json.loads(run.file(RESULTS).read_text())
@@ -186,6 +197,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--backbone", default="tf_efficientnet_lite0")
     parser.add_argument("--lr", type=float, default=None, help="default: the demo recipe's")
+    parser.add_argument("--img-size", type=int, default=None, help="default: the demo recipe's")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--runs", nargs="+", default=DEFAULT_RUNS, help="schemes, with +option=value settings")
     parser.add_argument(

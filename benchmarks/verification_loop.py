@@ -2,7 +2,7 @@
 (`wsml merge`) and train again with the same seed; and `wsml complete --target-precision 0.9`.
 
     python benchmarks/verification_loop.py [--sets demo rare] [--seeds 0 1 2] [--budgets 0.01 0.05]
-                                           [--strategies uncertain likely-positive random] [--target-precision 0.9]
+                                           [--strategies likely-positive uncertain random] [--target-precision 0.9]
 
 Data, made in a temporary folder by the demo's generator (seed 0; train rows keep one observed positive):
 `demo` is the built-in demo (10 digit classes, 1-4 digits an image); `rare` draws each digit in one of 4 colours,
@@ -15,12 +15,13 @@ the head alone trains. That takes seconds a run on 2 CPU cores, where the recipe
 Per set and seed: a run on the observed labels (before); for each strategy and budget (a share of the
 unobserved train entries) `suggest` on the train split with that run, each entry answered from truth.csv (an
 annotator who is never wrong), `merge` into observed.csv and the same seed trained on the merged labels (after).
-Then `complete` on the train split with the first run, its additions measured against the training truth, and
-the same seed trained on the completed labels; its thresholds are also applied to the test split, whose precision
-is measured on all entries and on those left once one positive an image is taken out at random (as the training
-split's observed positive is): where the estimate and the training figure part. Prints a Markdown table per set
+Then `complete` on the train split with the first run (its held-out estimate of the precision), its additions
+measured against the training truth, and the same seed trained on the completed labels; its thresholds are also
+applied to the test split, whose precision is measured on all entries and on those left once one positive an image
+is taken out at random (as the training split's observed positive is): where the estimate and the training figure
+part. Prints a Markdown table per set
 (mean ± spread over the seeds), whether the default strategy's gain reaches twice `random`'s, and the completion's
-figures.
+figures. `--strategies` without a name measures `complete` alone (two training runs a set and seed).
 
 `--smoke`: timm's test_efficientnet at 32 px without pretrained weights, 2 epochs, one seed, the 5% budget, tiny
 sets.
@@ -48,7 +49,7 @@ from wsml_fast.data.merge import merge_answers
 from wsml_fast.data.sources import TRUTH, DatasetFiles, from_csv, from_folder
 from wsml_fast.data.table import PartialLabelTable, load_table
 from wsml_fast.inference.complete import Targets, complete
-from wsml_fast.inference.suggest import STRATEGIES, suggest
+from wsml_fast.inference.suggest import DEFAULT_STRATEGY, STRATEGIES, suggest
 from wsml_fast.inference.trained import TrainedModel, load_model
 from wsml_fast.training.config import resolve
 from wsml_fast.training.recipes import find_recipe
@@ -59,7 +60,6 @@ SETS = {  # the demo generator's variants
     "demo": {},
     "rare": {"colours": 4, "digits": (1, 3)},
 }
-DEFAULT_STRATEGY = "uncertain"  # wsml suggest's default
 
 
 @dataclass
@@ -74,7 +74,7 @@ class Asked:
 @dataclass
 class Completed:
     added: int
-    estimated: float  # precision on valid at the thresholds (what `complete` fitted them to reach)
+    estimated: float  # `complete`'s held-out estimate of the precision on valid
     precision: float
     recall: float
     after: float  # test mAP trained on the completed labels
@@ -179,7 +179,7 @@ def measure_set(name: str, args: argparse.Namespace, runner: Runner, work: Path)
         after = runner.test_map(seed, base / "completed-run", data=str(base / "completed"))
         precision, recall = completion.measured.positives
         on_test = precision_on_test(model, table, completion.cuts.positive, seed)
-        added, estimated = completion.additions.count(1), completion.cuts.precision
+        added, estimated = completion.additions.count(1), completion.cuts.held_out
         results.completed[seed] = Completed(added, estimated, precision, recall, after, on_test)
         print(f"{name} seed {seed}: {completion.summary()} | test mAP {after:.2f}", flush=True)
     return results
@@ -244,7 +244,7 @@ def completion_line(results: SetResults, args: argparse.Namespace) -> str:
     return (
         f"complete --target-precision {args.target_precision:g} (train): {figure('added', 0)} positives added, "
         f"precision {figure('precision')} and recall {figure('recall')} on the training truth "
-        f"({'' if near else 'not '}within 0.05 of {args.target_precision:g}; estimated on valid "
+        f"({'' if near else 'not '}within 0.05 of {args.target_precision:g}; estimated on valid held out "
         f"{figure('estimated')}); test mAP trained on the completed labels "
         f"{figure('after', 2)} against {spread([results.before[s] for s in seeds])} on the original ones; its "
         f"thresholds on the test split: precision {figure('on_test', at=0)} on all entries, "
@@ -259,7 +259,8 @@ def report(results: SetResults, args: argparse.Namespace) -> None:
         f"{results.unobserved:,} unobserved train entries ({share:.1f}% of them positive); seeds "
         f"{' '.join(map(str, results.before))}\n"
     )
-    print(table(results) + "\n")
+    if results.asked:
+        print(table(results) + "\n")
     for line in [*goal_lines(results, args), completion_line(results, args)]:
         print(f"- {line}")
 
@@ -269,7 +270,9 @@ def main() -> None:
     parser.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--budgets", type=float, nargs="+", default=[0.01, 0.05], help="shares of the unobserved")
-    parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=list(STRATEGIES))
+    parser.add_argument(
+        "--strategies", nargs="*", default=list(STRATEGIES), choices=list(STRATEGIES), help="none: `complete` alone"
+    )
     parser.add_argument("--target-precision", type=float, default=0.9)
     parser.add_argument("--scheme", default="an")
     parser.add_argument("--epochs", type=int, default=None, help="default: the demo recipe's")

@@ -18,11 +18,12 @@ import wsml_fast
 import wsml_fast.inference.complete as complete_module
 from wsml_fast.data.labels import write_label_csv
 from wsml_fast.data.labelstore import LabelStore
+from wsml_fast.data.observation import unobserved_weights
 from wsml_fast.data.sources import from_folder
 from wsml_fast.data.table import load_table
-from wsml_fast.inference.complete import Cuts, select_additions, write_completed
+from wsml_fast.inference.complete import Cuts, Targets, fit_cuts, held_out_precision, select_additions, write_completed
 from wsml_fast.model.decisions import ThresholdRule, fit_negative_thresholds, fit_thresholds
-from wsml_fast.model.metrics import APAccumulator
+from wsml_fast.model.metrics import LabelledEntries
 
 PRECISION, NPV = 0.5, 0.95  # the tiny run reaches the one for some classes and not for others
 
@@ -35,13 +36,20 @@ def probabilities(model, demo_folder: Path, split: str, frame: pd.DataFrame) -> 
 def expected_additions(
     trained_run: Path, demo_folder: Path, negatives: bool
 ) -> tuple[dict[tuple[str, str], int], list[str]]:
-    """(image, class) -> value of what completing train should add, thresholds fitted here on valid's truth; and
-    the classes that cannot reach the target precision."""
+    """(image, class) -> value of what completing train should add, thresholds fitted here on valid's truth, each
+    positive weighted by the chance that an image of train's observation leaves it unobserved; and the classes that
+    cannot reach the target precision."""
     model = wsml_fast.load_model(trained_run)
     observed, truth = pd.read_csv(demo_folder / "observed.csv"), pd.read_csv(demo_folder / "truth.csv")
-    accumulator = APAccumulator()
-    accumulator.add(probabilities(model, demo_folder, "valid", truth), truth[model.classes][truth.split == "valid"])
-    entries = accumulator.entries()
+    valid = truth[model.classes][truth.split == "valid"].to_numpy() == 1
+    shown = (observed[model.classes][observed.split == "train"].to_numpy() == 1).sum(axis=1)
+    present = valid.sum(axis=1)
+    kept = 1 - np.minimum(shown[None, :], present[:, None]).mean(axis=1) / present  # each positive's weight
+    weights = np.where(valid, kept[:, None], 1.0)  # the demo observes no negatives
+    scores = probabilities(model, demo_folder, "valid", truth)
+    entries = LabelledEntries(
+        10, np.tile(np.arange(10), len(valid)), scores.ravel(), valid.ravel(), None, weights.ravel()
+    )
     fitted = fit_thresholds(entries, ThresholdRule("precision", PRECISION))
     positive = np.where(np.isin(np.arange(10), fitted.unreachable + fitted.without_positive), np.inf, fitted.values)
     negative = np.minimum(fit_negative_thresholds(entries, NPV).values, positive) if negatives else np.zeros(10)
@@ -114,6 +122,40 @@ def test_with_a_truth_the_summary_measures_the_additions(trained_run: Path, demo
         hits = (right[added.value == value] == value).sum()
         figures.append(f"precision {hits / (added.value == value).sum():.3f} recall {hits / missing.sum():.3f}")
     assert f"| measured on truth.csv: positives {figures[0]}, negatives {figures[1]} |" in result.output
+
+
+def test_unobserved_weights_are_the_share_of_each_label_an_observation_like_train_leaves() -> None:
+    """Per valid image, the mean over train images of min(shown, present) is what such an image would show."""
+    rng = np.random.default_rng(0)
+    train = np.where(rng.random((30, 6)) < 0.3, 1, np.where(rng.random((30, 6)) < 0.2, 0, -1))
+    truth = (rng.random((12, 6)) < 0.4).astype(int)
+    truth[0] = 0
+    positive, negative = unobserved_weights(LabelStore.from_dense(train), LabelStore.from_dense(truth, fill=0))
+    for value, weights in ((1, positive), (0, negative)):
+        present, shown = (truth == value).sum(axis=1), (train == value).sum(axis=1)
+        hidden = np.minimum(shown[None, :], present[:, None]).mean(axis=1)
+        some = present > 0  # a row without labels of the kind has no entry to weigh
+        np.testing.assert_allclose(weights[some], 1 - hidden[some] / present[some])
+    single = LabelStore.from_dense(np.where(np.eye(6)[rng.integers(0, 6, 30)] == 1, 1, -1))  # one positive an image
+    positive, negative = unobserved_weights(single, LabelStore.from_dense(truth, fill=0))
+    np.testing.assert_allclose(positive[1:], 1 - 1 / truth[1:].sum(axis=1))
+    np.testing.assert_allclose(negative, 1.0)  # nothing observed negative: every negative stays unobserved
+
+
+def test_the_held_out_estimate_of_halves_alike_is_the_fitted_precision() -> None:
+    """Two identical halves: each half's thresholds on the other decide what they decide where fitted."""
+    rng = np.random.default_rng(1)
+    classes, scores = rng.integers(0, 4, 200), rng.random(200)
+    positive = rng.random(200) < scores
+    weights = rng.random(200)
+    entries = LabelledEntries(
+        4, np.tile(classes, 2), np.tile(scores, 2), np.tile(positive, 2), None, np.tile(weights, 2)
+    )
+    halves = np.repeat([0, 1], 200)
+    cuts = fit_cuts(entries, Targets(0.7), [f"c{c}" for c in range(4)], halves)
+    assert np.isfinite(cuts.positive).any() and 0.7 <= cuts.precision < 1
+    assert cuts.held_out == pytest.approx(cuts.precision)
+    assert held_out_precision(entries, (np.arange(400) % 2), 0.7) < 1
 
 
 @pytest.mark.parametrize(

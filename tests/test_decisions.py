@@ -16,7 +16,7 @@ from wsml_fast.model.decisions import (
     fit_negative_thresholds,
     fit_thresholds,
 )
-from wsml_fast.model.metrics import APAccumulator
+from wsml_fast.model.metrics import APAccumulator, LabelledEntries
 
 
 def entries_of(scores: np.ndarray, labels: np.ndarray, top_k: int = 0, batch: int = 7):
@@ -66,6 +66,26 @@ def test_thresholds_equal_a_brute_force_search(rule: str, seed: int) -> None:
     assert fitted.unreachable == unreachable
     if rule == "precision:1":
         assert unreachable, "a class should fail to reach precision 1 on noisy scores"
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_weighted_entries_fit_as_the_same_entries_repeated(seed: int) -> None:
+    """An entry of weight w counts as w copies of it (`wsml complete` weighs valid's entries as train leaves them
+    unobserved): thresholds, counts and classes named equal those fitted on the entries repeated."""
+    rng = np.random.default_rng(seed)
+    scores, labels = partial_labels(rng, 60, 8)
+    entries = entries_of(scores, labels)
+    weights = rng.integers(1, 4, len(entries.classes))
+    weighted = LabelledEntries(entries.n_classes, entries.classes, entries.scores, entries.positive, weights=weights)
+    repeated = entries.take(np.repeat(np.arange(len(weights)), weights))
+    for rule in ("f1", "precision:0.8"):
+        fitted, expected = (fit_thresholds(e, ThresholdRule.parse(rule)) for e in (weighted, repeated))
+        np.testing.assert_allclose(fitted.values, expected.values)
+        np.testing.assert_allclose(fitted.counts.tp, expected.counts.tp)
+        assert (fitted.without_positive, fitted.unreachable) == (expected.without_positive, expected.unreachable)
+    np.testing.assert_allclose(
+        fit_negative_thresholds(weighted, 0.8).values, fit_negative_thresholds(repeated, 0.8).values
+    )
 
 
 def brute_force_negatives(scores: np.ndarray, labels: np.ndarray, target: float) -> tuple[np.ndarray, list, list]:

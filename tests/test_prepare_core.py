@@ -110,15 +110,21 @@ def test_fraction_keeps_cells_with_probability():
         ("neg:4, pos:0", ObservedSpec(0, 4)),
         ("pos:2", ObservedSpec(2, 0)),
         ("fraction:0.5", ObservedSpec(fraction=0.5)),
+        ("single-positive:size", ObservedSpec(salient="size")),
+        ("Single-Positive: Location", ObservedSpec(salient="location")),
     ],
 )
 def test_parse_observed(spec, parsed):
     assert parse_observed(spec) == parsed
+    assert parse_observed(parsed.text()) == parsed  # the recorded form reads back as the same spec
 
 
-@pytest.mark.parametrize("spec", ["", "single", "pos:-1", "pos:1.5", "pos:x", "fraction:0", "fraction:2", "k:1"])
+@pytest.mark.parametrize(
+    "spec",
+    ["", "single", "pos:-1", "pos:1.5", "pos:x", "fraction:0", "fraction:2", "k:1", "single-positive:", "size"],
+)
 def test_parse_observed_rejects(spec):
-    with pytest.raises(WsmlError, match=r"--observed .* use single-positive, pos:K,neg:M .* fraction:P"):
+    with pytest.raises(WsmlError, match=r"--observed .* use single-positive, single-positive:size, .* fraction:P"):
         parse_observed(spec)
 
 

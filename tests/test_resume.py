@@ -15,6 +15,19 @@ CASES = {  # scheme with state, workers, schedule and mode: each value at least 
     "an-0-workers-one-cycle": ["--scheme", "an", "--workers", "0", "--schedule", "one-cycle", "--track-memorization"],
     "llcp-0-workers-constant": ["--scheme", "llcp", "--delta-rel", "0.5", "--workers", "0", "--schedule", "constant"],
     "role-2-workers-one-cycle": ["--scheme", "role", "--workers", "2", "--schedule", "one-cycle"],
+    # LogicMix's draws (its own generator, checkpointed) and LL-Cp storing the selections of unmixed images only
+    "llcp-logicmix-of-3": [
+        "--scheme",
+        "llcp",
+        "--delta-rel",
+        "0.5",
+        "--workers",
+        "0",
+        "--mix",
+        "logicmix",
+        "--mix-n",
+        "3",
+    ],
     # killed in the first epoch of the end-to-end stage: resumes from the best linear epoch, as the run did
     "linear-init-between-stages": [
         "--mode",

@@ -99,7 +99,7 @@ def rows_of(frame: pd.DataFrame) -> list[tuple]:
 
 
 def test_uncertain_picks_the_entries_nearest_their_threshold(trained_run: Path, scored: dict, tmp_path: Path) -> None:
-    frame = suggested(trained_run, tmp_path / "queue.csv", "--budget", "23")
+    frame = suggested(trained_run, tmp_path / "queue.csv", "--strategy", "uncertain", "--budget", "23")
     p = np.clip(scored["p"], 1e-7, 1 - 1e-7)
     t = np.clip(scored["model"].thresholds, 1e-7, 1 - 1e-7)
     keys = np.abs(np.log(p / (1 - p)) - np.log(t / (1 - t)))
@@ -107,12 +107,10 @@ def test_uncertain_picks_the_entries_nearest_their_threshold(trained_run: Path, 
     assert frame["class"].value_counts().max() <= math.ceil(23 / 10)  # every class has candidates here
 
 
-def test_likely_positive_picks_the_highest_probabilities_under_the_cap(
+def test_likely_positive_the_default_picks_the_highest_probabilities_under_the_cap(
     trained_run: Path, scored: dict, tmp_path: Path
 ) -> None:
-    frame = suggested(
-        trained_run, tmp_path / "queue.csv", "--strategy", "likely-positive", "--budget", "15", "--per-class-cap", "3"
-    )
+    frame = suggested(trained_run, tmp_path / "queue.csv", "--budget", "15", "--per-class-cap", "3")
     assert rows_of(frame) == expected_rows(scored, -scored["p"], 15, 3, spread=False)
     assert frame["class"].value_counts().max() <= 3
 

@@ -220,7 +220,10 @@ def test_the_average_of_the_weights_is_searched_only_when_the_search_file_asks(t
         ("lr: {low: abc, high: 1}\n", "lr: low and high must be numbers"),
         ("lr: {low: 1, high: 0.1}\n", "lr: need low <= high"),
         ("lr: {low: 0, high: 0.1, log: true}\n", "low > 0 (log)"),
-        ("lr: [0.01]\nfoo: [1]\n", "foo: not searched by --schemes an,llct (searchable: bs, delta_rel, ema, lr)"),
+        (
+            "lr: [0.01]\nfoo: [1]\n",
+            "foo: not searched by --schemes an,llct (searchable: bs, delta_rel, ema, lr, mix, mix_n, mix_p)",
+        ),
         ("bs: [16, 0]\n", "bs: 0 cannot be used (--bs must be"),
         ("delta_rel: {low: 0.1, high: 200}\n", "delta_rel: 200.0 cannot be used"),
     ],

@@ -173,6 +173,11 @@ def train(
     ] = None,
     img_size: Annotated[int | None, typer.Option(help="Square input size (default: the backbone's).")] = None,
     hflip: Annotated[bool | None, typer.Option("--hflip/--no-hflip", help="Random horizontal flips.")] = None,
+    mix: Annotated[
+        str | None, typer.Option(help="Mix training images: logicmix (unknown labels stay unknown; docs/mixing.md).")
+    ] = None,
+    mix_p: Annotated[float | None, typer.Option(help="--mix: the chance an image is mixed (default 0.5).")] = None,
+    mix_n: Annotated[int | None, typer.Option(help="--mix: images in a mix, 2 or 3 (default 2).")] = None,
     seed: Annotated[int | None, typer.Option()] = None,
     workers: Annotated[int | None, typer.Option(help="DataLoader workers (default: from the CPU count).")] = None,
     precision: Annotated[str | None, typer.Option(help="auto, fp32, fp16 or bf16.")] = None,
@@ -444,7 +449,7 @@ def suggest(
     model_path: ModelArg,
     budget: Annotated[int, typer.Option(help="How many unobserved (image, class) entries to ask about.")],
     out: Annotated[Path, typer.Option(help="The CSV; with --format label-studio the tasks JSON (config: .xml).")],
-    strategy: Annotated[str, typer.Option(help="uncertain, likely-positive or random.")] = "uncertain",
+    strategy: Annotated[str, typer.Option(help="likely-positive, uncertain or random.")] = "likely-positive",
     per_class_cap: Annotated[
         int | None, typer.Option(help="At most K a class (default: an equal share, unused shares passed on).")
     ] = None,
@@ -458,7 +463,7 @@ def suggest(
     csv: CsvOpt = None,
     images: ImagesOpt = None,
 ) -> None:
-    """The unobserved entries whose answers are worth most (nearest their class's threshold by default), as a CSV
+    """The unobserved entries whose answers are worth most (the likeliest positives by default), as a CSV
     or as Label Studio tasks; answer them, then `wsml merge` the answers into the labels."""
     from wsml_fast.inference.outputs import check_output_file
     from wsml_fast.inference.suggest import check_options, summary, write_suggestions
@@ -509,7 +514,11 @@ def prepare(
     root: Annotated[Path, typer.Option(help="The raw download (or the folder/file of the npy/csv formats).")],
     out: Annotated[Path | None, typer.Option(help="Dataset folder to write (default $WSML_HOME/data/NAME).")] = None,
     observed: Annotated[
-        str, typer.Option(help="single-positive, pos:K,neg:M or fraction:P (labels kept per train image).")
+        str,
+        typer.Option(
+            help="single-positive, single-positive:size or :location (drawn from object boxes: coco, voc), "
+            "pos:K,neg:M or fraction:P (labels kept per train image)."
+        ),
     ] = "single-positive",
     seed: Annotated[int, typer.Option(help="Seed of the 80/20 split and of the observed labels.")] = 1200,
     protocol: Annotated[str, typer.Option(help="wsml, or reference: the reference code's exact draws.")] = "wsml",

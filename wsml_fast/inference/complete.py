@@ -1,13 +1,20 @@
 """`wsml complete`: a split's labels completed by a trained model, written as a new dataset folder.
 
-Per class, on the valid split's labelled entries (the truth where truth.csv gives it), the threshold of the target
-precision is fitted exactly as `--thresholds precision:P` fits it; with a negative target, also the threshold below
-which the valid entries reach that negative predictive value (`fit_negative_thresholds`). A class that cannot reach
-a target, or has no labelled valid positive, adds nothing of that kind. Then every image of the split is scored a
-batch at a time: an unobserved entry at or above its class's threshold is added as a positive, one below its
-negative threshold as a negative (a positive first, should the two overlap); observed entries stay as they are.
-Only the additions leave the device (13 bytes each), so memory follows the labels the dataset has and the entries
-added, never images x classes.
+The additions come from the split's unobserved entries, so the thresholds are fitted on the valid split's labelled
+entries (the truth where truth.csv gives it) weighted as the split's observation would leave them unobserved
+(`data/observation.py`: where each training image shows one positive, each positive of a valid image with n counts
+1 - 1/n). Per class, the threshold of the target precision is fitted on those weighted entries as `--thresholds
+precision:P` fits it on plain ones; with a negative target, also the threshold below which they reach that negative
+predictive value (`fit_negative_thresholds`). A class that cannot reach a target, or has no labelled valid positive
+left, adds nothing of that kind. The precision a threshold reaches where it was fitted is optimistic (the lowest
+threshold that reaches the target on a few hundred images often reaches it by chance), so the estimate reported is
+held out: valid is cut in two halves, each half's thresholds are applied to the other, and the precision of what
+they decide there is pooled.
+
+Then every image of the split is scored a batch at a time: an unobserved entry at or above its class's threshold is
+added as a positive, one below its negative threshold as a negative (a positive first, should the two overlap);
+observed entries stay as they are. Only the additions leave the device (13 bytes each), so memory follows the labels
+the dataset has and the entries added, never images x classes.
 
 The folder is built beside its place and renamed into it at the end, so an interrupted completion leaves no
 half-written dataset (at worst a hidden `.NAME.*.tmp` folder after a kill).
@@ -32,12 +39,14 @@ from wsml_fast.core.process import Process, launched
 from wsml_fast.data.labels import write_label_csv
 from wsml_fast.data.labelstore import LabelStore
 from wsml_fast.data.loaders import ImageLabelDataset, make_loader, split_dataset
+from wsml_fast.data.observation import unobserved_weights
 from wsml_fast.data.sources import OBSERVED, TRUTH, DatasetFiles
 from wsml_fast.data.table import PartialLabelTable, check_images
 from wsml_fast.inference.evaluate import model_table, scoring_of
 from wsml_fast.inference.trained import TrainedModel
 from wsml_fast.model.decisions import (
     NO_NEGATIVES,
+    FittedThresholds,
     ThresholdRule,
     fit_negative_thresholds,
     fit_thresholds,
@@ -48,6 +57,7 @@ from wsml_fast.model.metrics import LabelledEntries
 from wsml_fast.model.scoring import scored_batches
 
 ADDED = "added.csv"
+HALVES_SEED = 0  # the draw of valid's halves for the held-out estimate
 
 
 @dataclass(frozen=True)
@@ -79,20 +89,28 @@ class Cuts:
 
     positive: np.ndarray
     negative: np.ndarray
-    precision: float  # of the valid entries at or above their class's `positive` (nan: none is)
-    npv: float | None  # of the valid entries below their class's `negative` (None without a negative target)
+    precision: float  # of the weighted valid entries at or above their class's `positive` (nan: none is)
+    npv: float | None  # of the weighted valid entries below their class's `negative` (None without a negative target)
     notes: list[str]
+    held_out: float = float("nan")  # precision of each valid half's thresholds on the other half, pooled
 
 
-def fit_cuts(entries: LabelledEntries, targets: Targets, classes: list[str]) -> Cuts:
-    """The thresholds of `targets` fitted on the valid split's labelled entries."""
-    fitted = fit_thresholds(entries, ThresholdRule("precision", targets.precision))
+def _positive_cuts(entries: LabelledEntries, precision: float) -> tuple[np.ndarray, FittedThresholds]:
+    fitted = fit_thresholds(entries, ThresholdRule("precision", precision))
     positive = fitted.values.copy()
     positive[fitted.without_positive + fitted.unreachable] = np.inf
+    return positive, fitted
+
+
+def fit_cuts(entries: LabelledEntries, targets: Targets, classes: list[str], halves: np.ndarray | None = None) -> Cuts:
+    """The thresholds of `targets` fitted on the valid split's labelled (and weighted) entries; with `halves` (0 or
+    1 per entry, by image), also the held-out estimate of their precision."""
+    positive, fitted = _positive_cuts(entries, targets.precision)
     notes = []
     if fitted.without_positive:
         notes.append(
-            f"note: {named_classes(classes, fitted.without_positive)} without a labelled valid positive add nothing"
+            f"note: {named_classes(classes, fitted.without_positive)} without a labelled valid positive that could "
+            "be unobserved add nothing"
         )
     if fitted.unreachable:
         notes.append(
@@ -103,14 +121,35 @@ def fit_cuts(entries: LabelledEntries, targets: Targets, classes: list[str]) -> 
     if targets.npv is not None:
         negatives = fit_negative_thresholds(entries, targets.npv)
         negative = np.minimum(negatives.values, positive)
-        npv = _share(entries.positive[entries.scores < negative[entries.classes]], False)
+        npv = _weighted_share(entries.take(entries.scores < negative[entries.classes]), False)
         if negatives.unreachable:
             notes.append(
                 f"note: {named_classes(classes, negatives.unreachable)} cannot reach valid negative predictive value "
                 f"{targets.npv:g} at any threshold: they add no negatives"
             )
-    precision = _share(entries.positive[entries.scores >= positive[entries.classes]], True)
-    return Cuts(positive, negative, precision, npv, notes)
+    precision = _weighted_share(entries.take(entries.scores >= positive[entries.classes]), True)
+    held_out = float("nan") if halves is None else held_out_precision(entries, halves, targets.precision)
+    return Cuts(positive, negative, precision, npv, notes, held_out)
+
+
+def held_out_precision(entries: LabelledEntries, halves: np.ndarray, precision: float) -> float:
+    """The precision of the entries each half's thresholds decide positive in the other half, both halves pooled
+    (weighted as the entries are): what the fitted thresholds can be expected to reach on entries they did not see,
+    slightly pessimistic (each is fitted on half the images)."""
+    right = decided = 0.0
+    for half in (0, 1):
+        positive, _ = _positive_cuts(entries.take(halves != half), precision)
+        other = entries.take(halves == half)
+        chosen = other.scores >= positive[other.classes]
+        right += float(other.count(chosen & other.positive).sum())
+        decided += float(other.count(chosen).sum())
+    return right / decided if decided else float("nan")
+
+
+def _weighted_share(entries: LabelledEntries, value: bool) -> float:
+    """The (weighted) share of `entries` whose label is `value`."""
+    total = float(entries.count(np.ones(len(entries.classes), bool)).sum())
+    return float(entries.count(entries.positive == value).sum()) / total if total else float("nan")
 
 
 def _share(values: np.ndarray, value: bool) -> float:
@@ -256,7 +295,8 @@ class Completion:
         parts = [
             f"{self.split}: added {kinds} to {self.images:,} images",
             f"{named_classes(self.classes, idle, 3)} added none" if idle else "every class added some",
-            f"estimated on valid: precision {_figure(self.cuts.precision)}"
+            f"estimated on valid's entries weighted as {self.split} leaves them unobserved: precision "
+            f"{_figure(self.cuts.held_out)} held out ({_figure(self.cuts.precision)} where fitted)"
             + (f", negative predictive value {_figure(self.cuts.npv)}" if self.cuts.npv is not None else ""),
         ]
         if self.measured is not None:
@@ -284,6 +324,29 @@ def _split_batches(
     return ((rest[-1], scores) for scores, rest in scored_batches(network, loader, scoring.precision, scoring.device))
 
 
+def unobserved_like_entries(
+    network: torch.nn.Module, table: PartialLabelTable, split: str, size: int, scoring: Scoring
+) -> tuple[LabelledEntries, np.ndarray]:
+    """The valid split's labelled entries, scored a batch at a time and weighted as `split`'s observation would
+    leave them unobserved (`unobserved_weights`); and each entry's half of valid (0 or 1, drawn per image with a
+    fixed seed) for the held-out estimate."""
+    dataset = split_dataset(table, "valid", size)
+    positive_weights, negative_weights = unobserved_weights(table.observed_of(split), dataset.labels)
+    dense = dataset.labels.to(scoring.device).dense
+    kept = GrowingColumns([np.int32, np.float32, bool, np.int64])  # class, score, positive, valid row
+    loader = make_loader(dataset, scoring.bs, False, scoring.workers, scoring.device)
+    for scores, rest in scored_batches(network, loader, scoring.precision, scoring.device):
+        rows = torch.as_tensor(rest[-1], device=scoring.device)
+        labels = dense(rows)
+        image, cls = torch.nonzero(labels >= 0, as_tuple=True)
+        columns = (cls, scores[image, cls], labels[image, cls] == 1, rows[image])
+        kept.add(*(column.cpu().numpy() for column in columns))
+    classes, scores, positive, rows = kept.arrays()
+    weights = np.where(positive, positive_weights[rows], negative_weights[rows])
+    halves = np.random.default_rng(HALVES_SEED).integers(2, size=len(dataset))[rows]
+    return LabelledEntries(len(table.classes), classes, scores, positive, weights=weights), halves
+
+
 def complete(
     model: TrainedModel,
     source: DatasetFiles,
@@ -303,8 +366,8 @@ def complete(
     if split != "valid":
         check_images(source.images_root, [table.images[i] for i in valid], source.observed_csv)
     network, scoring = model.classifier(process.device), scoring_of(model, process)
-    entries = scoring.score(network, split_dataset(table, "valid", model.img_size)).entries()
-    cuts = fit_cuts(entries, targets, table.classes)
+    entries, halves = unobserved_like_entries(network, table, split, model.img_size, scoring)
+    cuts = fit_cuts(entries, targets, table.classes, halves)
     batches = _split_batches(network, table, split, model.img_size, scoring)
     additions = select_additions(batches, table.observed_of(split), table.rows(split), cuts, process.device)
     measured = measure(table, split, additions)

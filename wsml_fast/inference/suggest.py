@@ -27,7 +27,8 @@ from wsml_fast.inference.evaluate import model_table, scoring_of
 from wsml_fast.inference.trained import TrainedModel
 from wsml_fast.model.scoring import scored_batches
 
-STRATEGIES = ("uncertain", "likely-positive", "random")
+STRATEGIES = ("likely-positive", "uncertain", "random")
+DEFAULT_STRATEGY = "likely-positive"  # the most gained per answer (benchmarks/verification_loop.py)
 FORMATS = ("csv", "label-studio")
 EDGE = 1e-7  # probabilities and thresholds are kept this far inside (0, 1), where their logits are finite
 
@@ -50,7 +51,7 @@ def uncertain_keys(thresholds: np.ndarray) -> Keys:
 
 
 def strategy_keys(strategy: str, thresholds: np.ndarray, seed: int) -> Keys:
-    """`uncertain`: nearest the threshold; `likely-positive`: highest probability; `random`: keys drawn uniformly
+    """`likely-positive`: highest probability; `uncertain`: nearest the threshold; `random`: keys drawn uniformly
     from `seed` for every entry in row order (the same draws whatever the batch size)."""
     if strategy == "uncertain":
         return uncertain_keys(thresholds)

@@ -11,6 +11,7 @@ belongs in the checkpoint is a `CheckpointedState` (a scheme's, also beside the 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import numpy as np
@@ -94,6 +95,11 @@ class WsmlCallback(Callback):
         return self.learn.batch_targets.item_index
 
     @property
+    def batch_mix(self) -> BatchMix:
+        """What each input of the batch in progress is made of (its own image, or a mix)."""
+        return self.learn.batch_targets.mix
+
+    @property
     def stage(self) -> StageData:
         """The inputs of the stage in progress (images or features), set when the stage begins."""
         return self.learn.run_state.stage
@@ -149,12 +155,31 @@ class RunState(Callback):
         return self.history[-1] if np.all(np.isnan(scores)) else self.history[int(np.nanargmax(scores))]
 
 
+@dataclass
+class BatchMix:
+    """What each input of a batch is made of: the mean of the images at `positions` (B x N positions in the batch,
+    column 0 its own; an input that is no mix repeats its own position), whose item indices are `items` (B x N);
+    `mixed` (B) says which inputs are mixes. The truth of a mix's entry is the OR of its images' truths."""
+
+    positions: torch.Tensor
+    items: torch.Tensor
+    mixed: torch.Tensor
+
+    @classmethod
+    def unmixed(cls, item_index: torch.Tensor) -> BatchMix:
+        """Every input its own image alone."""
+        device = item_index.device
+        positions = torch.arange(len(item_index), device=device)[:, None]
+        return cls(positions, item_index[:, None], torch.zeros(len(item_index), dtype=torch.bool, device=device))
+
+
 class TargetsCallback(Callback):
     """Make each batch's targets on the device, from its dataset's label store, by item index.
 
     Loaders carry only the inputs and the item indices; the B x C targets (1, 0, -1) are made here, for the
     batch alone and on the device, so no label matrix is ever dense. The index stays as `item_index` for the
-    callbacks that keep state per training entry (`WsmlCallback.item_index`). It acts in every fit.
+    callbacks that keep state per training entry (`WsmlCallback.item_index`), with the batch's `mix`, unmixed
+    until a mixing callback (`MIXING_ORDER`) replaces it. It acts in every fit.
     """
 
     order = -20
@@ -167,10 +192,11 @@ class TargetsCallback(Callback):
     def __init__(self) -> None:
         self.on_device: dict[int, DeviceLabels] = {}  # a dataset's labels, moved to the device once
         self.item_index: torch.Tensor | None = None
+        self.mix: BatchMix | None = None
 
     def before_batch(self) -> None:
         index = self.learn.yb[0]
-        self.item_index = index
+        self.item_index, self.mix = index, BatchMix.unmixed(index)
         self.learn.yb = (self.labels_of(self.learn.dl.dataset, index.device).dense(index),)
 
     def labels_of(self, dataset, device: torch.device) -> DeviceLabels:
@@ -178,6 +204,9 @@ class TargetsCallback(Callback):
         if key not in self.on_device or self.on_device[key].device != device:
             self.on_device[key] = dataset.labels.to(device)
         return self.on_device[key]
+
+
+MIXING_ORDER = TargetsCallback.order + 2  # after the targets (-20) and the per-entry state laid over them (-19)
 
 
 def optimizer_state(optimizer: torch.optim.Optimizer) -> dict[str, Any]:

@@ -135,10 +135,9 @@ def counts_top(entries: LabelledEntries) -> ClassCounts:
 
 
 def _counts(entries: LabelledEntries, decided: np.ndarray) -> ClassCounts:
-    n = entries.n_classes
-    tp = np.bincount(entries.classes[decided & entries.positive], minlength=n)
-    fp = np.bincount(entries.classes[decided & ~entries.positive], minlength=n)
-    return ClassCounts(tp, fp, entries.positives())
+    return ClassCounts(
+        entries.count(decided & entries.positive), entries.count(decided & ~entries.positive), entries.positives()
+    )
 
 
 @dataclass
@@ -257,15 +256,16 @@ class _Curve:
 def _threshold_curve(entries: LabelledEntries) -> _Curve:
     order = np.lexsort((-entries.scores, entries.classes))
     classes, scores = entries.classes[order].astype(np.int64), entries.scores[order]
-    hits = np.cumsum(entries.positive[order])
+    weights = np.ones(len(order)) if entries.weights is None else entries.weights[order].astype(np.float64)
+    hits, seen = np.cumsum(weights * entries.positive[order]), np.cumsum(weights)
     ends = np.flatnonzero(np.append((classes[1:] != classes[:-1]) | (scores[1:] != scores[:-1]), True))
     owner = classes[ends]
-    labelled = np.bincount(classes, minlength=entries.n_classes)
+    labelled = entries.count(np.ones(len(order), bool))
     positives = entries.positives()
     before = np.cumsum(labelled) - labelled
     tp = hits[ends] - (np.cumsum(positives) - positives)[owner]
-    predicted = ends - before[owner] + 1
-    precision = tp / predicted
+    predicted = seen[ends] - before[owner]
+    precision = np.divide(tp, predicted, out=np.zeros(len(tp)), where=predicted > 0)
     f1 = np.divide(2 * tp, predicted + positives[owner], out=np.zeros(len(tp)), where=positives[owner] > 0)
     below = labelled[owner] - predicted
     negatives_below = below - (positives[owner] - tp)

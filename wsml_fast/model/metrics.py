@@ -43,10 +43,23 @@ class LabelledEntries:
     scores: np.ndarray  # (E,) probability
     positive: np.ndarray  # (E,) bool
     top: np.ndarray | None = None  # (E,) bool: among the image's top_k scores
+    weights: np.ndarray | None = None  # (E,) how much each entry counts (None: 1 each); thresholds and counts
 
     def positives(self) -> np.ndarray:
-        """Labelled positives per class."""
-        return np.bincount(self.classes[self.positive], minlength=self.n_classes)
+        """Labelled positives per class (their weights summed, where weighted)."""
+        return self.count(self.positive)
+
+    def count(self, chosen: np.ndarray) -> np.ndarray:
+        """Per class, the chosen entries (their weights summed, where weighted)."""
+        weights = None if self.weights is None else self.weights[chosen]
+        return np.bincount(self.classes[chosen], weights, minlength=self.n_classes)
+
+    def take(self, chosen: np.ndarray) -> LabelledEntries:
+        """The chosen entries (a mask or indices)."""
+        top, weights = (None if a is None else a[chosen] for a in (self.top, self.weights))
+        return LabelledEntries(
+            self.n_classes, self.classes[chosen], self.scores[chosen], self.positive[chosen], top, weights
+        )
 
 
 class APAccumulator:

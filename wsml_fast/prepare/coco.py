@@ -3,7 +3,9 @@
 Layout: ROOT/annotations/instances_{train,val}2014.json (images[{id,file_name}],
 annotations[{image_id,category_id}], categories[{id,name}]) and images in ROOT/{train,val}2014/.
 Official train -> train/valid, official val -> test. Images with no annotation are dropped, as in the
-reference, and rows are ordered by image id compared as strings (the reference's order).
+reference, and rows are ordered by image id compared as strings (the reference's order). For the salient single
+positives, `read_boxes` takes each annotation's `bbox` [x, y, width, height] and `area`, and each image's
+`width` and `height`, from the train file.
 """
 
 from __future__ import annotations
@@ -14,10 +16,17 @@ from pathlib import Path
 import numpy as np
 
 from wsml_fast.core.errors import WsmlError
+from wsml_fast.prepare.salient import Objects
 from wsml_fast.prepare.source import Part, RawDataset
 from wsml_fast.prepare.textfiles import need
 
 LAYOUT = "ROOT/annotations/instances_{train,val}2014.json and images in ROOT/{train,val}2014/"
+TRAIN = ("train", "train2014")
+TEST = ("test", "val2014")
+
+
+def _path(root: Path, folder: str) -> Path:
+    return root / "annotations" / f"instances_{folder}.json"
 
 
 def _load(path: Path) -> dict:
@@ -66,8 +75,8 @@ def _part(path: Path, folder: str, data: dict, category_ids: list) -> tuple[Part
 def read(root: Path, image_root: Path | None) -> RawDataset:
     """Parse both instance files; their category lists must agree."""
     parts, notes, classes = {}, [], None
-    for split, folder in (("train", "train2014"), ("test", "val2014")):
-        path = root / "annotations" / f"instances_{folder}.json"
+    for split, folder in (TRAIN, TEST):
+        path = _path(root, folder)
         data = _load(path)
         categories = data["categories"]
         names = _field(path, categories, "name", "categories")
@@ -78,3 +87,38 @@ def read(root: Path, image_root: Path | None) -> RawDataset:
         notes.append(f"{path.name}: dropped {dropped} images without annotations")
     links = {folder: (image_root or root) / folder for folder in ("train2014", "val2014")}
     return RawDataset(classes, links, parts, notes)
+
+
+def _numbers(path: Path, items: list, key: str, what: str, width: int) -> np.ndarray:
+    """Field `key` of every entry as numbers, `width` per entry, failing on the first entry without them."""
+    values = _field(path, items, key, what)
+    try:
+        array = np.asarray(values, dtype=np.float64).reshape(len(values), width)
+    except (TypeError, ValueError):
+        array = None
+    if array is None or not np.isfinite(array).all() or (array < 0).any():
+        raise WsmlError(f"{path}: an entry of '{what}' has a '{key}' that is not {width} non-negative number(s)")
+    return array
+
+
+def read_boxes(root: Path, images: list[str]) -> Objects:
+    """The objects of the official train file's images among `images` (the train rows `read` made), by row."""
+    path = _path(root, TRAIN[1])
+    data = _load(path)
+    listed, annotations = data["images"], data["annotations"]
+    position = {image_id: i for i, image_id in enumerate(_field(path, listed, "id", "images"))}
+    names = _field(path, listed, "file_name", "images")
+    sizes = np.column_stack([_numbers(path, listed, key, "images", 1) for key in ("width", "height")])
+    row_of = {name: row for row, name in enumerate(images)}
+    where = [position[i] for i in _field(path, annotations, "image_id", "annotations")]
+    column_of = {c: i for i, c in enumerate(_field(path, data["categories"], "id", "categories"))}
+    boxes = _numbers(path, annotations, "bbox", "annotations", 4)
+    boxes[:, 2:] += boxes[:, :2]  # [x, y, width, height] -> corners
+    rows = np.array([row_of.get(f"{TRAIN[1]}/{names[i]}", -1) for i in where], dtype=np.int64)
+    return Objects.from_boxes(
+        rows=rows,
+        columns=np.array([column_of[c] for c in _field(path, annotations, "category_id", "annotations")]),
+        boxes=boxes,
+        sizes=sizes[where],
+        areas=_numbers(path, annotations, "area", "annotations", 1)[:, 0],
+    ).take(rows >= 0)

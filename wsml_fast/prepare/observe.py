@@ -1,8 +1,9 @@
 """Simulated partial labels: which cells of a fully labelled training matrix the learner may see.
 
 Spec forms: `single-positive`, `pos:K,neg:M` (K positives and M negatives per image, fewer when the image
-has fewer) and `fraction:P` (each cell kept with probability P). Protocol `reference` replays the
-single-positive reference code's random stream exactly; `wsml` draws the same distribution vectorized.
+has fewer), `fraction:P` (each cell kept with probability P) and `single-positive:size` or `:location` (the
+positive drawn from the object boxes, `salient.py`). Protocol `reference` replays the single-positive reference
+code's random stream exactly; `wsml` draws the same distribution vectorized.
 """
 
 from __future__ import annotations
@@ -13,18 +14,36 @@ import numpy as np
 
 from wsml_fast.core.errors import WsmlError
 from wsml_fast.data.labels import UNOBSERVED
+from wsml_fast.prepare.salient import KINDS
 
 PROTOCOLS = ("wsml", "reference")
-FORMS = "single-positive, pos:K,neg:M (e.g. pos:1,neg:2) or fraction:P (0 < P <= 1)"
+FORMS = (
+    "single-positive, single-positive:size, single-positive:location, pos:K,neg:M (e.g. pos:1,neg:2) "
+    "or fraction:P (0 < P <= 1)"
+)
 
 
 @dataclass(frozen=True)
 class ObservedSpec:
-    """Parsed `observed` option: either per-image counts or a keep probability."""
+    """Parsed `observed` option: per-image counts, a keep probability, or a single positive drawn from the object
+    boxes by `salient` (size or location)."""
 
     positives: int = 1
     negatives: int = 0
     fraction: float | None = None
+    salient: str | None = None
+
+    def text(self) -> str:
+        """The option as `wsml prepare` takes it, for the record of how the labels were made."""
+        if self.salient is not None:
+            return f"single-positive:{self.salient}"
+        if self.fraction is not None:
+            return f"fraction:{self.fraction:g}"
+        return (
+            "single-positive"
+            if (self.positives, self.negatives) == (1, 0)
+            else f"pos:{self.positives},neg:{self.negatives}"
+        )
 
 
 def _bad(spec: str) -> WsmlError:
@@ -43,6 +62,11 @@ def parse_observed(spec: str) -> ObservedSpec:
     text = spec.strip().lower().replace(" ", "")
     if text == "single-positive":
         return ObservedSpec()
+    kind = text.removeprefix("single-positive:")
+    if kind != text:
+        if kind not in KINDS:
+            raise _bad(spec)
+        return ObservedSpec(salient=kind)
     if text.startswith("fraction:"):
         fraction = _number(text.removeprefix("fraction:"), spec)
         if not 0 < fraction <= 1:
@@ -58,10 +82,15 @@ def parse_observed(spec: str) -> ObservedSpec:
     return ObservedSpec(positives=counts["pos"], negatives=counts["neg"])
 
 
-def check_protocol(protocol: str) -> None:
-    """Fail early on an unknown protocol name."""
+def check_protocol(protocol: str, spec: ObservedSpec) -> None:
+    """Fail early on an unknown protocol name, or one the observed kind has no stream of."""
     if protocol not in PROTOCOLS:
         raise WsmlError(f"--protocol '{protocol}' is not known; use one of {', '.join(PROTOCOLS)}")
+    if protocol == "reference" and spec.salient is not None:
+        raise WsmlError(
+            f"--protocol reference replays the uniform single-positive draws; --observed {spec.text()} has only "
+            "wsml's seeded draw: drop --protocol reference"
+        )
 
 
 def _reference_counts(truth: np.ndarray, spec: ObservedSpec, seed: int) -> np.ndarray:

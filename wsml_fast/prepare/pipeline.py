@@ -1,11 +1,13 @@
 """`prepare_dataset`: read a raw dataset, split it, simulate observed labels, check images, write files.
 
 Everything format-specific lives in the readers; this module holds the steps all formats share, so the
-split rule and the observation protocol are the same whichever dataset they are applied to.
+split rule and the observation protocol are the same whichever dataset they are applied to. How the observed
+labels were made (format, `--observed`, seed, protocol) is written beside them in prepare.json.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,16 +15,19 @@ from pathlib import Path
 
 import numpy as np
 
+from wsml_fast.core.atomic import write_text
 from wsml_fast.core.errors import WsmlError
 from wsml_fast.data.labels import SPLITS, outside_root, write_label_csv
 from wsml_fast.data.labelstore import LabelStore
 from wsml_fast.data.splits import split_train_valid
 from wsml_fast.prepare.images import expose_images, missing_images
 from wsml_fast.prepare.observe import ObservedSpec, check_protocol, parse_observed, simulate_observed
-from wsml_fast.prepare.registry import get_reader
+from wsml_fast.prepare.registry import get_box_reader, get_reader
+from wsml_fast.prepare.salient import Objects, observe_salient
 from wsml_fast.prepare.source import Labels, Part, RawDataset, positives_per_row, stack_rows, take_rows
 
 SHOW_MISSING = 3
+RECORD = "prepare.json"
 
 
 @dataclass
@@ -59,13 +64,34 @@ def _evaluation(part: Part) -> Labels:
     return part.truth if part.truth is not None else part.observed
 
 
-def _assemble(source: RawDataset, spec: ObservedSpec, seed: int, protocol: str) -> _Table:
+def _observe(
+    train: Part,
+    classes: list[str],
+    spec: ObservedSpec,
+    seed: int,
+    protocol: str,
+    read_boxes: Callable[[list[str]], Objects] | None,
+) -> Labels:
+    """The official train part's observed labels: the source's own, or drawn from its truth (and object boxes)."""
+    if train.observed is not None:
+        return train.observed
+    if spec.salient is not None:
+        objects = read_boxes(train.images)
+        return observe_salient(train.truth, objects, spec.salient, seed, train.images, classes)
+    return simulate_observed(train.truth, spec, seed, protocol)
+
+
+def _assemble(
+    source: RawDataset,
+    spec: ObservedSpec,
+    seed: int,
+    protocol: str,
+    read_boxes: Callable[[list[str]], Objects] | None,
+) -> _Table:
     pieces = []
     train = source.parts.get("train")
     if train is not None:
-        observed = train.observed
-        if observed is None:
-            observed = simulate_observed(train.truth, spec, seed, protocol)
+        observed = _observe(train, source.classes, spec, seed, protocol, read_boxes)
         if "valid" in source.parts:
             pieces.append(_piece("train", train, observed))
         else:
@@ -122,12 +148,13 @@ def _check_out(out: Path) -> None:
         raise WsmlError(f"{out}: already holds {' and '.join(taken)}; remove them or choose another output folder")
 
 
-def _write(out: Path, table: _Table, classes: list[str]) -> None:
+def _write(out: Path, table: _Table, classes: list[str], record: dict) -> None:
     """Sparse observed labels (OpenImages) go to the compact form, written from the store's entries."""
     compact = isinstance(table.observed, LabelStore)
     write_label_csv(out / "observed.csv", table.images, table.splits, classes, table.observed, compact=compact)
     if table.truth is not None:
         write_label_csv(out / "truth.csv", table.images, table.splits, classes, table.truth)
+    write_text(out / RECORD, json.dumps(record, indent=1) + "\n")
 
 
 def _summarize(out: Path, table: _Table, classes: list[str], missing: int) -> PrepareSummary:
@@ -154,27 +181,34 @@ def prepare_dataset(
     image_root: Path | None = None,
     log: Callable[[str], None] = print,
 ) -> PrepareSummary:
-    """Convert the raw dataset at `root` (format `name`) into `out/` (images/, observed.csv, truth.csv).
+    """Convert the raw dataset at `root` (format `name`) into `out/` (images/, observed.csv, truth.csv, prepare.json).
 
     `image_root` is the folder the image paths are relative to: needed by `npy` and `csv` (default: next to
     their label files); for the public datasets it overrides the standard image folder of the raw layout.
     """
     reader = get_reader(name)
     spec = parse_observed(observed)
-    check_protocol(protocol)
-    out = Path(out)
+    check_protocol(protocol, spec)
+    box_reader = None if spec.salient is None else get_box_reader(name, spec.text())
+    out, root = Path(out), Path(root)
     _check_out(out)
-    source = reader(Path(root), None if image_root is None else Path(image_root))
+    source = reader(root, None if image_root is None else Path(image_root))
     for note in source.notes:
         log(note)
-    table = _assemble(source, spec, seed, protocol)
+    read_boxes = None if box_reader is None else lambda images: box_reader(root, images)
+    table = _assemble(source, spec, seed, protocol, read_boxes)
     table, missing = _drop_missing(table, source.links, allow_missing, log)
     if copy_images:
         _check_copy(table.images)
     try:
         out.mkdir(parents=True, exist_ok=True)
         expose_images(out, source.links, table.images, copy_images)
-        _write(out, table, source.classes)
+        _write(
+            out,
+            table,
+            source.classes,
+            {"format": name.lower(), "observed": spec.text(), "seed": seed, "protocol": protocol},
+        )
     except OSError as exc:  # a read-only file system where access() said yes, a full disk while copying
         raise WsmlError(f"--out {out}: cannot write there ({exc.strerror}); choose a folder you can write to") from None
     summary = _summarize(out, table, source.classes, missing)

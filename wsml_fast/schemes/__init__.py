@@ -9,7 +9,7 @@ help, search range). The declarations are plain data, so the command line lists 
 family's `training` module is imported only when one of its schemes is built. Adding a scheme to a family is one
 entry (and its settings) in the family's package and its build function in the family's `training` module; a new
 family is one more package, listed in `_PACKAGES`. The `train` options, config validation, the docs' table,
-`wsml schemes --json` and `wsml tune` all read this registry.
+`wsml schemes --json`, `wsml tune` and `--mix` (what a mixed image means for each scheme) all read this registry.
 """
 
 from __future__ import annotations
@@ -89,6 +89,15 @@ def markdown_table() -> str:
         )
         paper = FAMILIES[scheme.family].paper.split(" (")[0]
         lines.append(f"| `{scheme.name}` | {scheme.description} | {paper} | {settings or '-'} |")
+    return "\n".join(lines)
+
+
+def mixing_table() -> str:
+    """The docs' table of what a mixed image means for each scheme (docs/mixing.md; a test keeps the two the same)."""
+    lines = ["| scheme | with `--mix` |", "| --- | --- |"]
+    for scheme in SCHEMES.values():
+        what = f"refused: {scheme.mixing.means}" if scheme.mixing.refused else scheme.mixing.means
+        lines.append(f"| `{scheme.name}` | {what} |")
     return "\n".join(lines)
 
 

@@ -157,10 +157,23 @@ class DenseState:
 
 
 @dataclass(frozen=True)
+class Mixing:
+    """How a scheme takes mixed images (`--mix`): what a mix means for it beyond its targets (which the mixing
+    makes), or, `refused`, why it cannot train on them."""
+
+    means: str
+    refused: bool = False
+
+
+TARGETS_ONLY = Mixing("its loss reads the batch's targets alone: a mix trains on its mixed targets")
+
+
+@dataclass(frozen=True)
 class Scheme:
     """One training scheme, in the spirit of timm's registry entries. `build` names the function of its family's
     `training` module that builds it; `settings` are the settings it reads; `dense_state` is the per-entry state
-    it keeps, if any (memory that grows with images x classes: refused above the registry's budget)."""
+    it keeps, if any (memory that grows with images x classes: refused above the registry's budget); `mixing` says
+    what a mixed image means for it, or refuses `--mix`."""
 
     name: str
     family: str
@@ -170,6 +183,7 @@ class Scheme:
     needs_observed_negatives: bool = False
     settings: tuple[Setting, ...] = ()
     dense_state: DenseState | None = None
+    mixing: Mixing = TARGETS_ONLY
 
     @property
     def search(self) -> dict[str, Range | Choice]:

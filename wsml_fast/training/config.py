@@ -21,13 +21,14 @@ import yaml
 from wsml_fast.core.errors import WsmlError
 from wsml_fast.model.decisions import ThresholdRule
 from wsml_fast.schemes import SETTINGS, get_scheme
-from wsml_fast.schemes.declaration import Interval, Pair, Setting, option_name
+from wsml_fast.schemes.declaration import Interval, Pair, Scheme, Setting, option_name
 
 MODES = ("end-to-end", "linear", "linear-init")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("one-cycle", "constant")
 MAP_CONVENTIONS = ("skip", "paper")
+MIXES = ("logicmix",)
 
 
 def _with_scheme_settings(after: str) -> Callable[[type], type]:
@@ -88,6 +89,9 @@ class TrainConfig:
     track_memorization: bool = False
     img_size: int | None = None  # None: the backbone's default input size
     hflip: bool = True
+    mix: str | None = None  # mix training images: "logicmix" (LogicMix, Chong et al. 2024; docs/mixing.md)
+    mix_p: float = 0.5  # the chance that an image is replaced by a mix
+    mix_n: int = 2  # images in a mix: the image and N-1 random partners from its batch
     valid_fraction: float = 0.2  # held out of train when there are no valid rows
     seed: int = 0
     workers: int | None = None  # None: chosen from the CPU count
@@ -131,6 +135,7 @@ class TrainConfig:
             own = setting in scheme.settings  # ... and bounds that depend on the run only bind the scheme's own
             setting.check(getattr(self, setting.name), self if own else None)
         ThresholdRule.parse(self.thresholds)
+        self._check_mix(scheme)
         self._check_trackers()
         if self.boost_lu is not None and self.mode != "end-to-end":
             raise WsmlError(
@@ -140,6 +145,21 @@ class TrainConfig:
         if self.valid_fraction is not None and not 0 < self.valid_fraction < 1:
             raise WsmlError(f"valid_fraction must be between 0 and 1 (got {self.valid_fraction})")
         return self
+
+    def _check_mix(self, scheme: Scheme) -> None:
+        """A known mix, on images, for a scheme that takes mixed images (the registry's `Scheme.mixing` says)."""
+        if self.mix is None:
+            return
+        if self.mix not in MIXES:
+            raise WsmlError(f"--mix {self.mix!r} is not one of: {', '.join(MIXES)}")
+        if scheme.mixing.refused:
+            raise WsmlError(f"--mix {self.mix} cannot train --scheme {scheme.name}: {scheme.mixing.means}")
+        if self.mode == "linear":
+            raise WsmlError(
+                f"--mix {self.mix} mixes images, and --mode linear trains on cached features (the mean of two images' "
+                "features is not the features of their mean); use end-to-end or linear-init (it mixes in its "
+                "end-to-end stage)"
+            )
 
     def _check_trackers(self) -> None:
         """Known trackers whose libraries are installed. (Imported here: the trackers import the run folder, which
@@ -184,6 +204,8 @@ _LIMITS = {  # the general settings' allowed values (the schemes' settings decla
     "boost_lu": Interval(low=1),
     "img_size": Interval(low=8),
     "workers": Interval(low=0),
+    "mix_p": Interval(low=0, high=1, low_inclusive=False),
+    "mix_n": Interval(low=2, high=3),
 }
 
 

@@ -51,6 +51,7 @@ from wsml_fast.training.callbacks import (
 )
 from wsml_fast.training.checkpoint import CheckpointCallback, restore
 from wsml_fast.training.memorization import MemorizationCallback, sample_entries
+from wsml_fast.training.mixing import mixing_callbacks
 from wsml_fast.training.parallel import DataParallel, ShareValidLoss
 from wsml_fast.training.runfolder import SCHEME_STATE
 from wsml_fast.training.setup import Setup
@@ -184,6 +185,7 @@ def build_learner(
         CheckpointCallback(run.save_checkpoint, model, setup.meta()),
         LossGuardCallback(config.lr, setup.say),
         *_diagnostics(setup, setup.table.truth is not None),
+        *mixing_callbacks(setup),
     ]
     if average is not None:
         callbacks.append(average)

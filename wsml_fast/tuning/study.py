@@ -45,6 +45,7 @@ from wsml_fast.tuning.tracking import StudyTracking
 
 JOURNAL, TRIALS, BEST, BEST_RESULT, PLOT = "study.journal", "trials.csv", "best.yaml", "best.json", "tune.png"
 SPACE = "search_space"  # the study's user attribute: the schemes and ranges it searches
+ON_REQUEST = ("mix", "mix_p", "mix_n", "ema")  # general settings `--search` may add, searched by no default
 
 
 def default_space(base: TrainConfig) -> dict[str, Range | Choice]:
@@ -92,20 +93,17 @@ def _range(path: Path, name: str, value: dict) -> Range:
     return Range(low, high, log, bool(value.get("integer")))
 
 
-SEARCHED_WHEN_ASKED = ("ema",)  # general settings that only a `--search` file searches (`ema: [null, 0.999]`)
-
-
 def scheme_ranges(base: TrainConfig, space: dict[str, Range | Choice]) -> dict[str, Range | Choice]:
     """What a trial of `base.scheme` searches: the default ranges, the scheme's own, then `--search`'s (which may
-    add the settings searched when asked)."""
+    add the settings searched on request, such as `mix: [null, logicmix]` or `ema: [null, 0.999]`)."""
     ranges = {**default_space(base), **get_scheme(base.scheme).search}
-    return {**ranges, **{k: v for k, v in space.items() if k in ranges or k in SEARCHED_WHEN_ASKED}}
+    return {**ranges, **{k: v for k, v in space.items() if k in ranges or k in ON_REQUEST}}
 
 
 def check_search(path: Path, space: dict[str, Range | Choice], bases: dict[str, TrainConfig]) -> None:
     """`--search` names only settings some searched scheme searches, and gives values a run could use (each choice,
     each end of a range, checked as `wsml train` checks them): a wrong one would fail every trial."""
-    searchable = {name for base in bases.values() for name in scheme_ranges(base, {})} | set(SEARCHED_WHEN_ASKED)
+    searchable = {name for base in bases.values() for name in scheme_ranges(base, {})} | set(ON_REQUEST)
     unknown = sorted(set(space) - searchable)
     if unknown:
         raise WsmlError(

@@ -1,7 +1,7 @@
 """Cole et al.'s schemes (assume negative and its variants, EPR, the full- and known-label baselines): their
 declarations here (plain data), their training code in `training`."""
 
-from wsml_fast.schemes.declaration import Family, Interval, Scheme, Setting
+from wsml_fast.schemes.declaration import Family, Interval, Mixing, Scheme, Setting
 
 FAMILY = Family("cole", "Cole et al., CVPR 2021 (Multi-Label Learning from Single Positive Labels)", "cole")
 
@@ -34,6 +34,9 @@ ENTRIES = (
         "`--expected-positives` (estimated from `truth.csv` when absent, and said so)",
         build="expected_positive",
         settings=(EXPECTED_POSITIVES,),
+        mixing=Mixing(
+            "its k stays the expected positives of one image, though a mix of N images holds up to N k positives"
+        ),
     ),
     Scheme(
         "iu",

@@ -1,7 +1,7 @@
 """Zhou et al.'s entropy maximisation and asymmetric pseudo-labels: their declarations here (plain data), their
 training code in `training`."""
 
-from wsml_fast.schemes.declaration import DenseState, Family, Interval, Range, Scheme, Setting
+from wsml_fast.schemes.declaration import DenseState, Family, Interval, Mixing, Range, Scheme, Setting
 
 PSEUDO_LABELS = "pseudo_labels.csv"  # the run-folder file its schemes write (and checkpoint), one row an entry
 
@@ -51,5 +51,9 @@ ENTRIES = (
         # targets, pass probabilities and pseudo-label values (float32), flag (bool), epoch (int16), the pass's
         # selection (an int64 sort index and a bool per entry)
         dense_state=DenseState("the pass's scores and a pseudo-label flag, value and epoch per training entry", 24),
+        mixing=Mixing(
+            "a mix's unknown entry is pseudo-labelled where each of its images is a known or pseudo negative, "
+            "with s = 1 - prod(1 - s_i), the chance that any is positive; the passes score unmixed images"
+        ),
     ),
 )

@@ -29,7 +29,7 @@ from functools import partial
 import torch
 
 from wsml_fast.data.labelstore import LabelStore
-from wsml_fast.learning.contract import SchemeState, TargetsCallback, WsmlCallback
+from wsml_fast.learning.contract import MIXING_ORDER, BatchMix, SchemeState, WsmlCallback
 from wsml_fast.schemes.build import SchemeContext, SchemeParts
 from wsml_fast.schemes.em import PSEUDO_LABELS
 from wsml_fast.schemes.losses import PartialLabelLoss, negative_term, positive_term, soft_bce
@@ -112,6 +112,19 @@ def apl_update(
     return pseudo_mask | chosen, torch.where(chosen, probs, pseudo_values)
 
 
+def batch_pseudo_labels(
+    mask: torch.Tensor, values: torch.Tensor, observed: torch.Tensor, mix: BatchMix
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pseudo-labels (mask, values) of a batch's inputs: an image's own; a mix's where each of its images is a
+    known negative or pseudo-labelled, with s = 1 - prod(1 - s_i), the chance that any of them is positive (a
+    known negative's s is 0). `mask`, `values`, `observed`: N x C, every training entry's."""
+    items = mix.items
+    negative = (mask[items] | (observed[items] == 0)).all(1)
+    chance = 1 - (1 - values[items].masked_fill(~mask[items], 0.0)).prod(1)
+    mixed = mix.mixed[:, None]
+    return torch.where(mixed, negative, mask[items[:, 0]]), torch.where(mixed, chance, values[items[:, 0]])
+
+
 class EntropyMaximizationLoss(PartialLabelLoss):
     """EM as a loss: what `em` trains on, and what `em-apl` reports on validation."""
 
@@ -142,9 +155,10 @@ class AplCallback(WsmlCallback, SchemeState):
     given to the training loss for each batch, and added after each epoch from `warmup` on by one pass over the
     training images. The pass scores the training images without augmentation (the reference's pass went
     through its training loader's random flips); it is skipped after the last epoch, where its labels would
-    never be trained on. `lr_find` trains on EM and leaves them alone."""
+    never be trained on. `lr_find` trains on EM and leaves them alone. It acts after the mixing, which it reads to
+    give a mix its pseudo-labels (`batch_pseudo_labels`)."""
 
-    order = TargetsCallback.order + 1
+    order = MIXING_ORDER + 1
 
     def __init__(
         self,
@@ -176,8 +190,8 @@ class AplCallback(WsmlCallback, SchemeState):
 
     def before_batch(self) -> None:
         if self.training:
-            index = self.item_index
-            self.loss.pseudo_mask, self.loss.pseudo_values = self.mask[index], self.values[index]
+            mask, values = batch_pseudo_labels(self.mask, self.values, self.observed, self.batch_mix)
+            self.loss.pseudo_mask, self.loss.pseudo_values = mask, values
 
     def after_epoch(self) -> None:
         epoch = self.run_state.epoch

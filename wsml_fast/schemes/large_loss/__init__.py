@@ -1,7 +1,7 @@
 """Kim et al.'s large-loss schemes (LL-R, LL-Ct, LL-Cp): their declarations here (plain data), their training
 code in `training`."""
 
-from wsml_fast.schemes.declaration import Family, Interval, Range, Scheme, Setting
+from wsml_fast.schemes.declaration import Family, Interval, Mixing, Range, Scheme, Setting
 
 CORRECTIONS = "corrected_labels.csv"  # the run-folder file its schemes write (and checkpoint), one row an entry
 
@@ -45,5 +45,9 @@ ENTRIES = (
         "for the rest of training; listed in `corrected_labels.csv` and checkpointed",
         build="permanent_correction",
         settings=(DELTA_REL,),
+        mixing=Mixing(
+            "a large loss selected in a mix is trained as a positive for that step (as LL-Ct) but not stored: a "
+            "stored positive belongs to one image, and a mix cannot tell which of its images holds the class"
+        ),
     ),
 )

@@ -199,11 +199,14 @@ class LargeLossCallback(WsmlCallback, SchemeState):
         """The entries the loss selected in the global batch (B x N processes, C), or None."""
         return self.loss.selected
 
-    def selected_entries(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(item rows, classes) of the selected entries of the global batch; gathered once a batch, when asked."""
+    def selected_entries(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(the item rows of each selected entry's input, K x N: its image, then a mix's partners, or its own
+        again; the classes; whether the input is a mix) of the global batch; gathered once a batch, when asked."""
         if self._entries is None:
             batch, cols = self.loss.selected.nonzero(as_tuple=True)
-            self._entries = all_gather(self.item_index)[batch], cols
+            mix = self.batch_mix
+            mixed = all_gather(mix.mixed.to(torch.uint8)).bool()
+            self._entries = all_gather(mix.items)[batch], cols, mixed[batch]
         return self._entries
 
     def before_fit(self) -> None:
@@ -219,8 +222,10 @@ class LargeLossCallback(WsmlCallback, SchemeState):
             self.learn.yb = (self.stored.overlay(self.learn.yb[0], self.item_index),)
 
     def after_loss(self) -> None:
+        """LL-Cp stores the selections of unmixed inputs only (`Scheme.mixing`: a mix's is no one image's)."""
         if self.training and self.stored is not None and self.selected is not None:
-            self.stored.add(*self.selected_entries())
+            rows, cols, mixed = self.selected_entries()
+            self.stored.add(rows[~mixed, 0], cols[~mixed])
 
     def after_epoch(self) -> None:
         if self.stored is not None:
@@ -229,7 +234,8 @@ class LargeLossCallback(WsmlCallback, SchemeState):
 
 class LargeLossRecordCallback(WsmlCallback):
     """The large-loss columns of each epoch: entries selected, and, with the training set's truth, how many of
-    them (and of LL-Cp's stored ones) really are positives; LL-Cp's corrections CSV (through `write`)."""
+    them (and of LL-Cp's stored ones) really are positives (a mix's entry: where any of its images' is); LL-Cp's
+    corrections CSV (through `write`)."""
 
     order = 64  # after the state merged the epoch's corrections; before the recovery mAP (65) and run log (70)
 
@@ -257,8 +263,8 @@ class LargeLossRecordCallback(WsmlCallback):
             return
         self.n_selected += self.large_loss.selected.sum()
         if self.truth is not None:  # without a truth, LL-R / LL-Ct need no host synchronisation
-            rows, cols = self.large_loss.selected_entries()
-            self.n_selected_true += (self.truth.lookup(rows, cols) == 1).sum()
+            rows, cols, _ = self.large_loss.selected_entries()  # a mix's entry is true where any image's is
+            self.n_selected_true += (self.truth.lookup(rows, cols[:, None].expand_as(rows)) == 1).any(1).sum()
 
     def after_epoch(self) -> None:
         values = {"ll_selected": int(self.n_selected)}
