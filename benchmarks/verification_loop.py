@@ -3,14 +3,16 @@
 
     python benchmarks/verification_loop.py [--sets demo rare] [--seeds 0 1 2] [--budgets 0.01 0.05]
                                            [--strategies likely-positive uncertain random] [--target-precision 0.9]
+                                           [--mode linear|end-to-end]
 
 Data, made in a temporary folder by the demo's generator (seed 0; train rows keep one observed positive):
 `demo` is the built-in demo (10 digit classes, 1-4 digits an image); `rare` draws each digit in one of 4 colours,
 a class per (colour, digit), 1-3 digits an image: 40 classes whose positives are rarer.
 
-Every run is the demo recipe in `--mode linear`: tf_efficientnet_lite0's ImageNet features at 64 px are extracted
-once and cached (the cache key holds the label file's stamp, so a run on merged labels extracts them again), and
-the head alone trains. That takes seconds a run on 2 CPU cores, where the recipe's end-to-end runs take minutes.
+Every run is the demo recipe, by default in `--mode linear`: tf_efficientnet_lite0's ImageNet features at 64 px are
+extracted once and cached (the cache key holds the label file's stamp, so a run on merged labels extracts them
+again), and the head alone trains. That takes seconds a run on 2 CPU cores, where the recipe's end-to-end runs
+(`--mode end-to-end`, the model `wsml train` makes) take minutes.
 
 Per set and seed: a run on the observed labels (before); for each strategy and budget (a share of the
 unobserved train entries) `suggest` on the train split with that run, each entry answered from truth.csv (an
@@ -94,7 +96,8 @@ class SetResults:
 
 
 class Runner:
-    """Trains the demo recipe (linear mode) on a data source, quietly: the runs' own lines go to a log file."""
+    """Trains the demo recipe (`--mode`, linear by default) on a data source, quietly: the runs' own lines go to a
+    log file."""
 
     def __init__(self, args: argparse.Namespace, work: Path) -> None:
         self.args, self.log = args, work / "runs.log"
@@ -102,7 +105,7 @@ class Runner:
 
     def test_map(self, seed: int, out: Path, **data: str) -> float:
         recipe, name = find_recipe(None, "demo", self.args.scheme)
-        options = {"scheme": self.args.scheme, "mode": "linear", "seed": seed, "out": str(out), **data}
+        options = {"scheme": self.args.scheme, "mode": self.args.mode, "seed": seed, "out": str(out), **data}
         if self.args.smoke:
             options |= {"backbone": TINY_BACKBONE, "pretrained": False, "img_size": TINY_IMG_SIZE, "bs": 8}
         if self.args.epochs:
@@ -276,12 +279,13 @@ def main() -> None:
     parser.add_argument("--target-precision", type=float, default=0.9)
     parser.add_argument("--scheme", default="an")
     parser.add_argument("--epochs", type=int, default=None, help="default: the demo recipe's")
+    parser.add_argument("--mode", default="linear", choices=("linear", "end-to-end"), help="the runs' training mode")
     args = parse_args(parser, seeds=[0], epochs=2, budgets=[0.05])
     load = os.getloadavg()[0]
     print(
         f"{os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()} (OMP_NUM_THREADS="
         f"{os.environ.get('OMP_NUM_THREADS', 'unset')}), load average {load:.1f} at start; demo recipe, "
-        f"--mode linear, {TINY_BACKBONE + ' (smoke)' if args.smoke else 'tf_efficientnet_lite0 at 64 px'}, "
+        f"--mode {args.mode}, {TINY_BACKBONE + ' (smoke)' if args.smoke else 'tf_efficientnet_lite0 at 64 px'}, "
         f"scheme {args.scheme}",
         flush=True,
     )
