@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import pytest
 import torch
 from helpers import HOOKED, hooked_env, invoke
 
+from wsml_fast.core import lock
 from wsml_fast.core.distributed import global_batch_order, shard
 from wsml_fast.schemes.large_loss.training import LargeLoss, large_loss_k, select_large_losses
 
@@ -145,6 +147,24 @@ def test_a_ctrl_c_of_the_launch_stops_every_process_cleanly(demo_folder: Path, t
     status = json.loads((tmp_path / "run" / "status.json").read_text())
     assert status["state"] == "interrupted" and status["reason"] == "SIGINT"
     assert "another process" not in stderr and pd.read_csv(tmp_path / "run" / "metrics.csv")["epoch"].tolist() == [1]
+
+
+def test_a_run_folder_process_0_cannot_claim_stops_every_process_at_once(interrupted_run: Path, tmp_path: Path) -> None:
+    """Process 0 alone claims the folder; process 1, whose own checks all pass, must hear of the refusal and stop
+    with it (it used to wait in its first collective until torchrun killed it: SIGTERM, then SIGKILL 30 s later)."""
+    run = tmp_path / "run"
+    shutil.copytree(interrupted_run, run)
+    checkpoint = torch.load(run / "checkpoint.pth", weights_only=True)
+    checkpoint["meta"]["world_size"] = 2  # (a run of 2 processes, so that process 1 finds nothing wrong)
+    torch.save(checkpoint, run / "checkpoint.pth")
+    assert lock.claim(run / ".lock")  # another run holds the folder
+    try:
+        result = torchrun("train", "--resume", run, timeout=240)
+    finally:
+        lock.release(run / ".lock")
+    assert result.returncode != 0 and result.stdout == ""
+    assert result.stderr.count(f"error: --resume {run}: the run is still running (process {os.getpid()} ") == 1
+    assert "SIGKILL" not in result.stderr and "Unable to shutdown" not in result.stderr, result.stderr[-3000:]
 
 
 def test_an_error_before_training_is_said_by_process_0_alone(monkeypatch: pytest.MonkeyPatch) -> None:

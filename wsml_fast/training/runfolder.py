@@ -82,8 +82,9 @@ class RunFolder:
 
     @classmethod
     def check_new(cls, path: Path, writes: bool) -> RunFolder:
-        """A place a new run can go, checked before any work (nothing is created yet); `writes`: whether this
-        process writes the run (process 0 of a data-parallel run alone), given by the caller, never assumed."""
+        """A place a new run can go, checked before any work (nothing is created yet) by every process of a
+        data-parallel run alike; `writes`: whether this process writes the run (process 0 of a data-parallel run
+        alone), given by the caller, never assumed."""
         path = Path(path)
         if path.exists() and not path.is_dir():
             raise WsmlError(f"--out {path}: is a file, not a folder; choose a folder for the run")
@@ -93,9 +94,8 @@ class RunFolder:
                     raise WsmlError(f"--out {path}: {parent} is a file, so no folder can be made under it")
                 break
         run = cls(path, writes)
-        if run.writes:  # the process that writes checks
-            run._refuse_if_held()
-            run._refuse_if_taken()
+        run._refuse_if_held()
+        run._refuse_if_taken()
         return run
 
     def _refuse_if_held(self) -> None:
