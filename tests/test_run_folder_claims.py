@@ -172,6 +172,20 @@ def test_a_folder_is_never_given_advice_it_then_refuses(trained_run: Path, demo_
     assert line.endswith(f"(`wsml train --resume {trained_run}` continues it)")
 
 
+def test_resume_without_the_best_weights_is_refused_before_training(trained_run: Path, run_copy: Path) -> None:
+    """A finished run extended, or an interrupted one, whose model.pth was deleted: its best epoch may stay the best,
+    and the run would fail at its end (then a finished run's old results.json said it was finished)."""
+    finished = run_copy.with_name("finished")
+    shutil.copytree(trained_run, finished)
+    for run, extra in ((run_copy, []), (finished, ["--epochs", "3"])):
+        (run / "model.pth").unlink()
+        assert error_of("train", "--resume", run, *extra) == (
+            f"error: --resume {run}: model.pth (the best epoch's weights) is missing (it was deleted or moved); put "
+            "it back, or train the run again in a new folder"
+        )
+        assert not (run / ".lock").exists() or lock.probe(run / ".lock") is False  # (let go)
+
+
 # --- resume refuses changed inputs ---
 
 

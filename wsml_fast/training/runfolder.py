@@ -192,6 +192,12 @@ class RunFolder:
                 f"--resume {path}: no {CHECKPOINT}: the run stopped before its first epoch completed; "
                 "nothing to continue (start it again in a new folder)"
             )
+        if not run.file(WEIGHTS).is_file():  # the best epoch so far may stay the best: the run would end without it
+            run.release()
+            raise WsmlError(
+                f"--resume {path}: {WEIGHTS} (the best epoch's weights) is missing (it was deleted or moved); put it "
+                "back, or train the run again in a new folder"
+            )
         return run
 
     # --- status ---

@@ -345,6 +345,8 @@ def fail_abandoned(study: optuna.Study, storage: BaseStorage) -> None:
         except UpdateFinishedTrialError:
             continue  # another process failed it first, and queued it again
         study.enqueue_trial(trial.params, skip_if_exists=False)
+        if HOLDER in trial.user_attrs:  # its process is gone: no one will hold its lock file again
+            Path(trial.user_attrs[HOLDER]).unlink(missing_ok=True)
 
 
 def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
