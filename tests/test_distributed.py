@@ -22,7 +22,15 @@ from helpers import HOOKED, hooked_env, invoke
 
 from wsml_fast.core import lock
 from wsml_fast.core.distributed import global_batch_order, shard
+from wsml_fast.core.errors import WsmlError
+from wsml_fast.core.process import Process
+from wsml_fast.data.sources import from_folder
 from wsml_fast.schemes.large_loss.training import LargeLoss, large_loss_k, select_large_losses
+from wsml_fast.training.config import resolve
+from wsml_fast.training.learner import build_learner
+from wsml_fast.training.parallel import check_global_batches
+from wsml_fast.training.runfolder import RunFolder
+from wsml_fast.training.setup import set_up
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 SELECTION = Path(__file__).with_name("ddp_selection.py")
@@ -43,6 +51,20 @@ def test_global_batches_are_the_batches_of_one_process_with_the_global_size() ->
     assert np.array_equal(np.concatenate(rebuilt), order[:48])  # the incomplete last global batch is dropped
     shares = [shard(10, 3, process) for process in range(3)]
     assert np.array_equal(np.concatenate(shares), np.arange(10)) and {len(s) for s in shares} <= {3, 4}
+
+
+def test_a_global_batch_larger_than_the_training_split_is_refused(demo_folder: Path, tmp_path: Path) -> None:
+    """48 training images and 2 processes of 32: the incomplete global batch is dropped, so nothing would train
+    (every epoch said `train_loss nan` and scored the untrained model)."""
+    options = {"data": str(demo_folder), "backbone": "test_efficientnet", "pretrained": False, "img_size": 32}
+    config = resolve(None, None, {**options, "bs": 32, "out": str(tmp_path / "run")})
+    run = RunFolder.check_new(tmp_path / "run", writes=True)
+    setup = set_up(config, from_folder(demo_folder), run, Process(world_size=2))
+    with pytest.raises(WsmlError, match=r"= a global batch of 64 images, more than the 48 training images: .* 24 or"):
+        build_learner(setup, None, [])
+    check_global_batches(48, 24, 2)  # one whole global batch: trains
+    with pytest.raises(WsmlError, match="add train rows or use fewer processes"):
+        check_global_batches(3, 2, 2)
 
 
 def test_the_selection_over_processes_is_what_one_process_selects(tmp_path: Path) -> None:
