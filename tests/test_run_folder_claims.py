@@ -3,6 +3,7 @@ settings, its launch and its inputs."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -17,6 +18,7 @@ import pytest
 import torch
 from helpers import HOOKED, TINY, error_of, hooked_env, invoke
 
+import wsml_fast.training.run as run_module
 from wsml_fast.core import lock
 from wsml_fast.core.errors import WsmlError
 from wsml_fast.core.process import Process
@@ -200,6 +202,8 @@ def test_resume_refuses_a_hand_edited_setting_naming_both_values(run_copy: Path)
 
 def test_resume_refuses_another_number_of_processes(run_copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WORLD_SIZE", "2")
+    assert error_of("train", "--resume", run_copy).startswith("error: WORLD_SIZE=2 but this process cannot join")
+    monkeypatch.setattr(run_module, "decided_together", lambda process: contextlib.nullcontext())  # (as if joined)
     assert error_of("train", "--resume", run_copy).endswith(
         "the run was trained by 1 process and this launch has 2; resume it as it was launched: "
         "`wsml train --resume`, without torchrun"

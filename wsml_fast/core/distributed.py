@@ -65,7 +65,13 @@ def decided_together(process: Process) -> Iterator[None]:
     except Exception as exc:  # noqa: BLE001 - any failure: the other processes must hear of it
         failure = exc
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if process.device.type == "cuda" else "gloo")
+        try:
+            dist.init_process_group("nccl" if process.device.type == "cuda" else "gloo")
+        except (ValueError, RuntimeError) as exc:  # WORLD_SIZE set by hand, without the rest of a launcher's
+            raise WsmlError(
+                f"WORLD_SIZE={process.world_size} but this process cannot join the others ({one_line(exc)}); "
+                "launch with torchrun, or unset WORLD_SIZE for one process"
+            ) from None
     said: list[str | None] = [None] * process.world_size
     dist.all_gather_object(said, None if failure is None else one_line(failure))
     if failure is not None:

@@ -216,9 +216,10 @@ def resume(
     more epochs). Returns None, after saying so, when the run is already finished. `process` is the command's
     (by default: this process as launched). The run folder is held from the first step to the last."""
     process = process or launched()
-    with decided_together(process):  # process 0 claims the folder
-        run = RunFolder.for_resume(run_dir, process.writes)
+    run = RunFolder(run_dir, process.writes)  # (what `release` lets go, however far the claim got)
     try:
+        with decided_together(process):  # process 0 claims the folder
+            run = RunFolder.for_resume(run_dir, process.writes)
         with decided_together(process):  # the checks of what the run may continue on, and its set-up
             resumed = _resume_setup(run, epochs, process)
         return None if resumed is None else _run(resumed[0], stop, resumed[1])

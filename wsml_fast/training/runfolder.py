@@ -73,6 +73,7 @@ class RunFolder:
 
     def __init__(self, path: Path, writes: bool = True) -> None:
         self.path, self.writes = Path(path), writes
+        self.claimed = False  # whether this folder object holds the folder (`claim`), so `release` lets it go
         self.unlocked = False  # claimed where the file system has no locks: nothing keeps a second process out
 
     def file(self, name: str) -> Path:
@@ -149,14 +150,17 @@ class RunFolder:
             self.unlocked = not lock.claim(self.file(LOCK))
         except lock.LockHeld as held:
             raise WsmlError(self._held_message(option, held.holder)) from None
+        self.claimed = True
         for stale in self.path.iterdir():
             if STALE_TEMPORARY.fullmatch(stale.name):
                 stale.unlink(missing_ok=True)
 
     def release(self) -> None:
-        """Let another process claim the folder (the kernel does it when the process ends)."""
-        if self.writes:
+        """Let another process claim the folder if this object claimed it (the kernel does it when the process
+        ends)."""
+        if self.claimed:
             lock.release(self.file(LOCK))
+            self.claimed = False
 
     def _require_folder(self) -> None:
         if not self.path.is_dir():
