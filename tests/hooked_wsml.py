@@ -6,8 +6,9 @@ WSML_PAUSE_AT="EPOCH,BATCH,FILE"     after that training batch, create FILE.reac
                                     most a minute): the test acts while the run is known to be live, then lets it go.
 WSML_DUMP_STATES=DIR                at the end of every fit, each process saves its schemes' checkpointed state
                                     to DIR/rank{R}.pt, to compare the processes of a data-parallel run.
-WSML_TUNE_MEET="FILE,N"             `wsml tune`: a process's first trial creates FILE.PID and waits until N such files
-                                    exist (at most a minute): N processes are known to run trials of one study at once.
+WSML_TUNE_MEET="FILE,N"             `wsml tune`: a process's first trial (once it names its holder, before it claims its
+                                    place) creates FILE.PID and waits until N such files exist (at most a minute): N
+                                    processes are known to run trials of one study at once.
 """
 
 import os
@@ -78,10 +79,10 @@ def build_learner_with_hooks(setup, stop, history, cbs=()):
 
 
 train_module.build_learner = build_learner_with_hooks
-objective = study_module.Tuner.objective
+has_room = study_module.has_room
 
 
-def objective_meeting_the_others(self, trial):
+def has_room_after_meeting_the_others(study, number, total):
     file, count = os.environ["WSML_TUNE_MEET"].split(",")
     mine = f"{file}.{os.getpid()}"
     if not os.path.exists(mine):
@@ -90,9 +91,9 @@ def objective_meeting_the_others(self, trial):
         folder, name = os.path.split(file)
         while sum(f.startswith(name + ".") for f in os.listdir(folder)) < int(count) and time.monotonic() < deadline:
             time.sleep(0.05)
-    return objective(self, trial)
+    return has_room(study, number, total)
 
 
 if os.environ.get("WSML_TUNE_MEET"):
-    study_module.Tuner.objective = objective_meeting_the_others
+    study_module.has_room = has_room_after_meeting_the_others
 main(sys.argv[1:])

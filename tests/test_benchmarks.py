@@ -63,7 +63,7 @@ FIGURES = {  # script: patterns its smoke's output must match (one line of figur
         r"leaves them unobserved: precision (\d\.\d{3}|-) held out \((\d\.\d{3}|-) where fitted\)",
     ],
     "schemes.py": [
-        r"\| scheme \| test mAP \| ll_fn_precision \| train recovery mAP \| seconds per run \| averaged weights kept \|",
+        r"\| scheme \| test mAP \| ll_fn_precision \| train recovery mAP \| seconds per run \| averaged weights kept",
         r"\| `an` \| \d+\.\d\d \| - \| \d+\.\d\d \| \d+ \| 0 of 1 \|",
         r"\| `llct` \| \d+\.\d\d \|",
         r"\| `llr --ema 0.9` \| \d+\.\d\d \| [\d.-]+ \| \d+\.\d\d \| \d+ \| [01] of 1 \|",

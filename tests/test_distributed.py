@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,8 +20,17 @@ import pytest
 import torch
 from helpers import HOOKED, hooked_env, invoke
 
+from wsml_fast.core import lock
 from wsml_fast.core.distributed import global_batch_order, shard
+from wsml_fast.core.errors import WsmlError
+from wsml_fast.core.process import Process
+from wsml_fast.data.sources import from_folder
 from wsml_fast.schemes.large_loss.training import LargeLoss, large_loss_k, select_large_losses
+from wsml_fast.training.config import resolve
+from wsml_fast.training.learner import build_learner
+from wsml_fast.training.parallel import check_global_batches
+from wsml_fast.training.runfolder import RunFolder
+from wsml_fast.training.setup import set_up
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 SELECTION = Path(__file__).with_name("ddp_selection.py")
@@ -41,6 +51,20 @@ def test_global_batches_are_the_batches_of_one_process_with_the_global_size() ->
     assert np.array_equal(np.concatenate(rebuilt), order[:48])  # the incomplete last global batch is dropped
     shares = [shard(10, 3, process) for process in range(3)]
     assert np.array_equal(np.concatenate(shares), np.arange(10)) and {len(s) for s in shares} <= {3, 4}
+
+
+def test_a_global_batch_larger_than_the_training_split_is_refused(demo_folder: Path, tmp_path: Path) -> None:
+    """48 training images and 2 processes of 32: the incomplete global batch is dropped, so nothing would train
+    (every epoch said `train_loss nan` and scored the untrained model)."""
+    options = {"data": str(demo_folder), "backbone": "test_efficientnet", "pretrained": False, "img_size": 32}
+    config = resolve(None, None, {**options, "bs": 32, "out": str(tmp_path / "run")})
+    run = RunFolder.check_new(tmp_path / "run", writes=True)
+    setup = set_up(config, from_folder(demo_folder), run, Process(world_size=2))
+    with pytest.raises(WsmlError, match=r"= a global batch of 64 images, more than the 48 training images: .* 24 or"):
+        build_learner(setup, None, [])
+    check_global_batches(48, 24, 2)  # one whole global batch: trains
+    with pytest.raises(WsmlError, match="add train rows or use fewer processes"):
+        check_global_batches(3, 2, 2)
 
 
 def test_the_selection_over_processes_is_what_one_process_selects(tmp_path: Path) -> None:
@@ -164,6 +188,24 @@ def test_a_ctrl_c_of_the_launch_stops_every_process_cleanly(demo_folder: Path, t
     status = json.loads((tmp_path / "run" / "status.json").read_text())
     assert status["state"] == "interrupted" and status["reason"] == "SIGINT"
     assert "another process" not in stderr and pd.read_csv(tmp_path / "run" / "metrics.csv")["epoch"].tolist() == [1]
+
+
+def test_a_run_folder_process_0_cannot_claim_stops_every_process_at_once(interrupted_run: Path, tmp_path: Path) -> None:
+    """Process 0 alone claims the folder; process 1, whose own checks all pass, must hear of the refusal and stop
+    with it (it used to wait in its first collective until torchrun killed it: SIGTERM, then SIGKILL 30 s later)."""
+    run = tmp_path / "run"
+    shutil.copytree(interrupted_run, run)
+    checkpoint = torch.load(run / "checkpoint.pth", weights_only=True)
+    checkpoint["meta"]["world_size"] = 2  # (a run of 2 processes, so that process 1 finds nothing wrong)
+    torch.save(checkpoint, run / "checkpoint.pth")
+    assert lock.claim(run / ".lock")  # another run holds the folder
+    try:
+        result = torchrun("train", "--resume", run, timeout=240)
+    finally:
+        lock.release(run / ".lock")
+    assert result.returncode != 0 and result.stdout == ""
+    assert result.stderr.count(f"error: --resume {run}: the run is still running (process {os.getpid()} ") == 1
+    assert "SIGKILL" not in result.stderr and "Unable to shutdown" not in result.stderr, result.stderr[-3000:]
 
 
 def test_an_error_before_training_is_said_by_process_0_alone(monkeypatch: pytest.MonkeyPatch) -> None:

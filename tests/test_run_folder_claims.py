@@ -3,6 +3,7 @@ settings, its launch and its inputs."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -17,6 +18,7 @@ import pytest
 import torch
 from helpers import HOOKED, TINY, error_of, hooked_env, invoke
 
+import wsml_fast.training.run as run_module
 from wsml_fast.core import lock
 from wsml_fast.core.errors import WsmlError
 from wsml_fast.core.process import Process
@@ -172,6 +174,20 @@ def test_a_folder_is_never_given_advice_it_then_refuses(trained_run: Path, demo_
     assert line.endswith(f"(`wsml train --resume {trained_run}` continues it)")
 
 
+def test_resume_without_the_best_weights_is_refused_before_training(trained_run: Path, run_copy: Path) -> None:
+    """A finished run extended, or an interrupted one, whose model.pth was deleted: its best epoch may stay the best,
+    and the run would fail at its end (then a finished run's old results.json said it was finished)."""
+    finished = run_copy.with_name("finished")
+    shutil.copytree(trained_run, finished)
+    for run, extra in ((run_copy, []), (finished, ["--epochs", "3"])):
+        (run / "model.pth").unlink()
+        assert error_of("train", "--resume", run, *extra) == (
+            f"error: --resume {run}: model.pth (the best epoch's weights) is missing (it was deleted or moved); put "
+            "it back, or train the run again in a new folder"
+        )
+        assert not (run / ".lock").exists() or lock.probe(run / ".lock") is False  # (let go)
+
+
 # --- resume refuses changed inputs ---
 
 
@@ -186,6 +202,8 @@ def test_resume_refuses_a_hand_edited_setting_naming_both_values(run_copy: Path)
 
 def test_resume_refuses_another_number_of_processes(run_copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WORLD_SIZE", "2")
+    assert error_of("train", "--resume", run_copy).startswith("error: WORLD_SIZE=2 but this process cannot join")
+    monkeypatch.setattr(run_module, "decided_together", lambda process: contextlib.nullcontext())  # (as if joined)
     assert error_of("train", "--resume", run_copy).endswith(
         "the run was trained by 1 process and this launch has 2; resume it as it was launched: "
         "`wsml train --resume`, without torchrun"

@@ -7,6 +7,8 @@ import json
 import socket
 import subprocess
 import sys
+import time
+from datetime import timedelta
 from pathlib import Path
 
 import optuna
@@ -14,13 +16,14 @@ import pandas as pd
 import pytest
 import yaml
 from helpers import HOOKED, StopAfter, hooked_env, invoke, write
+from optuna.trial import TrialState
 
 from wsml_fast.core.errors import WsmlError
 from wsml_fast.data.sources import from_folder
 from wsml_fast.schemes.declaration import Choice
 from wsml_fast.training.config import TrainConfig, resolve
 from wsml_fast.training.stopping import RunInterrupted
-from wsml_fast.tuning.claims import SURPLUS, has_room
+from wsml_fast.tuning.claims import HOLDER, SURPLUS, UNNAMED_SECONDS, abandoned, has_room, holding
 from wsml_fast.tuning.study import (
     JOURNAL,
     Tuner,
@@ -170,14 +173,48 @@ def test_a_trial_without_room_under_the_total_is_given_back(tmp_path: Path) -> N
     assert has_room(study, trials[3].number, 3) is False  # a failed trial counts, a queued one is spoken for
 
 
-def test_a_trial_left_running_by_a_killed_process_is_failed_and_queued_again(tmp_path: Path) -> None:
-    trial = load(tmp_path).ask({"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)})
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    trial.set_user_attr("host", socket.gethostname())
-    trial.set_user_attr("pid", int(gone.stdout))  # a process of this host that no longer exists
-    left, again = load(tmp_path).trials  # opening the study again finds it
-    assert left.state == optuna.trial.TrialState.FAIL and left.user_attrs["interrupted"]
-    assert again.state == optuna.trial.TrialState.WAITING
+def test_a_trial_is_abandoned_once_its_process_is_killed_and_not_before(demo_folder: Path, tmp_path: Path) -> None:
+    """Real processes: a `wsml tune` paused in its first trial keeps that trial running for whoever opens the study;
+    killed, the trial is failed and queued again by the next opening, at once."""
+    out, go = tmp_path / "tune", tmp_path / "go"
+    command = [sys.executable, str(HOOKED), "tune", "--data", str(demo_folder), *TINY, "--schemes", "an"]
+    command += ["--trials", "1", "--out", str(out)]
+    env = hooked_env(WSML_PAUSE_AT=f"1,0,{go}", WSML_KILL_AT="2,0")
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 180
+    while not Path(f"{go}.reached").exists():
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.05)
+    assert [t.state for t in load(out).trials] == [TrialState.RUNNING]  # its process lives
+    go.touch()
+    process.communicate(timeout=180)
+    assert process.returncode == -9
+    left, again = load(out).trials
+    assert (
+        left.state == TrialState.FAIL and left.user_attrs["interrupted"] and not Path(left.user_attrs[HOLDER]).exists()
+    )
+    assert again.state == TrialState.WAITING and again.system_attrs["fixed_params"] == left.params
+
+
+def test_a_trial_stays_running_while_its_process_holds_its_lock(tmp_path: Path) -> None:
+    """Whatever happens to the trial's run folder (its lock is let go before Optuna records the trial's end)."""
+    study = load(tmp_path)
+    with holding(tmp_path) as holder:
+        trial = study.ask()
+        trial.set_user_attr("host", socket.gethostname())
+        trial.set_user_attr(HOLDER, str(holder))
+        assert [t.state for t in load(tmp_path).trials] == [TrialState.RUNNING]
+    assert not holder.exists()  # (a lock file held by no one: removed)
+    assert [t.state for t in load(tmp_path).trials] == [TrialState.FAIL, TrialState.WAITING]
+
+
+def test_a_trial_that_names_no_holder_is_abandoned_only_when_it_started_long_ago(tmp_path: Path) -> None:
+    study = load(tmp_path)
+    study.ask()
+    (trial,) = study.trials
+    assert not abandoned(trial)  # a live process names its holder as the trial starts
+    trial.datetime_start -= timedelta(seconds=UNNAMED_SECONDS + 1)
+    assert abandoned(trial)
 
 
 def test_the_study_bar_fills_with_the_finished_trials() -> None:

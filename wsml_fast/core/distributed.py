@@ -10,9 +10,15 @@ collectives here only ask the process group they work in.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import numpy as np
 import torch
 import torch.distributed as dist
+
+from wsml_fast.core.errors import WsmlError, one_line
+from wsml_fast.core.process import Process
 
 
 def in_group() -> bool:
@@ -41,6 +47,38 @@ def wait_for_main() -> None:
     are complete before the others read them. Nothing to wait for with one process."""
     if in_group():
         dist.barrier()
+
+
+@contextlib.contextmanager
+def decided_together(process: Process) -> Iterator[None]:
+    """A step before training whose outcome every process of a data-parallel run shares. When the block fails on
+    any process (process 0 alone claims the run folder, and alone writes it), every process raises at once, the
+    failing ones their own error and the others the first one's, so that all exit with one decision; otherwise
+    a process that went on would wait in the first collective until the launcher killed it. With one process the
+    block runs as it is. The process group is made here the first time (the trainer's Accelerator then uses it)."""
+    if not process.parallel:
+        yield
+        return
+    failure: Exception | None = None
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001 - any failure: the other processes must hear of it
+        failure = exc
+    if not dist.is_initialized():
+        try:
+            dist.init_process_group("nccl" if process.device.type == "cuda" else "gloo")
+        except (ValueError, RuntimeError) as exc:  # WORLD_SIZE set by hand, without the rest of a launcher's
+            raise WsmlError(
+                f"WORLD_SIZE={process.world_size} but this process cannot join the others ({one_line(exc)}); "
+                "launch with torchrun, or unset WORLD_SIZE for one process"
+            ) from None
+    said: list[str | None] = [None] * process.world_size
+    dist.all_gather_object(said, None if failure is None else one_line(failure))
+    if failure is not None:
+        raise failure
+    first = next(((rank, line) for rank, line in enumerate(said) if line is not None), None)
+    if first is not None:
+        raise WsmlError(f"process {first[0]} of this data-parallel run stopped before training: {first[1]}")
 
 
 def all_gather(tensor: torch.Tensor) -> torch.Tensor:

@@ -79,16 +79,3 @@ def process_switches(process: Process, autotune: bool = False) -> Iterator[Proce
         torch.backends.cudnn.benchmark = previous_benchmark
         if cuda and not process.parallel:  # a data-parallel process ends on its own GPU: going back to another
             torch.cuda.set_device(previous_device)  # would make a CUDA context there, on another process's GPU
-
-
-def process_alive(pid: int) -> bool:
-    """Whether a process of this host with this id still runs (a run or a trial it left marked as running)."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -52,7 +52,7 @@ from wsml_fast.training.callbacks import (
 from wsml_fast.training.checkpoint import CheckpointCallback, restore
 from wsml_fast.training.memorization import MemorizationCallback, sample_entries
 from wsml_fast.training.mixing import mixing_callbacks
-from wsml_fast.training.parallel import DataParallel, ShareValidLoss
+from wsml_fast.training.parallel import DataParallel, ShareValidLoss, check_global_batches
 from wsml_fast.training.runfolder import SCHEME_STATE
 from wsml_fast.training.setup import Setup
 from wsml_fast.training.stages import IMAGES, StageData, stage_data, stages
@@ -170,6 +170,8 @@ def build_learner(
     data = {stage.inputs: stage_data(setup, stage.inputs, stage.bs) for stage in stages(config)}
     for stage in stages(config):
         check_train_batches(data[stage.inputs].module, len(data[stage.inputs].train), stage.bs)
+        if setup.process.parallel:
+            check_global_batches(len(data[stage.inputs].train), stage.bs, setup.process.world_size)
     if config.compile and IMAGES in data:
         compile_in_place(model, next(iter(data[IMAGES].loaders.valid))[0][:2], setup.say)
     on_terminal = sys.stdout.isatty()

@@ -19,7 +19,22 @@ from fastai.distributed import DistributedTrainer
 from fastai.torch_core import to_detach
 
 from wsml_fast.core.distributed import all_reduce_sum, broadcast_from_main, global_batch_order, shard
+from wsml_fast.core.errors import WsmlError
 from wsml_fast.core.process import Process
+
+
+def check_global_batches(n_train: int, bs: int, processes: int) -> None:
+    """Refuse a global batch larger than the training split: its incomplete last global batch is dropped, so no
+    training step would run and every epoch would only score the same untrained model (one process instead trains
+    on a split smaller than its batch as one batch)."""
+    if n_train >= bs * processes:
+        return
+    fits = n_train // processes
+    advice = f"use a batch size (--bs) of {fits} or less" if fits > 1 else "add train rows or use fewer processes"
+    raise WsmlError(
+        f"batch size {bs} x {processes} processes = a global batch of {bs * processes} images, more than the "
+        f"{n_train} training images: no training step would run; {advice}"
+    )
 
 
 class ProcessLoader(DataLoader):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from wsml_fast.core.distributed import lost_a_process, wait_for_main
+from wsml_fast.core.distributed import decided_together, lost_a_process, wait_for_main
 from wsml_fast.core.errors import WsmlError, one_line
 from wsml_fast.core.process import Process, launched
 from wsml_fast.core.report import Reporter
@@ -201,9 +201,12 @@ def train(
     run in its trackers (`--log`)."""
     process = process or launched()
     path = Path(config.out) if config.out else default_run_dir(source.name, config.scheme)
-    run = RunFolder.check_new(path, process.writes)
+    with decided_together(process):  # every process checks the folder; nothing is written in it yet
+        run = RunFolder.check_new(path, process.writes)
     try:
-        return _run(set_up(config, source, run, process), stop, None, callbacks, test, tags)
+        with decided_together(process):  # process 0 claims the folder and writes it
+            setup = set_up(config, source, run, process)
+        return _run(setup, stop, None, callbacks, test, tags)
     finally:
         run.release()
 
@@ -215,14 +218,20 @@ def resume(
     more epochs). Returns None, after saying so, when the run is already finished. `process` is the command's
     (by default: this process as launched). The run folder is held from the first step to the last."""
     process = process or launched()
-    run = RunFolder.for_resume(run_dir, process.writes)
+    run = RunFolder(run_dir, process.writes)  # (what `release` lets go, however far the claim got)
     try:
-        return _resume(run, epochs, stop, process)
+        with decided_together(process):  # process 0 claims the folder
+            run = RunFolder.for_resume(run_dir, process.writes)
+        with decided_together(process):  # the checks of what the run may continue on, and its set-up
+            resumed = _resume_setup(run, epochs, process)
+        return None if resumed is None else _run(resumed[0], stop, resumed[1])
     finally:
         run.release()
 
 
-def _resume(run: RunFolder, epochs: int | None, stop: StopRequest | None, process: Process) -> RunFolder | None:
+def _resume_setup(run: RunFolder, epochs: int | None, process: Process) -> tuple[Setup, dict] | None:
+    """The resumed run's set-up and its checkpoint, once the run is found fit to continue; None (said) when it is
+    finished."""
     config = run.config()
     checkpoint = run.load_checkpoint()
     check_settings(run, config, checkpoint["meta"])
@@ -241,4 +250,4 @@ def _resume(run: RunFolder, epochs: int | None, stop: StopRequest | None, proces
     source = resolve_source(config.dataset, config.data, config.csv, config.images, say)
     setup = set_up(config, source, run, process, resumed=checkpoint["meta"])
     setup.say(f"resuming {run.path} after epoch {completed} of {config.total_epochs}")
-    return _run(setup, stop, checkpoint)
+    return setup, checkpoint

@@ -73,6 +73,7 @@ class RunFolder:
 
     def __init__(self, path: Path, writes: bool = True) -> None:
         self.path, self.writes = Path(path), writes
+        self.claimed = False  # whether this folder object holds the folder (`claim`), so `release` lets it go
         self.unlocked = False  # claimed where the file system has no locks: nothing keeps a second process out
 
     def file(self, name: str) -> Path:
@@ -82,8 +83,9 @@ class RunFolder:
 
     @classmethod
     def check_new(cls, path: Path, writes: bool) -> RunFolder:
-        """A place a new run can go, checked before any work (nothing is created yet); `writes`: whether this
-        process writes the run (process 0 of a data-parallel run alone), given by the caller, never assumed."""
+        """A place a new run can go, checked before any work (nothing is created yet) by every process of a
+        data-parallel run alike; `writes`: whether this process writes the run (process 0 of a data-parallel run
+        alone), given by the caller, never assumed."""
         path = Path(path)
         if path.exists() and not path.is_dir():
             raise WsmlError(f"--out {path}: is a file, not a folder; choose a folder for the run")
@@ -93,9 +95,8 @@ class RunFolder:
                     raise WsmlError(f"--out {path}: {parent} is a file, so no folder can be made under it")
                 break
         run = cls(path, writes)
-        if run.writes:  # the process that writes checks
-            run._refuse_if_held()
-            run._refuse_if_taken()
+        run._refuse_if_held()
+        run._refuse_if_taken()
         return run
 
     def _refuse_if_held(self) -> None:
@@ -149,14 +150,17 @@ class RunFolder:
             self.unlocked = not lock.claim(self.file(LOCK))
         except lock.LockHeld as held:
             raise WsmlError(self._held_message(option, held.holder)) from None
+        self.claimed = True
         for stale in self.path.iterdir():
             if STALE_TEMPORARY.fullmatch(stale.name):
                 stale.unlink(missing_ok=True)
 
     def release(self) -> None:
-        """Let another process claim the folder (the kernel does it when the process ends)."""
-        if self.writes:
+        """Let another process claim the folder if this object claimed it (the kernel does it when the process
+        ends)."""
+        if self.claimed:
             lock.release(self.file(LOCK))
+            self.claimed = False
 
     def _require_folder(self) -> None:
         if not self.path.is_dir():
@@ -191,6 +195,12 @@ class RunFolder:
             raise WsmlError(
                 f"--resume {path}: no {CHECKPOINT}: the run stopped before its first epoch completed; "
                 "nothing to continue (start it again in a new folder)"
+            )
+        if not run.file(WEIGHTS).is_file():  # the best epoch so far may stay the best: the run would end without it
+            run.release()
+            raise WsmlError(
+                f"--resume {path}: {WEIGHTS} (the best epoch's weights) is missing (it was deleted or moved); put it "
+                "back, or train the run again in a new folder"
             )
         return run
 

@@ -24,12 +24,13 @@ from typing import Any
 
 import optuna
 import yaml
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
 from wsml_fast.core.atomic import write_text
 from wsml_fast.core.errors import WsmlError, one_line
-from wsml_fast.core.process import Process, process_alive
+from wsml_fast.core.process import Process
 from wsml_fast.core.report import Reporter
 from wsml_fast.data.sources import DatasetFiles
 from wsml_fast.inference.evaluate import evaluate
@@ -40,7 +41,7 @@ from wsml_fast.schemes.declaration import Choice, Range
 from wsml_fast.training.config import TrainConfig, apply_layer, with_scheme_defaults
 from wsml_fast.training.runfolder import RunFolder, csv_text
 from wsml_fast.training.stopping import RunInterrupted, StopRequest
-from wsml_fast.tuning.claims import SURPLUS, TrialSeededTPE, finished, has_room
+from wsml_fast.tuning.claims import HOLDER, SURPLUS, TrialSeededTPE, abandoned, finished, has_room, holding
 from wsml_fast.tuning.tracking import StudyTracking
 
 JOURNAL, TRIALS, BEST, BEST_RESULT, PLOT = "study.journal", "trials.csv", "best.yaml", "best.json", "tune.png"
@@ -193,6 +194,7 @@ class Tuner:
     process: Process | None = None  # the command's (by default: this process as launched)
     tracking: StudyTracking | None = None  # the study's MLflow run (`--log mlflow`), set by `run_study`
     trials: int = 0  # the study's total (`--trials`), set by `run_study`
+    holder: Path | None = None  # the lock file this process holds while it runs trials, set by `run_study`
 
     def ranges(self, scheme: str) -> dict[str, Range | Choice]:
         return scheme_ranges(self.base_for(scheme), self.space)
@@ -214,13 +216,15 @@ class Tuner:
         from wsml_fast.training.callbacks import NonFiniteLoss
         from wsml_fast.training.run import train
 
+        trial.set_user_attr("host", socket.gethostname())
+        trial.set_user_attr(HOLDER, str(self.holder))  # first: until it is named, the trial may look abandoned
         if not has_room(self.study, trial.number, self.trials):
             trial.set_user_attr(SURPLUS, True)  # other processes took the study's last trials first
             self.study.stop()
             raise TrialFailed(f"no room: the study has its {self.trials} trials")
         settings = self.settings(trial)
         run = self.folder / f"trial-{trial.number:04d}"
-        attributes = (("run", str(run)), ("host", socket.gethostname()), ("pid", os.getpid()), ("settings", settings))
+        attributes = (("run", str(run)), ("pid", os.getpid()), ("settings", settings))
         for key, value in attributes:
             trial.set_user_attr(key, value)
         report = ReportToTrial(trial)
@@ -329,18 +333,23 @@ def open_study(
 
 
 def fail_abandoned(study: optuna.Study, storage: BaseStorage) -> None:
-    """Trials left running by a process of this host that no longer exists (killed): failed, and queued again.
-    A finished trial takes no attributes, and a study offers no way to change a trial it did not hand out: the
-    study's storage does it, through its public methods."""
+    """Trials left running by a process that is gone (killed; `claims.abandoned`): failed, and queued again, by
+    whichever process comes first (the storage refuses the others' change of a finished trial). A study offers no
+    way to change a trial it did not hand out: the study's storage does it, through its public methods."""
 
     study_id = storage.get_study_id_from_name(study.study_name)
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        attrs = trial.user_attrs
-        if attrs.get("host") == socket.gethostname() and not process_alive(int(attrs.get("pid", -1))):
-            trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+        if not abandoned(trial):
+            continue
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+        try:
             storage.set_trial_user_attr(trial_id, "interrupted", True)
             storage.set_trial_state_values(trial_id, TrialState.FAIL)
-            study.enqueue_trial(trial.params, skip_if_exists=False)
+        except UpdateFinishedTrialError:
+            continue  # another process failed it first, and queued it again
+        study.enqueue_trial(trial.params, skip_if_exists=False)
+        if HOLDER in trial.user_attrs:  # its process is gone: no one will hold its lock file again
+            Path(trial.user_attrs[HOLDER]).unlink(missing_ok=True)
 
 
 def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
@@ -468,7 +477,8 @@ def run_study(
     tuner.stop, tuner.trials = stop, trials
     tuner.tracking = tracking = StudyTracking.open(tuner, trials)
     try:
-        best = _optimize(tuner, trials, timeout)
+        with holding(tuner.folder) as tuner.holder:  # held until the study has recorded the end of every trial
+            best = _optimize(tuner, trials, timeout)
     except BaseException as exc:
         tracking.close("interrupted" if isinstance(exc, RunInterrupted | KeyboardInterrupt) else "failed")
         raise
