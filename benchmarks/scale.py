@@ -277,6 +277,7 @@ def step_share(bs: int, classes: int, backbone: str, img_size: int, steps: int, 
 
     import torch
 
+    from wsml_fast.learning.contract import BatchMix
     from wsml_fast.model.classifier import build_model
     from wsml_fast.schemes.large_loss import DELTA_REL
     from wsml_fast.schemes.large_loss.training import LargeLoss, LargeLossCallback, LargeLossTrainingLoss
@@ -311,7 +312,8 @@ def step_share(bs: int, classes: int, backbone: str, img_size: int, steps: int, 
         loss = LargeLossTrainingLoss(kind, delta_rel)
         loss.epoch = 3
         callback = LargeLossCallback(loss, classes) if kind.stores else None  # LL-Cp's stored corrections
-        learn = SimpleNamespace(training=True, batch_targets=SimpleNamespace(item_index=item_index), model=model)
+        targets_state = SimpleNamespace(item_index=item_index, mix=BatchMix.unmixed(item_index))
+        learn = SimpleNamespace(training=True, batch_targets=targets_state, model=model)
         if callback is not None:
             callback.learn = learn
             callback.before_fit()
