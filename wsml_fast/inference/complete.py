@@ -327,24 +327,18 @@ def _split_batches(
 def unobserved_like_entries(
     network: torch.nn.Module, table: PartialLabelTable, split: str, size: int, scoring: Scoring
 ) -> tuple[LabelledEntries, np.ndarray]:
-    """The valid split's labelled entries, scored a batch at a time and weighted as `split`'s observation would
-    leave them unobserved (`unobserved_weights`); and each entry's half of valid (0 or 1, drawn per image with a
-    fixed seed) for the held-out estimate."""
+    """The valid split's labelled entries, scored as every split is (`Scoring.score`) and weighted as `split`'s
+    observation would leave them unobserved (`unobserved_weights`); and each entry's half of valid (0 or 1, drawn
+    per image with a fixed seed) for the held-out estimate. The scoring keeps the entries in row order, row by row,
+    so each entry's valid row follows from the labelled entries per row."""
     dataset = split_dataset(table, "valid", size)
-    positive_weights, negative_weights = unobserved_weights(table.observed_of(split), dataset.labels)
-    dense = dataset.labels.to(scoring.device).dense
-    kept = GrowingColumns([np.int32, np.float32, bool, np.int64])  # class, score, positive, valid row
-    loader = make_loader(dataset, scoring.bs, False, scoring.workers, scoring.device)
-    for scores, rest in scored_batches(network, loader, scoring.precision, scoring.device):
-        rows = torch.as_tensor(rest[-1], device=scoring.device)
-        labels = dense(rows)
-        image, cls = torch.nonzero(labels >= 0, as_tuple=True)
-        columns = (cls, scores[image, cls], labels[image, cls] == 1, rows[image])
-        kept.add(*(column.cpu().numpy() for column in columns))
-    classes, scores, positive, rows = kept.arrays()
-    weights = np.where(positive, positive_weights[rows], negative_weights[rows])
+    entries = scoring.score(network, dataset).entries()
+    labels = dataset.labels
+    rows = np.repeat(np.arange(len(dataset)), labels.count(1, axis=1) + labels.count(0, axis=1))
+    positive_weights, negative_weights = unobserved_weights(table.observed_of(split), labels)
+    entries.weights = np.where(entries.positive, positive_weights[rows], negative_weights[rows])
     halves = np.random.default_rng(HALVES_SEED).integers(2, size=len(dataset))[rows]
-    return LabelledEntries(len(table.classes), classes, scores, positive, weights=weights), halves
+    return entries, halves
 
 
 def complete(
