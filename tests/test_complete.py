@@ -158,6 +158,21 @@ def test_the_held_out_estimate_of_halves_alike_is_the_fitted_precision() -> None
     assert held_out_precision(entries, (np.arange(400) % 2), 0.7) < 1
 
 
+def test_a_held_out_estimate_short_of_the_target_is_said() -> None:
+    """Scores that say nothing: each half's chance thresholds decide the other half near its base rate."""
+    rng = np.random.default_rng(2)
+    classes, scores, positive = rng.integers(0, 3, 600), rng.random(600), rng.random(600) < 0.5
+    positive[scores >= 0.99] = True  # the top few of every class: on a half, 0.9 is reached by chance
+    entries = LabelledEntries(3, classes, scores, positive, None, np.ones(600))
+    cuts = fit_cuts(entries, Targets(0.9), ["a", "b", "c"], np.arange(600) % 2)
+    assert cuts.precision >= 0.9 and cuts.held_out < 0.7
+    assert f"note: held out on valid, these thresholds reach precision {cuts.held_out:.3f}, short of the 0.9 asked" in (
+        " ".join(cuts.notes)
+    )
+    fitted_alike = fit_cuts(entries, Targets(0.9), ["a", "b", "c"], None)
+    assert not any("held out" in note for note in fitted_alike.notes)  # no halves: no estimate, no note
+
+
 @pytest.mark.parametrize(
     "options, message",
     [

@@ -129,6 +129,12 @@ def fit_cuts(entries: LabelledEntries, targets: Targets, classes: list[str], hal
             )
     precision = _weighted_share(entries.take(entries.scores >= positive[entries.classes]), True)
     held_out = float("nan") if halves is None else held_out_precision(entries, halves, targets.precision)
+    if held_out < targets.precision:
+        notes.append(
+            f"note: held out on valid, these thresholds reach precision {held_out:.3f}, short of the "
+            f"{targets.precision:g} asked: expect the additions nearer {held_out:.3f} (a stronger model, or more "
+            "valid images, fits them closer)"
+        )
     return Cuts(positive, negative, precision, npv, notes, held_out)
 
 
