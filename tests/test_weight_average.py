@@ -97,7 +97,18 @@ def test_a_run_keeps_the_weights_that_scored_higher_and_says_which(
     assert json.loads(scored.output.strip().splitlines()[-1])["map"] == pytest.approx(epoch_score(best), abs=1e-3)
 
 
-@pytest.mark.parametrize("decay", [0, 1, -0.5])
+@pytest.mark.parametrize("decay", [1, -0.5])
 def test_the_decay_lies_between_0_and_1(decay: float) -> None:
     with pytest.raises(WsmlError, match="--ema must be"):
         resolve(None, None, {"ema": decay})
+
+
+def test_ema_0_turns_off_a_recipes_average(demo_folder: Path, tmp_path: Path) -> None:
+    recipe = tmp_path / "averaging.yaml"
+    recipe.write_text("ema: 0.9\n")
+    assert resolve({"ema": 0.9}, "averaging", {"ema": 0}).ema == 0
+    result = invoke("train", "--data", demo_folder, *TINY, "--recipe", recipe, "--ema", "0", "--out", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    assert "valid_map_ema" not in pd.read_csv(tmp_path / "run" / "metrics.csv").columns
+    assert "weights)" not in result.output.strip().splitlines()[-1]
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["weights"] == "raw"

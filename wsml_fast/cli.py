@@ -155,7 +155,7 @@ def train(
         typer.Option(
             metavar="DECAY",
             help="Average the weights (decay DECAY, with warm-up), validate the average every epoch (valid_map_ema) "
-            "and keep whichever scores higher.",
+            "and keep whichever scores higher; 0: no average (the demo recipe averages at 0.999).",
         ),
     ] = None,
     accumulate: Annotated[

@@ -82,7 +82,7 @@ class TrainConfig:
     linear_bs: int | None = None  # linear-init: the linear phase's batch size (None: bs)
     early_stop: bool = False  # stop when valid mAP falls more than `early_stop_drop` points below the best
     early_stop_drop: float = 3.0
-    ema: float | None = None  # decay of an average of the weights, validated beside them (None: no average)
+    ema: float | None = None  # decay of an average of the weights, validated beside them (None or 0: no average)
     accumulate: int = 1  # batches whose gradients make one optimizer step
     boost_lu: float | None = None  # BoostLU's alpha: the class-activation head, positive activations x alpha
     # here, a field for each scheme setting (`delta_rel`, `gr_w`, ...), declared in its family's package
@@ -199,7 +199,7 @@ _LIMITS = {  # the general settings' allowed values (the schemes' settings decla
     "linear_lr": Interval(low=0, low_inclusive=False),
     "linear_bs": Interval(low=1),
     "early_stop_drop": Interval(low=0),
-    "ema": Interval(low=0, high=1, low_inclusive=False, high_inclusive=False),
+    "ema": Interval(low=0, high=1, high_inclusive=False),
     "accumulate": Interval(low=1),
     "boost_lu": Interval(low=1),
     "img_size": Interval(low=8),
