@@ -110,6 +110,12 @@ class TrainConfig:
         """Epochs of the whole run: linear-init's linear phase comes before its `epochs` end-to-end ones."""
         return self.epochs + (self.linear_epochs if self.mode == "linear-init" else 0)
 
+    @property
+    def averages(self) -> bool:
+        """Whether the run keeps an average of the weights: `--ema DECAY`, where None and 0 both mean none (0 is how
+        the command line turns off a recipe's average)."""
+        return bool(self.ema)
+
     def validate(self) -> TrainConfig:
         """Fail early, naming the option, on values no run could use."""
         scheme = get_scheme(self.scheme)

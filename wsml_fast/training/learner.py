@@ -175,7 +175,9 @@ def build_learner(
     if config.compile and IMAGES in data:
         compile_in_place(model, next(iter(data[IMAGES].loaders.valid))[0][:2], setup.say)
     on_terminal = sys.stdout.isatty()
-    average = WeightAverageCallback(config.ema, model, setup.precision, config.map_convention) if config.ema else None
+    average = (
+        WeightAverageCallback(config.ema, model, setup.precision, config.map_convention) if config.averages else None
+    )
     callbacks = [
         RunLogCallback(run.write_metrics, setup.say, print_lines=not on_terminal),
         SaveBestCallback(

@@ -135,7 +135,7 @@ def _run(
     run.write_status("finished", epoch=len(history))
     tracking.close("finished")
     test_text = f"{results['test_map']:.2f}" if results["test_map"] is not None else "n/a"
-    weights = f" ({results['weights']} weights)" if setup.config.ema else ""
+    weights = f" ({results['weights']} weights)" if setup.config.averages else ""
     say(
         f"done in {results['train_seconds']:.0f}s | best epoch {results['best_epoch']}{weights} | "
         f"valid mAP {results['valid_map']:.2f} | test mAP {test_text} | run folder {run.path}"
